@@ -1,0 +1,12 @@
+"""Configuration of the marketplace service (``MarketplaceApp``); loaded by the managed service.
+
+Defaults suit the embedded mode. Set ``MARKET_DB_URL`` (e.g.
+``postgresql+psycopg://market@db.example/market``) to move to PostgreSQL.
+"""
+
+import os
+
+c = get_config()  # noqa: F821 - provided by traitlets
+
+c.MarketplaceApp.log_level = os.environ.get("MARKET_LOG_LEVEL", "INFO")
+c.MarketplaceApp.reconcile_interval = float(os.environ.get("MARKET_RECONCILE_INTERVAL", "300"))

@@ -1,0 +1,226 @@
+"""The marketplace service: a traitlets Application serving Tornado handlers behind the hub.
+
+Started by the hub as a managed service (``python -m marketplace_ext --config=...``); the hub
+passes ``JUPYTERHUB_API_TOKEN``, ``JUPYTERHUB_SERVICE_URL`` and ``JUPYTERHUB_SERVICE_PREFIX``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+from pathlib import Path
+from urllib.parse import urlparse
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from jupyterhub.services.auth import HubOAuth
+from jupyterhub.utils import url_path_join
+from tornado import web
+from tornado.httpserver import HTTPServer
+from traitlets import Bool, Float, Unicode, default
+from traitlets.config import Application
+
+from . import __version__, dbutil
+from .handlers import default_handlers
+from .hubapi import HubAPI
+from .orm import make_engine, make_session_factory
+from .units import UnitDirectory
+
+HERE = Path(__file__).parent
+
+
+def read_or_create_secret(path: Path, nbytes: int = 32) -> bytes:
+    """A random secret kept in ``path`` (mode 0600), created on first use."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except FileNotFoundError:
+        pass
+    secret = secrets.token_bytes(nbytes)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret.hex())
+    return secret
+
+
+class MarketplaceApp(Application):
+    name = "marketplace"
+    description = "The Grid Data Supermarket service (run by JupyterHub as a managed service)."
+    version = __version__
+
+    aliases = {
+        "config": "MarketplaceApp.config_file",
+        "db-url": "MarketplaceApp.db_url",
+        "var-dir": "MarketplaceApp.var_dir",
+        "log-level": "Application.log_level",
+    }
+
+    config_file = Unicode(
+        "", help="Python config file to load (e.g. hub_config/marketplace_config.py)."
+    ).tag(config=True)
+
+    var_dir = Unicode(
+        help="""Directory for the service's state in the embedded mode: the SQLite database,
+        the cookie secret, blobs. Defaults to $MARKET_VAR_DIR, else ./var."""
+    ).tag(config=True)
+
+    @default("var_dir")
+    def _default_var_dir(self):
+        return os.environ.get("MARKET_VAR_DIR") or os.path.abspath("var")
+
+    db_url = Unicode(
+        help="""SQLAlchemy URL of the service database. Defaults to $MARKET_DB_URL, else a SQLite
+        file under var_dir (WAL mode). PostgreSQL: postgresql+psycopg://user@host/db."""
+    ).tag(config=True)
+
+    @default("db_url")
+    def _default_db_url(self):
+        return os.environ.get("MARKET_DB_URL") or f"sqlite:///{self.var_dir}/marketplace.sqlite"
+
+    upgrade_db = Bool(
+        True,
+        help="""Run pending Alembic migrations at start-up. With False the service refuses to
+        start on an out-of-date schema (run `market db upgrade` yourself).""",
+    ).tag(config=True)
+
+    service_url = Unicode(
+        help="URL this service listens on; the hub sets $JUPYTERHUB_SERVICE_URL."
+    ).tag(config=True)
+
+    @default("service_url")
+    def _default_service_url(self):
+        return os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101")
+
+    service_prefix = Unicode(
+        help="URL prefix the proxy routes to us; the hub sets $JUPYTERHUB_SERVICE_PREFIX."
+    ).tag(config=True)
+
+    @default("service_prefix")
+    def _default_service_prefix(self):
+        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/marketplace/")
+
+    hub_prefix = Unicode(
+        help="The hub's URL prefix, for links back to it; the hub sets $JUPYTERHUB_BASE_URL."
+    ).tag(config=True)
+
+    @default("hub_prefix")
+    def _default_hub_prefix(self):
+        return url_path_join(os.environ.get("JUPYTERHUB_BASE_URL", "/"), "hub/")
+
+    hub_api_url = Unicode(
+        help="The hub's REST API; the hub sets $JUPYTERHUB_API_URL."
+    ).tag(config=True)
+
+    @default("hub_api_url")
+    def _default_hub_api_url(self):
+        return os.environ.get("JUPYTERHUB_API_URL", "http://127.0.0.1:8081/hub/api")
+
+    reconcile_interval = Float(
+        300.0,
+        help="""Seconds between checks that every unit-<slug> hub group holds exactly the unit's
+        members (also run at start-up). 0 disables the periodic check.""",
+    ).tag(config=True)
+
+    pid_file = Unicode(
+        help="File the service writes its pid to while running (used by tests and the launcher)."
+    ).tag(config=True)
+
+    @default("pid_file")
+    def _default_pid_file(self):
+        return os.path.join(self.var_dir, "marketplace.pid")
+
+    def initialize(self, argv=None) -> None:
+        super().initialize(argv)
+        if self.config_file:
+            self.load_config_file(self.config_file)
+        self.engine = make_engine(self.db_url)
+        if self.upgrade_db:
+            dbutil.upgrade(self.db_url)
+        else:
+            dbutil.check(self.db_url)
+        self.session_factory = make_session_factory(self.engine)
+        token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
+        self.hub = HubAPI(self.hub_api_url, token)
+        self.units = UnitDirectory(self.session_factory, self.hub)
+        self.hub_auth = HubOAuth(
+            api_token=token,
+            api_url=self.hub_api_url,
+            oauth_redirect_uri=url_path_join(self.service_prefix, "oauth_callback"),
+            cache_max_age=60,
+        )
+        self.tornado_app = self.make_tornado_app()
+
+    def make_tornado_app(self) -> web.Application:
+        prefix = self.service_prefix.rstrip("/")
+        handlers = [(prefix + pattern, handler) for pattern, handler in default_handlers]
+        jinja_env = Environment(
+            loader=FileSystemLoader(str(HERE / "templates")),
+            autoescape=select_autoescape(default=True, default_for_string=True),
+        )
+        return web.Application(
+            handlers,
+            market=self,
+            hub_auth=self.hub_auth,
+            jinja_env=jinja_env,
+            cookie_secret=read_or_create_secret(Path(self.var_dir) / "marketplace_cookie_secret"),
+            static_path=str(HERE / "static"),
+            static_url_prefix=url_path_join(self.service_prefix, "static/"),
+            # HubOAuth applies its own xsrf check to cookie-authenticated writes
+            xsrf_cookies=False,
+            log_function=self._log_request,
+        )
+
+    def _log_request(self, handler: web.RequestHandler) -> None:
+        status = handler.get_status()
+        level = self.log.info if status < 400 else self.log.warning
+        if handler.request.path.endswith("/api/health") and status == 200:
+            level = self.log.debug
+        # the query string may carry an OAuth code or token: log the path only
+        level("%s %s %s %.1fms", status, handler.request.method, handler.request.path,
+              1000 * handler.request.request_time())
+
+    async def reconcile_loop(self) -> None:
+        delay = 1.0
+        while True:
+            try:
+                summary = await self.units.reconcile()
+                self.log.info("hub groups reconciled: %s", summary)
+                if self.reconcile_interval <= 0:
+                    return
+                delay = self.reconcile_interval
+            except Exception as e:  # the hub may still be starting
+                self.log.warning("hub group reconcile failed (retrying in %.0fs): %s", delay, e)
+                delay = min(delay * 2, 60.0)
+            await asyncio.sleep(delay)
+
+    async def serve(self) -> None:
+        url = urlparse(self.service_url)
+        server = HTTPServer(self.tornado_app, xheaders=True)
+        server.listen(url.port or 80, url.hostname or "127.0.0.1")
+        Path(self.pid_file).write_text(str(os.getpid()))
+        self.log.info("Marketplace %s at %s%s", __version__, self.service_url, self.service_prefix)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        # the hub stops managed services with SIGINT; treat SIGTERM the same
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        reconcile = asyncio.create_task(self.reconcile_loop())
+        try:
+            await stop.wait()
+        finally:
+            self.log.info("Marketplace shutting down")
+            reconcile.cancel()
+            server.stop()
+            await server.close_all_connections()
+            self.engine.dispose()
+            Path(self.pid_file).unlink(missing_ok=True)
+
+    def start(self) -> None:
+        try:
+            asyncio.run(self.serve())
+        except KeyboardInterrupt:
+            pass
+
+
+main = MarketplaceApp.launch_instance

@@ -1,0 +1,107 @@
+"""The demo: an operator and five provincial units, each with a publisher and a subscriber.
+
+Seeded through the same public surface people use - NativeAuthenticator's sign-up and
+authorization pages, then the marketplace API as the operator - so the demo also proves those
+paths work. Passwords are generated once into ``var/demo_logins.json`` (mode 0600); they are
+for the demo only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+
+from .hubsession import HubPageError, HubSession
+
+DEMO_UNITS = {
+    "a": "Provincial Company A",
+    "b": "Provincial Company B",
+    "c": "Provincial Company C",
+    "d": "Provincial Company D",
+    "e": "Provincial Company E",
+}
+
+
+def demo_accounts(operator: str = "operator") -> list[dict]:
+    accounts = [{"user": operator, "unit": None, "roles": ["operator"]}]
+    for slug in DEMO_UNITS:
+        accounts.append({"user": f"publisher-{slug}", "unit": slug, "roles": ["publisher"]})
+        accounts.append({"user": f"subscriber-{slug}", "unit": slug, "roles": []})
+    return accounts
+
+
+def logins_path(var_dir: Path) -> Path:
+    return Path(var_dir) / "demo_logins.json"
+
+
+def load_logins(var_dir: Path) -> list[dict] | None:
+    path = logins_path(var_dir)
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def _write_logins(var_dir: Path, accounts: list[dict]) -> None:
+    path = logins_path(var_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(accounts, f, indent=1)
+
+
+def seed(base_url: str, var_dir: Path, operator: str = "operator", log=print) -> list[dict]:
+    """Create the demo accounts, units and memberships; safe to run again after a crash.
+
+    The passwords are written before any account is made, so a re-run after a partial seed
+    knows them and continues where it stopped.
+    """
+    accounts = load_logins(var_dir)
+    if accounts is None:
+        accounts = demo_accounts(operator)
+        for account in accounts:
+            account["password"] = secrets.token_urlsafe(9)
+        _write_logins(var_dir, accounts)
+
+    op_account = accounts[0]
+    ops = HubSession(base_url)
+    _sign_up(HubSession(base_url), op_account)
+    ops.login(op_account["user"], op_account["password"])
+    for account in accounts[1:]:
+        _sign_up(HubSession(base_url), account)
+        ops.authorize(account["user"])
+    ops.open_marketplace()
+    existing = {u["slug"] for u in ops.market("GET", "units").json()["units"]}
+    for slug, name in DEMO_UNITS.items():
+        if slug not in existing:
+            _check(ops.market("POST", "units", json={"slug": slug, "name": name}))
+            log(f"  unit {slug}: {name}")
+    for account in accounts:
+        if account["unit"]:
+            r = ops.market("PUT", f"units/{account['unit']}/members/{account['user']}",
+                           json={"roles": account["roles"]})
+            _check(r)
+    return accounts
+
+
+def _sign_up(session: HubSession, account: dict) -> None:
+    try:
+        session.signup(account["user"], account["password"])
+    except HubPageError as e:
+        if "already in use" not in str(e):
+            raise
+
+
+def _check(r) -> None:
+    if r.status_code >= 400:
+        raise HubPageError(f"{r.request.method} {r.url} -> {r.status_code} {r.text}")
+
+
+def format_logins(accounts: list[dict]) -> str:
+    lines = ["Demo logins (demo only - generated passwords, kept in var/demo_logins.json):"]
+    for a in accounts:
+        role = ", ".join(a["roles"]) or "subscriber"
+        where = f"unit {a['unit']}" if a["unit"] else "all units"
+        lines.append(f"  {a['user']:<14} {a['password']:<14} {role} ({where})")
+    return "\n".join(lines)

@@ -1,0 +1,65 @@
+"""Exceptions every concern raises; handlers turn them into ``{"error", "message", "field"}``.
+
+Domain modules raise these (never ``tornado.web.HTTPError``) so that the same rule - a clear
+message naming the field - holds for the HTTP API, the CLI and the Python client alike.
+"""
+
+from __future__ import annotations
+
+
+class MarketError(Exception):
+    """Base class: an expected failure with an HTTP status, a short code and the field at fault."""
+
+    status: int = 400
+    code: str = "bad_request"
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def to_dict(self) -> dict:
+        return {"error": self.code, "message": self.message, "field": self.field}
+
+
+class InvalidField(MarketError):
+    """A request field is missing, malformed or out of range."""
+
+    status = 400
+    code = "invalid"
+
+
+class Unauthenticated(MarketError):
+    status = 401
+    code = "unauthenticated"
+
+
+class Forbidden(MarketError):
+    """The caller is known but lacks the scope or unit for this action."""
+
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(MarketError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(MarketError):
+    """The request contradicts existing state (duplicate slug, user already in another unit)."""
+
+    status = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(MarketError):
+    status = 413
+    code = "too_large"
+
+
+class UpstreamUnavailable(MarketError):
+    """A part we depend on (the hub API, the data platform) did not answer; nothing was changed."""
+
+    status = 502
+    code = "upstream_unavailable"

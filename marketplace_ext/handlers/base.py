@@ -1,0 +1,108 @@
+"""Base handlers: hub OAuth, the caller, JSON bodies, errors as ``{error, message, field}``."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from jupyterhub.services.auth import HubOAuthenticated
+from sqlalchemy.orm import Session
+from tornado import web
+
+from ..auth import Caller, caller_from_model
+from ..errors import InvalidField, MarketError, Unauthenticated
+from ..units import unit_of
+
+log = logging.getLogger("marketplace")
+
+MAX_JSON_BODY = 1024 * 1024
+
+
+class BaseHandler(HubOAuthenticated, web.RequestHandler):
+    """Common ground of API and page handlers."""
+
+    @property
+    def market(self):
+        """The running :class:`marketplace_ext.app.MarketplaceApp`."""
+        return self.settings["market"]
+
+    @property
+    def db(self) -> Session:
+        if not hasattr(self, "_db"):
+            self._db = self.market.session_factory()
+        return self._db
+
+    def on_finish(self) -> None:
+        if hasattr(self, "_db"):
+            self._db.close()
+
+    @property
+    def caller(self) -> Caller:
+        if not hasattr(self, "_caller"):
+            model = self.current_user
+            if not model:
+                raise Unauthenticated("log in through the hub or send 'Authorization: token ...'")
+            self._caller = caller_from_model(self.hub_auth, model, self._unit_of(model["name"]))
+        return self._caller
+
+    def _unit_of(self, name: str) -> str | None:
+        unit = unit_of(self.db, name)
+        return unit.slug if unit else None
+
+    def send_error(self, status_code: int = 500, **kwargs) -> None:
+        exc_info = kwargs.get("exc_info")
+        if exc_info and isinstance(exc_info[1], MarketError):
+            status_code = exc_info[1].status
+        super().send_error(status_code, **kwargs)
+
+    def log_exception(self, typ, value, tb) -> None:
+        if isinstance(value, MarketError):
+            log.info("%s %s -> %s %s", self.request.method, self.request.path, value.status,
+                     value.message)
+            return
+        super().log_exception(typ, value, tb)
+
+
+class APIHandler(BaseHandler):
+    """JSON in, JSON out; never redirects to a login page."""
+
+    def get_login_url(self):
+        raise Unauthenticated("log in through the hub or send 'Authorization: token ...'")
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+
+    def write_json(self, data: object, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(data, default=str))
+
+    def json_body(self) -> dict:
+        """The request body as a JSON object, or a 400 naming ``body``."""
+        body = self.request.body
+        if len(body) > MAX_JSON_BODY:
+            raise InvalidField(f"body is larger than {MAX_JSON_BODY} bytes", "body")
+        if not body:
+            raise InvalidField("body is empty; expected a JSON object", "body")
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InvalidField(f"body is not valid JSON: {e}", "body") from e
+        if not isinstance(data, dict):
+            raise InvalidField("body must be a JSON object", "body")
+        return data
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, MarketError):
+            payload = exc.to_dict()
+        elif isinstance(exc, web.HTTPError):
+            payload = {
+                "error": "http_error",
+                "message": exc.log_message or self._reason,
+                "field": None,
+            }
+        else:
+            payload = {"error": "internal", "message": "internal error", "field": None}
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json.dumps(payload))

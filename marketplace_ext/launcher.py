@@ -1,0 +1,165 @@
+"""``market run``: start the whole platform in the foreground and stop all of it on Ctrl-C.
+
+The hub starts its proxy, the marketplace service and notebook servers; on SIGTERM it stops
+them again (``cleanup_servers``, ``cleanup_proxy``). The launcher only has to start the hub,
+wait until it answers, seed the demo once, and make sure nothing it started outlives it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from . import dbutil, demo
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class LaunchError(RuntimeError):
+    """A part of the platform did not come up."""
+
+
+def wait_for_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise LaunchError(f"process exited with status {proc.returncode} before {url} answered")
+        try:
+            r = requests.get(url, timeout=2)
+            if r.status_code == 200:
+                return
+            last = f"HTTP {r.status_code}"
+        except requests.RequestException as e:
+            last = type(e).__name__
+        time.sleep(0.3)
+    raise LaunchError(f"{url} did not answer within {timeout:.0f}s (last: {last})")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 30.0, sig=signal.SIGTERM) -> None:
+    """Ask ``proc`` (a session leader) to stop, then kill its whole process group."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+def kill_pidfile(path: Path) -> None:
+    """Kill a leftover recorded in a pid file (a proxy or service from a crashed hub)."""
+    try:
+        pid = int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return
+    if pid_alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(50):
+            if not pid_alive(pid):
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    path.unlink(missing_ok=True)
+
+
+class Platform:
+    """The processes of one running platform (today: the hub and what the hub starts)."""
+
+    def __init__(self, var_dir: Path, port: int = 8000, ip: str = "127.0.0.1",
+                 env: dict | None = None, log=print):
+        self.var_dir = Path(var_dir).resolve()
+        self.port = port
+        self.ip = ip
+        self.log = log
+        self.env = dict(os.environ if env is None else env)
+        self.env.update(MARKET_VAR_DIR=str(self.var_dir), MARKET_HUB_PORT=str(port),
+                        MARKET_HUB_IP=ip)
+        self.hub: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.ip}:{self.port}"
+
+    def start(self, timeout: float = 120.0) -> None:
+        self.var_dir.mkdir(parents=True, exist_ok=True)
+        for stale in ("jupyterhub-proxy.pid", "marketplace.pid"):
+            kill_pidfile(self.var_dir / stale)
+        db_url = self.env.get("MARKET_DB_URL") or f"sqlite:///{self.var_dir}/marketplace.sqlite"
+        dbutil.upgrade(db_url)
+        log_path = self.var_dir / "jupyterhub.log"
+        self.log(f"Starting JupyterHub (log: {log_path})")
+        self._hub_log = open(log_path, "ab")
+        self.hub = subprocess.Popen(
+            [sys.executable, "-m", "jupyterhub", "-f",
+             str(ROOT / "hub_config" / "jupyterhub_config.py")],
+            cwd=self.var_dir, env=self.env, stdout=self._hub_log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            wait_for_http(f"{self.url}/hub/api", timeout, self.hub)
+            wait_for_http(f"{self.url}/services/marketplace/api/health", timeout, self.hub)
+        except LaunchError as e:
+            self.stop()
+            tail = log_path.read_text(errors="replace").splitlines()[-20:]
+            raise LaunchError(f"{e}\n--- last lines of {log_path} ---\n" + "\n".join(tail)) from e
+
+    def stop(self) -> None:
+        if self.hub is not None:
+            self.log("Stopping JupyterHub and everything it started ...")
+            stop_process(self.hub)
+            self.hub = None
+            self._hub_log.close()
+        for stale in ("jupyterhub-proxy.pid", "marketplace.pid"):
+            kill_pidfile(self.var_dir / stale)
+
+
+def run(var_dir: Path, port: int = 8000, seed: bool = True) -> int:
+    """Start the platform, seed the demo, print the logins, and wait for Ctrl-C."""
+    platform = Platform(var_dir, port)
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        platform.start()
+        if seed:
+            first = demo.load_logins(platform.var_dir) is None
+            if first:
+                print("Seeding the demo units and accounts ...")
+            accounts = demo.seed(platform.url, platform.var_dir)
+            print(demo.format_logins(accounts))
+        print(f"\nGrid Data Supermarket is running at {platform.url}  (Ctrl-C stops everything)")
+        while platform.hub.poll() is None:
+            time.sleep(0.5)
+        print(f"JupyterHub exited with status {platform.hub.returncode}; see var/jupyterhub.log")
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    except LaunchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        platform.stop()
