@@ -25,7 +25,11 @@ from marketplace_ext.griddata import (
 )
 
 SCALE = 0.01
-DATA_DIR = Path(os.environ.get("GRIDDATA_DIR", "/work/shared/data/lcl_daily"))
+# ../shared beside the checkout holds the read-only LCL data (see its SOURCE.md)
+DATA_DIR = Path(
+    os.environ.get("GRIDDATA_DIR")
+    or Path(__file__).resolve().parents[2] / "shared" / "data" / "lcl_daily"
+)
 
 EXPECTED = {
     "customers": {

@@ -1,0 +1,39 @@
+# The one place the set-up steps live. `make run` and `make test` are the two commands.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CHP := node_modules/.bin/configurable-http-proxy
+KERNELS := $(wildcard kernels/*/kernel.json)
+# pip lists index locations it cannot read as warnings; they are noise here
+PIP_QUIET := sed "/^WARNING: Location/d"
+
+.PHONY: install run test lint bench clean
+
+install: $(STAMP) $(CHP)
+
+$(STAMP): pyproject.toml $(KERNELS)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "Installing Python packages into $(VENV) (first time: several minutes) ..."
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | $(PIP_QUIET)
+	@for k in $(dir $(KERNELS)); do \
+	  $(BIN)/jupyter kernelspec install --sys-prefix --replace $$k >/dev/null 2>&1; done
+	@touch $@
+
+$(CHP): package.json
+	npm install --no-audit --no-fund --loglevel=error
+	@touch $@
+
+run: install
+	$(BIN)/market run
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf var .pytest_cache

@@ -1,0 +1,181 @@
+"""Session-wide parts started once: the platform (`market run`: hub, proxy, service) and a
+PostgreSQL server; per-test database URLs for SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead for our purposes
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def descendants(pid: int) -> set[int]:
+    """All live descendants of ``pid`` (from /proc), to prove nothing outlives the launcher."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+class RunningPlatform:
+    """`market run` as a user starts it, on free ports in a temporary var dir."""
+
+    def __init__(self, var_dir: Path):
+        self.var_dir = var_dir
+        self.port = free_port()
+        self.env = dict(os.environ)
+        self.env.update(
+            MARKET_VAR_DIR=str(var_dir),
+            MARKET_HUB_PORT=str(self.port),
+            MARKET_HUB_API_PORT=str(free_port()),
+            MARKET_PROXY_API_PORT=str(free_port()),
+            MARKET_SERVICE_PORT=str(free_port()),
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.started_pids: set[int] = set()
+
+    def start(self, timeout: float = 180) -> None:
+        self.log_path = self.var_dir.parent / f"market-run-{uuid.uuid4().hex[:6]}.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [str(ROOT / ".venv" / "bin" / "market"), "run", "--port", str(self.port)],
+            cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while "is running at" not in self.output():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"market run did not come up:\n{self.output()}\n"
+                                   f"{self.hub_log()[-4000:]}")
+            time.sleep(0.3)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def hub_log(self) -> str:
+        path = self.var_dir / "jupyterhub.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> set[int]:
+        """Ctrl-C the launcher; returns the pids of anything it started that is still alive."""
+        self.started_pids = descendants(self.proc.pid)
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(90)
+        self._log.close()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            alive = {pid for pid in self.started_pids if pid_alive(pid)}
+            if not alive:
+                break
+            time.sleep(0.2)
+        return alive
+
+    def logins(self) -> dict[str, str]:
+        from marketplace_ext.demo import load_logins
+
+        return {a["user"]: a["password"] for a in load_logins(self.var_dir)}
+
+
+@pytest.fixture(scope="session")
+def platform_proc(tmp_path_factory):
+    """The whole platform, started once per test session with `market run`."""
+    var_dir = tmp_path_factory.mktemp("platform") / "var"
+    running = RunningPlatform(var_dir)
+    running.start()
+    yield running
+    if running.proc is not None and running.proc.poll() is None:
+        running.stop()
+
+
+@pytest.fixture(scope="session")
+def hub_url(platform_proc) -> str:
+    return platform_proc.url
+
+
+@pytest.fixture(scope="session")
+def logins(platform_proc) -> dict[str, str]:
+    return platform_proc.logins()
+
+
+# --- databases -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throw-away PostgreSQL cluster (initdb into a temp dir, random port), run as the
+    ``postgres`` system user because initdb refuses root."""
+    initdb = shutil.which("initdb")
+    if initdb is None:
+        pytest.skip("no PostgreSQL server binaries (initdb) on this machine")
+    data = Path(tempfile.mkdtemp(prefix="market-pg-"))
+    port = free_port()
+    as_postgres: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(data, "postgres", "postgres")
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+    subprocess.run([*as_postgres, initdb, "-D", str(data / "db"), "-A", "trust", "-U", "postgres",
+                    "--no-sync"], check=True, capture_output=True)
+    subprocess.run([*as_postgres, "pg_ctl", "-D", str(data / "db"), "-w", "-l",
+                    str(data / "log"), "-o", f"-p {port} -k {data} -h 127.0.0.1 -F", "start"],
+                   check=True, capture_output=True)
+    yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
+    subprocess.run([*as_postgres, "pg_ctl", "-D", str(data / "db"), "-m", "immediate", "stop"],
+                   capture_output=True)
+    shutil.rmtree(data, ignore_errors=True)
+
+
+def _new_postgres_db(server_url: str) -> str:
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    dsn = server_url.replace("postgresql+psycopg://", "postgresql://") + "/postgres"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"{server_url}/{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    """An empty database of each supported kind (not yet migrated)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'market.sqlite'}"
+    return _new_postgres_db(request.getfixturevalue("postgres_server"))
