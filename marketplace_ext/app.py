@@ -18,13 +18,17 @@ from jupyterhub.services.auth import HubOAuth
 from jupyterhub.utils import url_path_join
 from tornado import web
 from tornado.httpserver import HTTPServer
-from traitlets import Bool, Float, Unicode, default
+from traitlets import Bool, Float, Integer, Unicode, default
 from traitlets.config import Application
 
 from . import __version__, dbutil
+from .blobs import BlobStore
+from .bundle import BundleLimits
+from .catalog import DEFAULT_TERMS
 from .handlers import default_handlers
 from .hubapi import HubAPI
 from .orm import make_engine, make_session_factory
+from .signing import UnitSigner
 from .units import UnitDirectory
 
 HERE = Path(__file__).parent
@@ -122,6 +126,25 @@ class MarketplaceApp(Application):
         members (also run at start-up). 0 disables the periodic check.""",
     ).tag(config=True)
 
+    sharing_terms = Unicode(
+        DEFAULT_TERMS,
+        help="""The sharing agreement a publisher accepts for every version; the text and its
+        sha256 are kept with the version, signed with the unit's key.""",
+    ).tag(config=True)
+
+    price_min = Integer(10, help="Lowest price (points) a plan may ask.").tag(config=True)
+    price_max = Integer(50, help="Highest price (points) a plan may ask.").tag(config=True)
+
+    max_bundle_bytes = Integer(
+        200 * 2**20, help="Largest bundle upload (zip) and largest unpacked bundle, in bytes."
+    ).tag(config=True)
+
+    max_file_bytes = Integer(
+        50 * 2**20, help="Largest single file inside a bundle, in bytes."
+    ).tag(config=True)
+
+    max_bundle_files = Integer(500, help="Most files a bundle may hold.").tag(config=True)
+
     pid_file = Unicode(
         help="File the service writes its pid to while running (used by tests and the launcher)."
     ).tag(config=True)
@@ -143,6 +166,15 @@ class MarketplaceApp(Application):
         token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
         self.hub = HubAPI(self.hub_api_url, token)
         self.units = UnitDirectory(self.session_factory, self.hub)
+        var = Path(self.var_dir)
+        self.blobs = BlobStore(var / "blobs")
+        self.tmp_dir = var / "tmp"
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.signer = UnitSigner(read_or_create_secret(var / "marketplace_kek"))
+        self.bundle_limits = BundleLimits(
+            max_file_bytes=self.max_file_bytes, max_total_bytes=self.max_bundle_bytes,
+            max_files=self.max_bundle_files, price_min=self.price_min, price_max=self.price_max,
+        )
         self.hub_auth = HubOAuth(
             api_token=token,
             api_url=self.hub_api_url,
@@ -196,7 +228,9 @@ class MarketplaceApp(Application):
 
     async def serve(self) -> None:
         url = urlparse(self.service_url)
-        server = HTTPServer(self.tornado_app, xheaders=True)
+        # room for the multipart envelope around the largest allowed bundle
+        server = HTTPServer(self.tornado_app, xheaders=True,
+                            max_body_size=self.max_bundle_bytes + 2**20)
         server.listen(url.port or 80, url.hostname or "127.0.0.1")
         Path(self.pid_file).write_text(str(os.getpid()))
         self.log.info("Marketplace %s at %s%s", __version__, self.service_url, self.service_prefix)

@@ -37,6 +37,49 @@ def cmd_demo_seed(args) -> int:
     return 0
 
 
+def cmd_validate(args) -> int:
+    from .bundle import BundleLimits, validate_dir
+
+    limits = BundleLimits(price_min=args.price_min, price_max=args.price_max)
+    problems = validate_dir(args.dir, limits)
+    for problem in problems:
+        print(f"{args.dir}/{problem}", file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} problem(s) in {args.dir}", file=sys.stderr)
+        return 1
+    print(f"{args.dir}: ok")
+    return 0
+
+
+def cmd_new(args) -> int:
+    from .bundle import new_product
+
+    path = new_product(args.kind, args.name, args.dir)
+    print(f"created {path} from the {args.kind} template; edit it, then `market validate {path}`")
+    return 0
+
+
+def cmd_publish(args) -> int:
+    from .client import Market, MarketAPIError
+
+    market = Market(args.url, args.token)
+    if not args.accept_terms:
+        print(market.terms(), "\n")
+        if not sys.stdin.isatty() or input("Accept on behalf of your unit? [yes/no] ") != "yes":
+            print("not published: the sharing agreement was not accepted (--accept-terms)",
+                  file=sys.stderr)
+            return 2
+    try:
+        result = market.publish(args.dir)
+    except MarketAPIError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    verb = "submitted" if result["created"] else "already submitted"
+    print(f"{result['product']} {result['version']} {verb}: state {result['state']}, "
+          f"sha256 {result['sha256']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="market", description=__doc__)
     parser.add_argument("--version", action="version", version=__version__)
@@ -53,6 +96,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = db.add_parser("upgrade", help="apply pending migrations")
     p.add_argument("--db-url", default=os.environ.get("MARKET_DB_URL"))
     p.set_defaults(func=cmd_db_upgrade)
+
+    p = sub.add_parser("validate", help="check a product bundle; reports every problem at once")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--price-min", type=int, default=10)
+    p.add_argument("--price-max", type=int, default=50)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("new", help="start a product from a template")
+    p.add_argument("--kind", required=True, choices=["tool", "application", "data"])
+    p.add_argument("--dir", type=Path, default=Path("."), help="parent directory")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_new)
+
+    p = sub.add_parser("publish", help="submit a bundle directory as a new version")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--url", default=None, help="marketplace URL (default: $MARKETPLACE_URL)")
+    p.add_argument("--token", default=None,
+                   help="hub API token (default: $MARKET_TOKEN or $JUPYTERHUB_API_TOKEN)")
+    p.add_argument("--accept-terms", action="store_true",
+                   help="accept the sharing agreement without the prompt")
+    p.set_defaults(func=cmd_publish)
 
     demo = sub.add_parser("demo", help="demo set-up").add_subparsers(dest="demo", required=True)
     p = demo.add_parser("seed", help="create the demo accounts, units and memberships")

@@ -18,6 +18,7 @@ This module only builds frames; writing them into the unit's Hive database is
 from __future__ import annotations
 
 import math
+import os
 import re
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -32,6 +33,20 @@ import pyarrow.csv as pacsv
 UNITS: tuple[str, ...] = ("a", "b", "c", "d", "e")
 
 READINGS_FILE = "lcl_daily_kwh.csv.gz"
+
+
+def default_data_dir() -> Path:
+    """Where the read-only LCL data lives: $MARKET_LCL_DATA, else ``../shared/data/lcl_daily``
+    beside the checkout, else the workplace's ``/work/shared/data/lcl_daily``."""
+    env = os.environ.get("MARKET_LCL_DATA") or os.environ.get("GRIDDATA_DIR")
+    if env:
+        return Path(env)
+    beside = Path(__file__).resolve().parents[2] / "shared" / "data" / "lcl_daily"
+    if beside.exists():
+        return beside
+    return Path("/work/shared/data/lcl_daily")
+
+
 WEATHER_FILE = "weather_daily_darksky.csv.gz"
 
 # Share of households per unit and fraction of thieves: deliberately unequal, so a model or a

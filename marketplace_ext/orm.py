@@ -9,10 +9,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    Boolean,
     DateTime,
     ForeignKey,
     Integer,
     String,
+    Text,
     UniqueConstraint,
     create_engine,
     event,
@@ -89,3 +91,137 @@ def make_engine(db_url: str, **kwargs) -> Engine:
 
 def make_session_factory(engine: Engine) -> sessionmaker:
     return sessionmaker(bind=engine, expire_on_commit=False, future=True)
+
+
+# --- catalogue (owned by catalog.py) -----------------------------------------------------------
+
+
+class Product(Base):
+    """A product of a unit: its identity and the version currently on sale."""
+
+    __tablename__ = "products"
+    __table_args__ = (UniqueConstraint("name", name="uq_products_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), nullable=False)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    unit_id: Mapped[int] = mapped_column(
+        ForeignKey("units.id", name="fk_products_unit_id"), nullable=False, index=True
+    )
+    current_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("versions.id", name="fk_products_current_version_id", use_alter=True),
+        nullable=True,
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+    created_by: Mapped[str] = mapped_column(String(255), nullable=False)
+
+    unit: Mapped[Unit] = relationship()
+    versions: Mapped[list[Version]] = relationship(
+        back_populates="product", foreign_keys="Version.product_id", order_by="Version.id"
+    )
+    current_version: Mapped[Version | None] = relationship(
+        foreign_keys=[current_version_id], post_update=True
+    )
+
+
+class Version(Base):
+    """An immutable bundle of a product, identified by the sha256 of its canonical archive."""
+
+    __tablename__ = "versions"
+    __table_args__ = (
+        UniqueConstraint("product_id", "version", name="uq_versions_product_version"),
+        UniqueConstraint("product_id", "sha256", name="uq_versions_product_sha256"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    product_id: Mapped[int] = mapped_column(
+        ForeignKey("products.id", name="fk_versions_product_id"), nullable=False, index=True
+    )
+    version: Mapped[str] = mapped_column(String(64), nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    state: Mapped[str] = mapped_column(String(16), nullable=False)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    title: Mapped[str] = mapped_column(String(200), nullable=False)
+    summary: Mapped[str] = mapped_column(Text, nullable=False)
+    tags: Mapped[str] = mapped_column(Text, nullable=False)  # JSON list, for display
+    manifest: Mapped[str] = mapped_column(Text, nullable=False)  # JSON
+    parameters: Mapped[str] = mapped_column(Text, nullable=False)  # JSON, papermill's inspection
+    files: Mapped[str] = mapped_column(Text, nullable=False)  # JSON list of bundle paths
+    readme: Mapped[str] = mapped_column(Text, nullable=False)
+    size: Mapped[int] = mapped_column(Integer, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+    created_by: Mapped[str] = mapped_column(String(255), nullable=False)
+
+    product: Mapped[Product] = relationship(back_populates="versions", foreign_keys=[product_id])
+    transitions: Mapped[list[Transition]] = relationship(
+        back_populates="version", order_by="Transition.id"
+    )
+    agreement: Mapped[Agreement | None] = relationship(back_populates="version")
+
+
+class Tag(Base):
+    """Search index of a version's tags (one row per tag)."""
+
+    __tablename__ = "version_tags"
+
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("versions.id", name="fk_version_tags_version_id"), primary_key=True
+    )
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+
+
+class Transition(Base):
+    """One step of a version through the shelf states: who, when, why."""
+
+    __tablename__ = "transitions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("versions.id", name="fk_transitions_version_id"), nullable=False, index=True
+    )
+    from_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    to_state: Mapped[str] = mapped_column(String(16), nullable=False)
+    actor: Mapped[str] = mapped_column(String(255), nullable=False)
+    actor_is_operator: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+
+    version: Mapped[Version] = relationship(back_populates="transitions")
+
+
+class Agreement(Base):
+    """The publisher's sharing agreement for a version, signed with the unit's Ed25519 key."""
+
+    __tablename__ = "agreements"
+
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("versions.id", name="fk_agreements_version_id"), primary_key=True
+    )
+    unit_id: Mapped[int] = mapped_column(
+        ForeignKey("units.id", name="fk_agreements_unit_id"), nullable=False
+    )
+    signer: Mapped[str] = mapped_column(String(255), nullable=False)
+    terms: Mapped[str] = mapped_column(Text, nullable=False)
+    statement: Mapped[str] = mapped_column(Text, nullable=False)  # canonical JSON that was signed
+    signature: Mapped[str] = mapped_column(String(128), nullable=False)  # base64
+    public_key: Mapped[str] = mapped_column(String(64), nullable=False)  # base64 raw Ed25519
+    signed_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+
+    version: Mapped[Version] = relationship(back_populates="agreement")
+
+
+# --- unit signing keys (owned by signing.py) ---------------------------------------------------
+
+
+class UnitKey(Base):
+    """A unit's Ed25519 signing key, held by the service; the private half is sealed with the
+    service's key-encryption key from var/ so a database dump alone cannot sign."""
+
+    __tablename__ = "unit_keys"
+
+    unit_id: Mapped[int] = mapped_column(
+        ForeignKey("units.id", name="fk_unit_keys_unit_id"), primary_key=True
+    )
+    public_key: Mapped[str] = mapped_column(String(64), nullable=False)
+    sealed_private_key: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)

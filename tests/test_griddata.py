@@ -25,11 +25,7 @@ from marketplace_ext.griddata import (
 )
 
 SCALE = 0.01
-# ../shared beside the checkout holds the read-only LCL data (see its SOURCE.md)
-DATA_DIR = Path(
-    os.environ.get("GRIDDATA_DIR")
-    or Path(__file__).resolve().parents[2] / "shared" / "data" / "lcl_daily"
-)
+DATA_DIR = griddata.default_data_dir()
 
 EXPECTED = {
     "customers": {

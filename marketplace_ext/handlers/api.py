@@ -5,11 +5,12 @@ from __future__ import annotations
 from sqlalchemy import text
 from tornado import web
 
-from .. import __version__
+from .. import __version__, catalog
 from ..auth import SCOPE_APPROVE
-from ..errors import InvalidField
+from ..errors import InvalidField, PayloadTooLarge
 from ..hubapi import ROLE_GROUPS
 from ..openapi import openapi_document
+from ..publishing import publish_upload
 from ..units import get_unit, list_units, validate_slug
 from .base import APIHandler
 
@@ -119,6 +120,76 @@ class UnitMemberHandler(APIHandler):
         self.finish()
 
 
+class TermsHandler(APIHandler):
+    @web.authenticated
+    def get(self):
+        self.write_json({"terms": self.market.sharing_terms})
+
+
+KINDS = ("data", "tool", "application")
+
+
+class ProductsHandler(APIHandler):
+    @web.authenticated
+    def get(self):
+        kind = self.get_query_argument("kind", None)
+        if kind is not None and kind not in KINDS:
+            raise InvalidField(f"kind must be one of {', '.join(KINDS)}", "kind")
+        limit = self.int_argument("limit", 50, 1, 200)
+        offset = self.int_argument("offset", 0, 0, 10**9)
+        items, total = catalog.list_products(
+            self.db, self.caller, kind=kind, tag=self.get_query_argument("tag", None),
+            unit=self.get_query_argument("unit", None), q=self.get_query_argument("q", None),
+            limit=limit, offset=offset,
+        )
+        self.write_json({
+            "products": [catalog.product_summary(p, self.caller) for p in items],
+            "total": total, "limit": limit, "offset": offset,
+        })
+
+    @web.authenticated
+    async def post(self):
+        files = self.request.files.get("bundle")
+        if not files:
+            raise InvalidField("upload the bundle zip as multipart field 'bundle'", "bundle")
+        data = files[0]["body"]
+        limit = self.market.bundle_limits.max_total_bytes
+        if len(data) > limit:
+            raise PayloadTooLarge(f"bundle is {len(data)} bytes; the limit is {limit}", "bundle")
+        accept = self.get_body_argument("accept_terms", "") in ("true", "yes", "1")
+        result = await publish_upload(self.market, self.caller, data, accept)
+        self.write_json(result, status=201 if result["created"] else 200)
+
+
+class ProductHandler(APIHandler):
+    @web.authenticated
+    def get(self, product):
+        p = catalog.get_product(self.db, product, self.caller)
+        self.write_json(catalog.product_detail(p, self.caller))
+
+
+class ReviewHandler(APIHandler):
+    @web.authenticated
+    def post(self, product, version):
+        self.caller.require(SCOPE_APPROVE, "reviewing a version")
+        body = self.json_body()
+        p = catalog.get_product(self.db, product, self.caller)
+        v = catalog.get_version(p, version)
+        catalog.review(self.db, self.caller, p, v, body.get("decision"), body.get("reason"))
+        self.db.commit()
+        self.write_json(catalog.version_json(v, full=True))
+
+
+class ShelfHandler(APIHandler):
+    @web.authenticated
+    def post(self, product):
+        body = self.json_body()
+        p = catalog.get_product(self.db, product, self.caller)
+        v = catalog.set_shelf(self.db, self.caller, p, body.get("state"), body.get("reason"))
+        self.db.commit()
+        self.write_json(catalog.version_json(v, full=True))
+
+
 default_handlers = [
     (r"/api/health", HealthHandler),
     (r"/api/openapi.json", OpenAPIHandler),
@@ -126,4 +197,9 @@ default_handlers = [
     (r"/api/units", UnitsHandler),
     (r"/api/units/(?P<unit>[^/]+)", UnitHandler),
     (r"/api/units/(?P<unit>[^/]+)/members/(?P<user>[^/]+)", UnitMemberHandler),
+    (r"/api/terms", TermsHandler),
+    (r"/api/products", ProductsHandler),
+    (r"/api/products/(?P<product>[^/]+)", ProductHandler),
+    (r"/api/products/(?P<product>[^/]+)/versions/(?P<version>[^/]+)/review", ReviewHandler),
+    (r"/api/products/(?P<product>[^/]+)/shelf", ShelfHandler),
 ]

@@ -92,6 +92,18 @@ class APIHandler(BaseHandler):
             raise InvalidField("body must be a JSON object", "body")
         return data
 
+    def int_argument(self, name: str, default: int, low: int, high: int) -> int:
+        raw = self.get_query_argument(name, None)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise InvalidField(f"{name} must be an integer", name) from None
+        if not low <= value <= high:
+            raise InvalidField(f"{name} must be between {low} and {high}", name)
+        return value
+
     def write_error(self, status_code: int, **kwargs) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, MarketError):

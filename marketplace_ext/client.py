@@ -1,0 +1,98 @@
+"""``Market``: the Python client of the marketplace, for notebooks and the ``market`` CLI.
+
+In a notebook server everything comes from the environment the hub gives it
+(``MARKETPLACE_URL``, ``JUPYTERHUB_API_TOKEN``), so ``Market()`` needs no arguments::
+
+    from marketplace_ext.client import Market
+    m = Market()
+    m.me()
+    m.publish("my_product/")
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import requests
+
+from .bundle import BundleInvalid, canonical_archive, validate_dir
+
+
+class MarketAPIError(RuntimeError):
+    """The service refused a request; carries its ``{error, message, field}``."""
+
+    def __init__(self, status: int, error: str, message: str, field: str | None):
+        where = f" (field: {field})" if field else ""
+        super().__init__(f"{status} {error}: {message}{where}")
+        self.status, self.error, self.message, self.field = status, error, message, field
+
+
+class Market:
+    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 120):
+        url = url or os.environ.get("MARKETPLACE_URL")
+        token = token or os.environ.get("MARKET_TOKEN") or os.environ.get("JUPYTERHUB_API_TOKEN")
+        if not url:
+            raise ValueError("no marketplace URL: pass url= or set MARKETPLACE_URL")
+        if not token:
+            raise ValueError("no API token: pass token= or set JUPYTERHUB_API_TOKEN")
+        self.url = url.rstrip("/") + "/"
+        self.timeout = timeout
+        self.http = requests.Session()
+        self.http.headers["Authorization"] = f"token {token}"
+
+    def __repr__(self) -> str:  # never show the token
+        return f"Market({self.url!r})"
+
+    def request(self, method: str, path: str, **kwargs) -> dict | None:
+        r = self.http.request(method, self.url + "api/" + path.lstrip("/"),
+                              timeout=self.timeout, allow_redirects=False, **kwargs)
+        if r.status_code >= 400:
+            try:
+                err = r.json()
+            except ValueError:
+                err = {"error": "http_error", "message": r.text[:500] or r.reason}
+            raise MarketAPIError(r.status_code, err.get("error", "http_error"),
+                                 err.get("message", ""), err.get("field"))
+        return r.json() if r.content else None
+
+    def me(self) -> dict:
+        return self.request("GET", "me")
+
+    def units(self) -> list[dict]:
+        return self.request("GET", "units")["units"]
+
+    def terms(self) -> str:
+        return self.request("GET", "terms")["terms"]
+
+    def products(self, **filters) -> list[dict]:
+        """The shelf; filters: kind, tag, unit, q, limit, offset."""
+        return self.request("GET", "products", params=filters)["products"]
+
+    def product(self, name: str) -> dict:
+        return self.request("GET", f"products/{name}")
+
+    def publish(self, path: str | Path, accept_terms: bool = True) -> dict:
+        """Submit the bundle directory ``path`` as a new version (validated again server-side).
+
+        Publishing accepts the sharing agreement (:meth:`terms`) on behalf of your unit.
+        Raises :class:`BundleInvalid` listing every problem before anything is uploaded.
+        """
+        problems = validate_dir(Path(path))
+        if problems:
+            raise BundleInvalid(problems)
+        archive = canonical_archive(Path(path))
+        return self.request(
+            "POST", "products",
+            files={"bundle": ("bundle.zip", io.BytesIO(archive), "application/zip")},
+            data={"accept_terms": "true" if accept_terms else "false"},
+        )
+
+    def review(self, product: str, version: str, decision: str, reason: str | None = None):
+        return self.request("POST", f"products/{product}/versions/{version}/review",
+                            json={"decision": decision, "reason": reason})
+
+    def shelf(self, product: str, state: str, reason: str | None = None) -> dict:
+        return self.request("POST", f"products/{product}/shelf",
+                            json={"state": state, "reason": reason})

@@ -1,0 +1,57 @@
+"""Publishing an uploaded bundle: unpack and validate it again (never trust the client), store
+its canonical archive content-addressed, and record the version with its signed agreement.
+
+The slow, blocking steps (unzip, nbformat/papermill inspection, zipping) run in an executor so
+the service's event loop stays responsive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from pathlib import Path
+
+from . import bundle as bundles
+from .auth import SCOPE_PUBLISH, Caller
+from .catalog import Submission, submit_version
+from .errors import InvalidField
+
+
+def _prepare(data: bytes, limits: bundles.BundleLimits, workdir: Path) -> tuple[Submission, bytes]:
+    root = bundles.extract_upload(data, workdir / "bundle", limits)
+    loaded = bundles.load_bundle(root, limits)
+    archive = bundles.canonical_archive(root)
+    sub = Submission(
+        manifest=loaded.manifest, parameters=loaded.parameters, readme=loaded.readme,
+        files=loaded.files, sha256=bundles.archive_sha256(archive), size=len(archive),
+    )
+    return sub, archive
+
+
+async def publish_upload(market, caller: Caller, data: bytes, accept_terms: bool) -> dict:
+    """Validate and record an uploaded bundle; returns product, version, sha256, state and
+    whether the version is new."""
+    caller.require(SCOPE_PUBLISH, "publishing a product")
+    if not accept_terms:
+        raise InvalidField(
+            "publishing needs the sharing agreement accepted (accept_terms=true); read it at "
+            "api/terms", "accept_terms",
+        )
+    workdir = Path(tempfile.mkdtemp(prefix="upload-", dir=market.tmp_dir))
+    try:
+        sub, archive = await asyncio.get_running_loop().run_in_executor(
+            None, _prepare, data, market.bundle_limits, workdir
+        )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    # content-addressed and idempotent: if the database step fails, the blob is an orphan
+    # with no row pointing at it, never a row without its blob
+    market.blobs.put(archive)
+    with market.session_factory() as session:
+        version, created = submit_version(session, market.signer, caller, sub,
+                                          market.sharing_terms)
+        result = {"product": version.product.name, "version": version.version,
+                  "sha256": version.sha256, "state": version.state, "created": created}
+        session.commit()
+    return result
