@@ -43,7 +43,9 @@ def cmd_validate(args) -> int:
     limits = BundleLimits(price_min=args.price_min, price_max=args.price_max)
     problems = validate_dir(args.dir, limits)
     for problem in problems:
-        print(f"{args.dir}/{problem}", file=sys.stderr)
+        where = f"{args.dir}/{problem.file}" if problem.file else str(args.dir)
+        field = f" {problem.field}:" if problem.field else ""
+        print(f"{where}:{field} {problem.message}", file=sys.stderr)
     if problems:
         print(f"{len(problems)} problem(s) in {args.dir}", file=sys.stderr)
         return 1
@@ -126,8 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .errors import MarketError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except MarketError as e:
+        field = f" ({e.field})" if e.field else ""
+        print(f"error{field}: {e.message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

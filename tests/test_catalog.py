@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import io
+import os
 import secrets
+import subprocess
 import zipfile
 from pathlib import Path
 
 import pytest
 import yaml
+from notebook_client import execute, spawn_server, stop_server
 
 from marketplace_ext import signing
 from marketplace_ext.bundle import new_product, validate_dir
 from marketplace_ext.client import Market, MarketAPIError
 from marketplace_ext.hubsession import HubSession
 
+ROOT = Path(__file__).resolve().parent.parent
 NAME = f"meter-check-{secrets.token_hex(2)}"
 
 
@@ -179,3 +183,60 @@ def test_hostile_or_broken_uploads_store_nothing(as_, tmp_path, platform_proc):
     assert pub_a.products() == before
     after_blobs = sorted(blobs.rglob("*")) if blobs.exists() else []
     assert after_blobs == before_blobs
+
+
+def run_market(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(ROOT / ".venv" / "bin" / "market"), *args], capture_output=True,
+                          text=True, env=env, timeout=120)
+
+
+def test_cli_new_validate_and_publish(as_, tmp_path, hub_url):
+    created = run_market("new", "--kind", "data", "--dir", str(tmp_path), "feeder-stats")
+    assert created.returncode == 0, created.stderr
+    bundle = tmp_path / "feeder-stats"
+    assert run_market("validate", str(bundle)).returncode == 0
+
+    again = run_market("new", "--kind", "data", "--dir", str(tmp_path), "feeder-stats")
+    assert again.returncode == 2 and "exists" in again.stderr and "Traceback" not in again.stderr
+
+    set_manifest(bundle, kernel="no-such-kernel",
+                 plans=[{"type": "per_use", "price": 60}, {"type": "forever", "price": 10}])
+    (bundle / "README.md").unlink()
+    broken = run_market("validate", str(bundle))
+    assert broken.returncode == 1
+    for expected in ("kernel", "plans[0].price", "plans[1].type", "README.md"):
+        assert expected in broken.stderr, expected
+    assert "4 problem(s)" in broken.stderr or "problem(s)" in broken.stderr
+
+    # publish from the command line with the publisher's token in the environment
+    fresh = new_product("tool", f"cli-tool-{secrets.token_hex(2)}", tmp_path)
+    pub_c = as_("publisher-c")
+    env = {**os.environ, "MARKET_TOKEN": pub_c.http.headers["Authorization"].split()[1],
+           "MARKETPLACE_URL": f"{hub_url}/services/marketplace/"}
+    refused = run_market("publish", str(fresh), env=env)
+    assert refused.returncode == 2 and "not accepted" in refused.stderr
+    published = run_market("publish", "--accept-terms", str(fresh), env=env)
+    assert published.returncode == 0, published.stderr
+    assert "submitted: state submitted" in published.stdout
+    assert fresh.name in names(pub_c.products(unit="c"))
+
+
+def test_publish_from_a_notebook(hub_url, logins):
+    user = "publisher-d"
+    session = HubSession(hub_url)
+    session.login(user, logins[user])
+    token = session.create_token("nb")
+    server = spawn_server(hub_url, user, token)
+    name = f"nb-data-{secrets.token_hex(2)}"
+    try:
+        out = execute(server, token, f"""
+from pathlib import Path
+from marketplace_ext.bundle import new_product
+from marketplace_ext.client import Market
+bundle = new_product("data", "{name}", Path.cwd())
+result = Market().publish(bundle)
+print(result["product"], result["state"], Market().me()["unit"]["slug"])
+""")
+    finally:
+        stop_server(hub_url, user, token)
+    assert out.split() == [name, "submitted", "d"]
