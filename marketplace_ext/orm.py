@@ -72,6 +72,9 @@ class Member(Base):
 
 
 def _sqlite_pragmas(dbapi_connection, connection_record) -> None:
+    # pysqlite would only BEGIN before the first write, so a balance read and the debit after it
+    # would not share a transaction; take over BEGIN ourselves (SQLAlchemy's documented recipe).
+    dbapi_connection.isolation_level = None
     # WAL lets readers proceed during a write; the busy timeout turns a concurrent write into a
     # short wait instead of "database is locked".
     cursor = dbapi_connection.cursor()
@@ -81,12 +84,27 @@ def _sqlite_pragmas(dbapi_connection, connection_record) -> None:
     cursor.close()
 
 
+def _sqlite_begin(conn) -> None:
+    # a write transaction that reads first (a balance check) must hold the write lock from the
+    # start, or two of them could both pass the check; ask for it with write_transaction()
+    immediate = conn.get_execution_options().get("sqlite_immediate", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
 def make_engine(db_url: str, **kwargs) -> Engine:
-    """An engine for ``db_url``; SQLite files get WAL, foreign keys and a busy timeout."""
+    """An engine for ``db_url``; SQLite files get WAL, foreign keys, a busy timeout and real
+    transactions."""
     engine = create_engine(db_url, future=True, pool_pre_ping=True, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
     return engine
+
+
+def write_transaction(session) -> None:
+    """Start ``session``'s transaction as a writer: on SQLite ``BEGIN IMMEDIATE`` (the database
+    write lock, so check-then-write sequences are serialised); elsewhere row locks do that."""
+    session.connection(execution_options={"sqlite_immediate": True})
 
 
 def make_session_factory(engine: Engine) -> sessionmaker:

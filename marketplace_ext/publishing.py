@@ -16,6 +16,7 @@ from . import bundle as bundles
 from .auth import SCOPE_PUBLISH, Caller
 from .catalog import Submission, submit_version
 from .errors import InvalidField
+from .orm import write_transaction
 
 
 def _prepare(data: bytes, limits: bundles.BundleLimits, workdir: Path) -> tuple[Submission, bytes]:
@@ -49,6 +50,7 @@ async def publish_upload(market, caller: Caller, data: bytes, accept_terms: bool
     # with no row pointing at it, never a row without its blob
     market.blobs.put(archive)
     with market.session_factory() as session:
+        write_transaction(session)
         version, created = submit_version(session, market.signer, caller, sub,
                                           market.sharing_terms)
         result = {"product": version.product.name, "version": version.version,

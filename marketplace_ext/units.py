@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from .errors import Conflict, InvalidField, NotFound
-from .orm import Member, Unit
+from .orm import Member, Unit, write_transaction
 
 SLUG_RE = re.compile(r"^[a-z][a-z0-9]{0,30}$")
 # jupyterhub accepts more, but a unit's slug also names a hub group and a Hive database
@@ -135,6 +135,7 @@ class UnitDirectory:
 
     async def create_unit(self, slug: str, name: str, actor: str) -> Unit:
         with self.session_factory() as session:
+            write_transaction(session)
             unit = create_unit(session, slug, name, actor)
             session.commit()
         try:
@@ -154,6 +155,7 @@ class UnitDirectory:
             get_unit(session, slug)  # fail on an unknown unit before touching the hub
         await self.hub.ensure_user(user_name)
         with self.session_factory() as session:
+            write_transaction(session)
             member, created = add_member(session, slug, user_name, actor)
             session.commit()
         try:
@@ -175,6 +177,7 @@ class UnitDirectory:
             session.rollback()
         await self.hub.remove_from_group(f"unit-{slug}", [user_name])
         with self.session_factory() as session:
+            write_transaction(session)
             remove_member(session, slug, user_name)
             session.commit()
 

@@ -11,6 +11,7 @@ from tornado import web
 
 from ..auth import Caller, caller_from_model
 from ..errors import InvalidField, MarketError, Unauthenticated
+from ..orm import write_transaction
 from ..units import unit_of
 
 log = logging.getLogger("marketplace")
@@ -30,6 +31,9 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
     def db(self) -> Session:
         if not hasattr(self, "_db"):
             self._db = self.market.session_factory()
+            if self.request.method not in ("GET", "HEAD", "OPTIONS"):
+                # writes read first (state checks); hold the write lock from the start
+                write_transaction(self._db)
         return self._db
 
     def on_finish(self) -> None:
@@ -46,8 +50,11 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         return self._caller
 
     def _unit_of(self, name: str) -> str | None:
-        unit = unit_of(self.db, name)
-        return unit.slug if unit else None
+        # a short session of its own: self.db may become a write transaction, and async
+        # handlers must not hold one across an await
+        with self.market.session_factory() as session:
+            unit = unit_of(session, name)
+            return unit.slug if unit else None
 
     def send_error(self, status_code: int = 500, **kwargs) -> None:
         exc_info = kwargs.get("exc_info")
