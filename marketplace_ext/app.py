@@ -21,13 +21,13 @@ from tornado.httpserver import HTTPServer
 from traitlets import Bool, Float, Integer, Unicode, default
 from traitlets.config import Application
 
-from . import __version__, dbutil
+from . import __version__, dbutil, points
 from .blobs import BlobStore
 from .bundle import BundleLimits
 from .catalog import DEFAULT_TERMS
 from .handlers import default_handlers
 from .hubapi import HubAPI
-from .orm import make_engine, make_session_factory
+from .orm import make_engine, make_session_factory, write_transaction
 from .signing import UnitSigner
 from .units import UnitDirectory
 
@@ -145,6 +145,21 @@ class MarketplaceApp(Application):
 
     max_bundle_files = Integer(500, help="Most files a bundle may hold.").tag(config=True)
 
+    initial_grant_points = Integer(
+        500, help="Points the mint issues to every new unit's account."
+    ).tag(config=True)
+
+    fee_basis_points = Integer(
+        600,
+        help="""The operator's fee on every order in basis points (600 = 6 %); the fee is
+        rounded down to the centipoint and the supplier gets the rest.""",
+    ).tag(config=True)
+
+    allow_self_purchase = Bool(
+        False,
+        help="Whether a unit may buy its own product (it can always use it without an order).",
+    ).tag(config=True)
+
     pid_file = Unicode(
         help="File the service writes its pid to while running (used by tests and the launcher)."
     ).tag(config=True)
@@ -165,7 +180,21 @@ class MarketplaceApp(Application):
         self.session_factory = make_session_factory(self.engine)
         token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
         self.hub = HubAPI(self.hub_api_url, token)
-        self.units = UnitDirectory(self.session_factory, self.hub)
+        self.economy = points.EconomyRules(
+            initial_grant=self.initial_grant_points * points.CENTS,
+            fee_basis_points=self.fee_basis_points,
+            allow_self_purchase=self.allow_self_purchase,
+        )
+        self.units = UnitDirectory(
+            self.session_factory, self.hub,
+            on_created=lambda s, unit, actor: points.open_account(s, unit, self.economy, actor),
+        )
+        with self.session_factory() as session:
+            write_transaction(session)
+            opened = points.open_missing_accounts(session, self.economy)
+            session.commit()
+        if opened:
+            self.log.info("opened points accounts for %i existing unit(s)", opened)
         var = Path(self.var_dir)
         self.blobs = BlobStore(var / "blobs")
         self.tmp_dir = var / "tmp"

@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
@@ -243,3 +244,120 @@ class UnitKey(Base):
     public_key: Mapped[str] = mapped_column(String(64), nullable=False)
     sealed_private_key: Mapped[str] = mapped_column(Text, nullable=False)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+
+
+# --- points economy (owned by points.py) -------------------------------------------------------
+
+
+class Account(Base):
+    """A points account: one per unit, one operator fee account, one mint. ``balance`` is the
+    running sum of its postings in centipoints, kept beside them so a purchase can lock and
+    check one row; tests recompute it from the postings."""
+
+    __tablename__ = "accounts"
+    __table_args__ = (UniqueConstraint("unit_id", name="uq_accounts_unit_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)  # unit | operator | mint
+    unit_id: Mapped[int | None] = mapped_column(
+        ForeignKey("units.id", name="fk_accounts_unit_id"), nullable=True
+    )
+    balance: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+
+    unit: Mapped[Unit | None] = relationship()
+
+
+class LedgerTransfer(Base):
+    """One immutable double-entry transfer; its postings sum to zero."""
+
+    __tablename__ = "transfers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)  # grant | order | reversal
+    order_id: Mapped[int | None] = mapped_column(
+        ForeignKey("orders.id", name="fk_transfers_order_id"), nullable=True, index=True
+    )
+    reverses_id: Mapped[int | None] = mapped_column(
+        ForeignKey("transfers.id", name="fk_transfers_reverses_id"), nullable=True, unique=True
+    )
+    memo: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    actor: Mapped[str] = mapped_column(String(255), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+
+    postings: Mapped[list[Posting]] = relationship(back_populates="transfer",
+                                                   order_by="Posting.id")
+
+
+class Posting(Base):
+    """One leg of a transfer: ``amount`` centipoints into (positive) or out of an account."""
+
+    __tablename__ = "postings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    transfer_id: Mapped[int] = mapped_column(
+        ForeignKey("transfers.id", name="fk_postings_transfer_id"), nullable=False, index=True
+    )
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", name="fk_postings_account_id"), nullable=False, index=True
+    )
+    amount: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+    transfer: Mapped[LedgerTransfer] = relationship(back_populates="postings")
+    account: Mapped[Account] = relationship()
+
+
+class Order(Base):
+    """A unit's purchase of a product plan; the idempotency key is unique per buying unit."""
+
+    __tablename__ = "orders"
+    __table_args__ = (
+        UniqueConstraint("unit_id", "idempotency_key", name="uq_orders_unit_idempotency_key"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    unit_id: Mapped[int] = mapped_column(
+        ForeignKey("units.id", name="fk_orders_unit_id"), nullable=False, index=True
+    )
+    product_id: Mapped[int] = mapped_column(
+        ForeignKey("products.id", name="fk_orders_product_id"), nullable=False, index=True
+    )
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("versions.id", name="fk_orders_version_id"), nullable=False
+    )
+    plan: Mapped[str] = mapped_column(String(16), nullable=False)
+    price: Mapped[int] = mapped_column(BigInteger, nullable=False)  # centipoints
+    fee: Mapped[int] = mapped_column(BigInteger, nullable=False)  # centipoints
+    idempotency_key: Mapped[str] = mapped_column(String(128), nullable=False)
+    request_sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)  # paid | refunded
+    buyer: Mapped[str] = mapped_column(String(255), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+
+    unit: Mapped[Unit] = relationship()
+    product: Mapped[Product] = relationship()
+    entitlement: Mapped[Entitlement | None] = relationship(back_populates="order")
+
+
+class Entitlement(Base):
+    """What an order grants: one use (per_use) or access until ``valid_until`` (periods)."""
+
+    __tablename__ = "entitlements"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    order_id: Mapped[int] = mapped_column(
+        ForeignKey("orders.id", name="fk_entitlements_order_id"), nullable=False, unique=True
+    )
+    unit_id: Mapped[int] = mapped_column(
+        ForeignKey("units.id", name="fk_entitlements_unit_id"), nullable=False, index=True
+    )
+    product_id: Mapped[int] = mapped_column(
+        ForeignKey("products.id", name="fk_entitlements_product_id"), nullable=False, index=True
+    )
+    plan: Mapped[str] = mapped_column(String(16), nullable=False)
+    valid_from: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    valid_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    uses_left: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)  # active | used | refunded
+
+    order: Mapped[Order] = relationship(back_populates="entitlement")

@@ -129,9 +129,12 @@ class UnitDirectory:
     steps, an admin editing groups by hand) at start-up and periodically.
     """
 
-    def __init__(self, session_factory, hub):
+    def __init__(self, session_factory, hub, on_created=None):
         self.session_factory = session_factory
         self.hub = hub
+        # called with (session, unit, actor) in a transaction of its own once the hub knows the
+        # unit (the points economy opens its account); a crash before it is repaired at start-up
+        self.on_created = on_created
 
     async def create_unit(self, slug: str, name: str, actor: str) -> Unit:
         with self.session_factory() as session:
@@ -145,6 +148,11 @@ class UnitDirectory:
                 session.delete(session.get(Unit, unit.id))
                 session.commit()
             raise
+        if self.on_created is not None:
+            with self.session_factory() as session:
+                write_transaction(session)
+                self.on_created(session, session.get(Unit, unit.id), actor)
+                session.commit()
         return unit
 
     async def add_member(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import text
 from tornado import web
 
-from .. import __version__, catalog
+from .. import __version__, catalog, points
 from ..auth import SCOPE_APPROVE
 from ..errors import InvalidField, PayloadTooLarge
 from ..hubapi import ROLE_GROUPS
@@ -165,7 +165,8 @@ class ProductHandler(APIHandler):
     @web.authenticated
     def get(self, product):
         p = catalog.get_product(self.db, product, self.caller)
-        self.write_json(catalog.product_detail(p, self.caller))
+        self.write_json({**catalog.product_detail(p, self.caller),
+                         "stats": points.usage_stats(self.db, p)})
 
 
 class ReviewHandler(APIHandler):
@@ -190,6 +191,59 @@ class ShelfHandler(APIHandler):
         self.write_json(catalog.version_json(v, full=True))
 
 
+class OrdersHandler(APIHandler):
+    @web.authenticated
+    def get(self):
+        if self.caller.unit is None:
+            raise InvalidField(f"{self.caller.name} is not a member of any unit", "unit")
+        limit = self.int_argument("limit", 50, 1, 200)
+        offset = self.int_argument("offset", 0, 0, 10**9)
+        orders, total = points.list_orders(self.db, get_unit(self.db, self.caller.unit),
+                                           limit, offset)
+        self.write_json({"orders": [points.order_json(o) for o in orders], "total": total,
+                         "limit": limit, "offset": offset})
+
+    @web.authenticated
+    def post(self):
+        product, plan, key = points.validate_order_request(self.json_body())
+        order, created = points.place_order(self.db, self.caller, self.market.economy,
+                                            product, plan, key)
+        self.db.commit()
+        self.write_json(points.order_json(order), status=201 if created else 200)
+
+
+class OrderRefundHandler(APIHandler):
+    @web.authenticated
+    def post(self, order):
+        self.caller.require(SCOPE_APPROVE, "refunding an order")
+        reason = self.json_body().get("reason")
+        if not isinstance(reason, str) or not reason.strip():
+            raise InvalidField("reason is required: why the order is refunded", "reason")
+        found = points.get_order(self.db, order)
+        points.refund(self.db, found, self.caller.name, reason.strip())
+        self.db.commit()
+        self.write_json(points.order_json(found))
+
+
+class UnitAccountHandler(APIHandler):
+    @web.authenticated
+    def get(self, unit):
+        found = get_unit(self.db, unit)
+        self.caller.require_unit_or_operator(found.slug, "reading a unit's account")
+        limit = self.int_argument("limit", 50, 1, 200)
+        offset = self.int_argument("offset", 0, 0, 10**9)
+        account = points.unit_account(self.db, found)
+        self.write_json({**points.statement(self.db, account, limit, offset),
+                         "limit": limit, "offset": offset})
+
+
+class AccountsHandler(APIHandler):
+    @web.authenticated
+    def get(self):
+        self.caller.require(SCOPE_APPROVE, "listing every account")
+        self.write_json({"accounts": points.all_accounts(self.db)})
+
+
 default_handlers = [
     (r"/api/health", HealthHandler),
     (r"/api/openapi.json", OpenAPIHandler),
@@ -202,4 +256,8 @@ default_handlers = [
     (r"/api/products/(?P<product>[^/]+)", ProductHandler),
     (r"/api/products/(?P<product>[^/]+)/versions/(?P<version>[^/]+)/review", ReviewHandler),
     (r"/api/products/(?P<product>[^/]+)/shelf", ShelfHandler),
+    (r"/api/orders", OrdersHandler),
+    (r"/api/orders/(?P<order>[^/]+)/refund", OrderRefundHandler),
+    (r"/api/units/(?P<unit>[^/]+)/account", UnitAccountHandler),
+    (r"/api/accounts", AccountsHandler),
 ]
