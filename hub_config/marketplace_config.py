@@ -10,3 +10,5 @@ c = get_config()  # noqa: F821 - provided by traitlets
 
 c.MarketplaceApp.log_level = os.environ.get("MARKET_LOG_LEVEL", "INFO")
 c.MarketplaceApp.reconcile_interval = float(os.environ.get("MARKET_RECONCILE_INTERVAL", "300"))
+if os.environ.get("MARKET_INITIAL_GRANT"):
+    c.MarketplaceApp.initial_grant_points = int(os.environ["MARKET_INITIAL_GRANT"])

@@ -342,7 +342,7 @@ class MerkleTree:
     def _check_size(self, size: int | None) -> int:
         if size is None:
             return self._size
-        _check_count(size, "size")
+        _check_count(size, "size", "size")
         if size > self._size:
             raise ProofError(f"tree size {size} is beyond the current size {self._size}",
                              field="size")
@@ -359,7 +359,7 @@ class MerkleTree:
 
     def leaf(self, index: int) -> bytes:
         """The stored leaf hash at ``index``."""
-        _check_count(index, "index")
+        _check_count(index, "index", "index")
         if index >= self._size:
             raise ProofError(f"index {index} is not below tree size {self._size}", field="index")
         return self._fetch([[(0, index)]])[0]
@@ -367,7 +367,7 @@ class MerkleTree:
     def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
         """RFC 9162 §2.1.3.1 inclusion proof of leaf ``index`` in the tree at ``size``."""
         size = self._check_size(size)
-        _check_count(index, "index")
+        _check_count(index, "index", "index")
         if index >= size:
             raise ProofError(f"index {index} is not below tree size {size}", field="index")
         return self._fetch(_inclusion_plan(index, size))
@@ -376,7 +376,7 @@ class MerkleTree:
         """RFC 9162 §2.1.4.1 consistency proof from size ``old`` to ``new`` (default: now);
         empty when old is 0 or old == new."""
         new = self._check_size(new)
-        _check_count(old, "old size")
+        _check_count(old, "old size", "old")
         if old > new:
             raise ProofError(f"old size {old} is larger than new size {new}", field="old")
         if old == 0 or old == new:
@@ -387,11 +387,12 @@ class MerkleTree:
 # --- verification ----------------------------------------------------------------------------
 
 
-def _check_count(value: object, what: str) -> None:
+def _check_count(value: object, what: str, field: str) -> None:
+    # ``field`` names the HTTP query parameter (index, size, old, new) for the error body
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ProofError(f"{what} must be an integer, got {value!r}", field=what)
+        raise ProofError(f"{what} must be an integer, got {value!r:.40}", field=field)
     if value < 0:
-        raise ProofError(f"{what} must not be negative, got {value}", field=what)
+        raise ProofError(f"{what} must not be negative, got {value}", field=field)
 
 
 def _check_count_arg(value: object, what: str) -> None:
@@ -399,9 +400,9 @@ def _check_count_arg(value: object, what: str) -> None:
         raise ValueError(f"{what} must be a non-negative integer, got {value!r}")
 
 
-def _check_hash(value: object, what: str) -> None:
+def _check_hash(value: object, what: str, field: str) -> None:
     if not isinstance(value, bytes | bytearray) or len(value) != HASH_SIZE:
-        raise ProofError(f"{what} must be a {HASH_SIZE}-byte hash", field=what)
+        raise ProofError(f"{what} must be a {HASH_SIZE}-byte hash", field=field)
 
 
 def _check_hash_arg(value: object, what: str) -> None:
@@ -413,7 +414,7 @@ def _check_proof(proof: object) -> list[bytes]:
     if isinstance(proof, bytes | bytearray | str) or not isinstance(proof, Sequence):
         raise ProofError("a proof must be a list of hashes", field="proof")
     for i, h in enumerate(proof):
-        _check_hash(h, f"proof[{i}]")
+        _check_hash(h, f"proof[{i}]", "proof")
     return [bytes(h) for h in proof]
 
 
@@ -435,11 +436,11 @@ def consistency_proof_length(old: int, new: int) -> int:
 def root_from_inclusion_proof(leaf: bytes, index: int, size: int, proof: Sequence[bytes]) -> bytes:
     """The root that ``proof`` makes ``leaf`` (a leaf hash) at ``index`` part of, per RFC 9162
     §2.1.3.2; ProofError if the arguments cannot form a valid proof."""
-    _check_count(index, "index")
-    _check_count(size, "size")
+    _check_count(index, "index", "index")
+    _check_count(size, "size", "size")
     if index >= size:
         raise ProofError(f"index {index} is not below tree size {size}", field="index")
-    _check_hash(leaf, "leaf hash")
+    _check_hash(leaf, "leaf hash", "leaf")
     path = _check_proof(proof)
     want = inclusion_proof_length(index, size)
     if len(path) != want:
@@ -468,7 +469,7 @@ def check_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes],
                     root: bytes) -> None:
     """Raise ProofError unless ``proof`` shows leaf hash ``leaf`` at ``index`` in the tree of
     ``size`` leaves with root ``root``."""
-    _check_hash(root, "root")
+    _check_hash(root, "root", "root")
     if root_from_inclusion_proof(leaf, index, size, proof) != root:
         raise ProofError(f"inclusion proof for index {index} does not lead to the root of the "
                          f"tree of size {size}", field="proof")
@@ -489,30 +490,32 @@ def check_consistency(old_size: int, new_size: int, old_root: bytes, new_root: b
     """Raise ProofError unless ``proof`` shows the tree (old_size, old_root) is a prefix of
     (new_size, new_root), per RFC 9162 §2.1.4.2. Equal sizes need an empty proof and equal
     roots; old size 0 needs an empty proof and old_root == SHA-256("")."""
-    _check_count(old_size, "old size")
-    _check_count(new_size, "new size")
-    _check_hash(old_root, "old root")
-    _check_hash(new_root, "new root")
+    _check_count(old_size, "old size", "old")
+    _check_count(new_size, "new size", "new")
+    _check_hash(old_root, "old root", "old_root")
+    _check_hash(new_root, "new root", "new_root")
     path = _check_proof(proof)
     if old_size > new_size:
         raise ProofError(f"old size {old_size} is larger than new size {new_size}",
-                         field="old size")
+                         field="old")
     if old_size == new_size or old_size == 0:
         if path:
             raise ProofError(f"a consistency proof from size {old_size} to {new_size} is empty, "
                              f"got {len(path)} hashes", field="proof")
         if old_size == 0 and old_root != EMPTY_ROOT:
             raise ProofError("the root of an empty tree is SHA-256 of the empty string",
-                             field="old root")
+                             field="old_root")
         if old_size == new_size and old_root != new_root:
             raise ProofError(f"two different roots for the same tree size {new_size}",
-                             field="new root")
+                             field="new_root")
         return
     want = consistency_proof_length(old_size, new_size)
     if len(path) != want:
         raise ProofError(f"a consistency proof from size {old_size} to {new_size} has {want} "
                          f"hashes, got {len(path)}", field="proof")
-    # RFC 9162 §2.1.4.2, step by step.
+    # RFC 9162 §2.1.4.2, step by step (1 is implied by the length check, kept for fidelity).
+    if not path:  # 1
+        raise ProofError("consistency proof is empty", field="proof")
     if old_size & (old_size - 1) == 0:  # 2: old is a power of two, its root starts the path
         path.insert(0, bytes(old_root))
     fn, sn = old_size - 1, new_size - 1  # 3
@@ -538,10 +541,10 @@ def check_consistency(old_size: int, new_size: int, old_root: bytes, new_root: b
         raise ProofError("consistency proof is too short", field="proof")
     if fr != old_root:
         raise ProofError(f"consistency proof does not lead to the old root (size {old_size})",
-                         field="old root")
+                         field="old_root")
     if sr != new_root:
         raise ProofError(f"consistency proof does not lead to the new root (size {new_size})",
-                         field="new root")
+                         field="new_root")
 
 
 def verify_consistency(old_size: int, new_size: int, old_root: bytes, new_root: bytes,
@@ -607,6 +610,10 @@ class VerifierKey:
             raise NoteError(f"unsupported signature type 0x{self.alg:02x} for key {self.name}")
         if len(self.public_key) != 32:
             raise NoteError(f"key {self.name}: an Ed25519 public key is 32 bytes")
+        try:
+            Ed25519PublicKey.from_public_bytes(self.public_key)
+        except ValueError:
+            raise NoteError(f"key {self.name}: not an Ed25519 public key") from None
 
     @property
     def key_id(self) -> bytes:
@@ -739,14 +746,14 @@ def _check_text(text: object, what: str = "note") -> str:
             raise NoteError(f"{what} is not valid UTF-8") from None
     if not isinstance(text, str):
         raise NoteError(f"{what} must be text")
-    if len(text.encode()) > MAX_NOTE_BYTES:
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:  # lone surrogates
+        raise NoteError(f"{what} is not valid UTF-8") from None
+    if size > MAX_NOTE_BYTES:
         raise NoteError(f"{what} is larger than {MAX_NOTE_BYTES} bytes")
     if any(ord(c) < 0x20 and c != "\n" for c in text):
         raise NoteError(f"{what} contains a control character")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # lone surrogates
-        raise NoteError(f"{what} is not valid UTF-8") from None
     return text
 
 

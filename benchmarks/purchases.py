@@ -1,0 +1,123 @@
+"""Purchases per second through the real service, next to a trivial authenticated GET.
+
+Starts a throw-away platform (hub, proxy, service; SQLite by default, or --db-url), seeds the
+demo, publishes a per-use product, then runs N concurrent buyers over HTTP for a fixed time and,
+in the same run, N concurrent `GET api/me` callers as the baseline. Prints both rates and their
+ratio. Not a test: nothing is asserted.
+
+    .venv/bin/python benchmarks/purchases.py [--clients 50] [--seconds 15] [--db-url URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from marketplace_ext import demo  # noqa: E402
+from marketplace_ext.bundle import new_product  # noqa: E402
+from marketplace_ext.client import Market  # noqa: E402
+from marketplace_ext.hubsession import HubSession  # noqa: E402
+from marketplace_ext.launcher import Platform  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def market_for(url: str, user: str, password: str) -> Market:
+    session = HubSession(url)
+    session.login(user, password)
+    return Market(f"{url}/services/marketplace/", session.create_token("bench"))
+
+
+def hammer(markets: list[Market], clients: int, seconds: float, call) -> tuple[int, int]:
+    """Run ``call(market, i)`` from ``clients`` threads for ``seconds``; (ok, failed) counts."""
+    ok = failed = 0
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def worker(n: int) -> None:
+        nonlocal ok, failed
+        market, i = markets[n % len(markets)], 0
+        while time.monotonic() < stop:
+            good = call(market, f"{n}-{i}")
+            i += 1
+            with lock:
+                ok, failed = (ok + 1, failed) if good else (ok, failed + 1)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return ok, failed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--db-url", default=None, help="service database (default: SQLite)")
+    args = parser.parse_args()
+
+    var = Path(tempfile.mkdtemp(prefix="bench-purchases-")) / "var"
+    env = dict(os.environ, MARKET_HUB_API_PORT=str(free_port()),
+               MARKET_PROXY_API_PORT=str(free_port()), MARKET_SERVICE_PORT=str(free_port()),
+               MARKET_INITIAL_GRANT="10000000", MARKET_LOG_LEVEL="WARN")
+    if args.db_url:
+        env["MARKET_DB_URL"] = args.db_url
+    platform = Platform(var, port=free_port(), env=env, log=lambda *a: None)
+    platform.start()
+    try:
+        accounts = {a["user"]: a["password"] for a in demo.seed(platform.url, var, log=print)}
+        publisher = market_for(platform.url, "publisher-a", accounts["publisher-a"])
+        operator = market_for(platform.url, "operator", accounts["operator"])
+        name = f"bench-{secrets.token_hex(3)}"
+        bundle = new_product("tool", name, var.parent)
+        manifest = yaml.safe_load((bundle / "product.yaml").read_text())
+        manifest["plans"] = [{"type": "per_use", "price": 10}]
+        (bundle / "product.yaml").write_text(yaml.safe_dump(manifest))
+        publisher.publish(bundle)
+        operator.review(name, manifest["version"], "approve")
+        buyers = [market_for(platform.url, u, p) for u, p in accounts.items()
+                  if u.endswith(("-b", "-c", "-d", "-e"))]
+
+        def me(market: Market, _key: str) -> bool:
+            return market.http.get(market.url + "api/me", timeout=30).status_code == 200
+
+        def purchase(market: Market, key: str) -> bool:
+            r = market.http.post(market.url + "api/orders", timeout=30, json={
+                "product": name, "plan": "per_use", "idempotency_key": f"bench-{key}"})
+            return r.status_code == 201
+
+        hammer(buyers, args.clients, 2, me)  # warm up connections and the token cache
+        got, bad = hammer(buyers, args.clients, args.seconds, me)
+        base = got / args.seconds
+        bought, refused = hammer(buyers, args.clients, args.seconds, purchase)
+        rate = bought / args.seconds
+        db = "PostgreSQL" if args.db_url else "SQLite"
+        print(f"service database: {db}; {args.clients} concurrent clients, "
+              f"{args.seconds:.0f} s each")
+        print(f"baseline GET api/me:   {base:8.1f} req/s  ({bad} failed)")
+        print(f"POST api/orders:       {rate:8.1f} purchases/s  ({refused} failed)")
+        print(f"ratio purchases/GET:   {rate / base:8.3f}")
+    finally:
+        platform.stop()
+
+
+if __name__ == "__main__":
+    main()
