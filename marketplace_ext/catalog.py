@@ -31,6 +31,7 @@ from .units import get_unit
 DRAFT, SUBMITTED, ON_SHELF, REJECTED, OFF_SHELF, SUPERSEDED = (
     "draft", "submitted", "on_shelf", "rejected", "off_shelf", "superseded",
 )
+KINDS = ("data", "tool", "application")
 TRANSITIONS = {
     None: {DRAFT},
     DRAFT: {SUBMITTED},

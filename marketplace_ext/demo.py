@@ -13,6 +13,8 @@ import os
 import secrets
 from pathlib import Path
 
+from .bundle import TEMPLATES_DIR
+from .client import Market
 from .hubsession import HubPageError, HubSession
 
 DEMO_UNITS = {
@@ -21,6 +23,14 @@ DEMO_UNITS = {
     "c": "Provincial Company C",
     "d": "Provincial Company D",
     "e": "Provincial Company E",
+}
+
+
+# the example catalogue, each published by one unit's publisher and approved by the operator
+DEMO_PRODUCTS = {
+    "electricity-theft-detection": "a",
+    "tariff-risk-prediction": "b",
+    "ev-charger-layout": "c",
 }
 
 
@@ -82,7 +92,30 @@ def seed(base_url: str, var_dir: Path, operator: str = "operator", log=print) ->
             r = ops.market("PUT", f"units/{account['unit']}/members/{account['user']}",
                            json={"roles": account["roles"]})
             _check(r)
+    _publish_catalogue(base_url, accounts, log)
     return accounts
+
+
+def _market_as(base_url: str, account: dict) -> Market:
+    session = HubSession(base_url)
+    session.login(account["user"], account["password"])
+    # short-lived: the seed runs on every `make run`
+    token = session.create_token("demo seed", expires_in=600)
+    return Market(f"{base_url}/services/marketplace/", token)
+
+
+def _publish_catalogue(base_url: str, accounts: list[dict], log) -> None:
+    by_user = {a["user"]: a for a in accounts}
+    operator = _market_as(base_url, accounts[0])
+    on_shelf = {p["name"] for p in operator.products() if p["state"] == "on_shelf"}
+    for name, unit in DEMO_PRODUCTS.items():
+        if name in on_shelf:
+            continue
+        publisher = _market_as(base_url, by_user[f"publisher-{unit}"])
+        submitted = publisher.publish(TEMPLATES_DIR / "catalogue" / name)
+        if submitted["state"] == "submitted":
+            operator.review(name, submitted["version"], "approve", "demo catalogue")
+            log(f"  product {name} (unit {unit}) on the shelf")
 
 
 def _sign_up(session: HubSession, account: dict) -> None:

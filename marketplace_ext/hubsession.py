@@ -107,8 +107,11 @@ class HubSession:
         return self.http.request(method, self.url(f"hub/api/{path.lstrip('/')}"),
                                  headers=headers, timeout=self.timeout, **kwargs)
 
-    def create_token(self, note: str = "market", scopes: list[str] | None = None) -> str:
+    def create_token(self, note: str = "market", scopes: list[str] | None = None,
+                     expires_in: int | None = None) -> str:
         body: dict = {"note": note}
+        if expires_in is not None:
+            body["expires_in"] = expires_in
         if scopes is not None:
             body["scopes"] = scopes
         r = self.hub_api("POST", f"users/{self.name}/tokens", json=body)

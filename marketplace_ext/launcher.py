@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -49,7 +50,45 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a zombie is dead for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def descendants(pid: int) -> set[int]:
+    """Live descendants of ``pid``, read from /proc (the proxy, the service and notebook servers
+    run in sessions of their own, so a process-group kill would miss them)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def terminate(pids: set[int], grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL whatever is still alive after ``grace`` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        alive = {pid for pid in pids if pid_alive(pid)}
+        for pid in alive:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while alive and time.monotonic() < deadline:
+            alive = {pid for pid in alive if pid_alive(pid)}
+            time.sleep(0.1)
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 30.0, sig=signal.SIGTERM) -> None:
@@ -104,6 +143,10 @@ class Platform:
 
     def start(self, timeout: float = 120.0) -> None:
         self.var_dir.mkdir(parents=True, exist_ok=True)
+        with socket.socket() as probe:
+            if probe.connect_ex((self.ip, self.port)) == 0:
+                raise LaunchError(f"{self.url} is already in use: is another `make run` "
+                                  "running? (choose another port with MARKET_HUB_PORT)")
         for stale in ("jupyterhub-proxy.pid", "marketplace.pid"):
             kill_pidfile(self.var_dir / stale)
         db_url = self.env.get("MARKET_DB_URL") or f"sqlite:///{self.var_dir}/marketplace.sqlite"
@@ -128,7 +171,11 @@ class Platform:
     def stop(self) -> None:
         if self.hub is not None:
             self.log("Stopping JupyterHub and everything it started ...")
+            started = descendants(self.hub.pid)
             stop_process(self.hub)
+            # the hub stops its proxy, service and notebook servers itself; anything it could
+            # not (a crash, a hung server) is ended here so nothing outlives `make run`
+            terminate(started)
             self.hub = None
             self._hub_log.close()
         for stale in ("jupyterhub-proxy.pid", "marketplace.pid"):
@@ -143,6 +190,8 @@ def run(var_dir: Path, port: int = 8000, seed: bool = True) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    # a shell may start us with SIGINT ignored (a background job); Ctrl-C must still stop us
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         platform.start()
         if seed:

@@ -240,3 +240,19 @@ print(result["product"], result["state"], Market().me()["unit"]["slug"])
     finally:
         stop_server(hub_url, user, token)
     assert out.split() == [name, "submitted", "d"]
+
+
+def test_shelf_and_product_pages(hub_url, logins):
+    browser = HubSession(hub_url)
+    browser.login("subscriber-e", logins["subscriber-e"])
+    home = browser.open_marketplace().text
+    assert 'id="me-balance"' in home and "Electricity theft detection" in home
+    assert "Waiting for review" not in home  # operators only
+    filtered = browser.http.get(browser.url("services/marketplace/"),
+                                params={"kind": "tool", "q": "tariff"}).text
+    assert "Tariff risk prediction" in filtered and "EV charger layout" not in filtered
+    page = browser.http.get(browser.url(
+        "services/marketplace/products/electricity-theft-detection")).text
+    assert 'id="units-using"' in page and "Sharing agreement" in page
+    missing = browser.http.get(browser.url("services/marketplace/products/no-such-thing"))
+    assert missing.status_code == 404 and "no product" in missing.text

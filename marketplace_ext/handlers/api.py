@@ -126,15 +126,12 @@ class TermsHandler(APIHandler):
         self.write_json({"terms": self.market.sharing_terms})
 
 
-KINDS = ("data", "tool", "application")
-
-
 class ProductsHandler(APIHandler):
     @web.authenticated
     def get(self):
         kind = self.get_query_argument("kind", None)
-        if kind is not None and kind not in KINDS:
-            raise InvalidField(f"kind must be one of {', '.join(KINDS)}", "kind")
+        if kind is not None and kind not in catalog.KINDS:
+            raise InvalidField(f"kind must be one of {', '.join(catalog.KINDS)}", "kind")
         limit = self.int_argument("limit", 50, 1, 200)
         offset = self.int_argument("offset", 0, 0, 10**9)
         items, total = catalog.list_products(
