@@ -12,3 +12,10 @@ c.MarketplaceApp.log_level = os.environ.get("MARKET_LOG_LEVEL", "INFO")
 c.MarketplaceApp.reconcile_interval = float(os.environ.get("MARKET_RECONCILE_INTERVAL", "300"))
 if os.environ.get("MARKET_INITIAL_GRANT"):
     c.MarketplaceApp.initial_grant_points = int(os.environ["MARKET_INITIAL_GRANT"])
+if os.environ.get("MARKET_LOG_WITNESSES"):
+    # {"name": "vkey", ...} as JSON; see `market witness --init`
+    import json
+
+    c.MarketplaceApp.log_witnesses = json.loads(os.environ["MARKET_LOG_WITNESSES"])
+if os.environ.get("MARKET_LOG_QUORUM"):
+    c.MarketplaceApp.log_quorum = int(os.environ["MARKET_LOG_QUORUM"])

@@ -18,13 +18,14 @@ from jupyterhub.services.auth import HubOAuth
 from jupyterhub.utils import url_path_join
 from tornado import web
 from tornado.httpserver import HTTPServer
-from traitlets import Bool, Float, Integer, Unicode, default
+from traitlets import Bool, Dict, Float, Integer, Unicode, default
 from traitlets.config import Application
 
 from . import __version__, dbutil, points
 from .blobs import BlobStore
 from .bundle import BundleLimits
 from .catalog import DEFAULT_TERMS
+from .certlog import TransparencyLog
 from .handlers import default_handlers
 from .hubapi import HubAPI
 from .orm import make_engine, make_session_factory, write_transaction
@@ -160,6 +161,39 @@ class MarketplaceApp(Application):
         help="Whether a unit may buy its own product (it can always use it without an order).",
     ).tag(config=True)
 
+    log_origin = Unicode(
+        "grid-data-supermarket.local/log",
+        help="""The transparency log's origin line (C2SP checkpoint): a name unique to this
+        log, conventionally host/path. Changing it starts a different log for verifiers.""",
+    ).tag(config=True)
+
+    log_key_file = Unicode(
+        help="""The log's Ed25519 signing key (C2SP signed-note private key), created with mode
+        0600 on first start. Defaults to var_dir/log_signing.key."""
+    ).tag(config=True)
+
+    @default("log_key_file")
+    def _default_log_key_file(self):
+        return os.path.join(self.var_dir, "log_signing.key")
+
+    log_witnesses = Dict(
+        {},
+        help="""Witnesses whose cosignatures the log accepts: {name: vkey}, each vkey printed by
+        `market witness --init`. Cosignatures of other keys are refused.""",
+    ).tag(config=True)
+
+    log_quorum = Integer(
+        1,
+        help="""How many configured witnesses must co-sign a checkpoint for it to be final
+        (k of n). 0 means checkpoints are never reported final.""",
+    ).tag(config=True)
+
+    log_interval = Float(
+        1.0,
+        help="""Seconds between integrations of newly certified entries into the Merkle tree
+        and a new signed checkpoint (entries learn their index at once).""",
+    ).tag(config=True)
+
     pid_file = Unicode(
         help="File the service writes its pid to while running (used by tests and the launcher)."
     ).tag(config=True)
@@ -200,6 +234,8 @@ class MarketplaceApp(Application):
         self.tmp_dir = var / "tmp"
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self.signer = UnitSigner(read_or_create_secret(var / "marketplace_kek"))
+        self.tlog = TransparencyLog(self.log_origin, Path(self.log_key_file),
+                                    self.log_witnesses, self.log_quorum)
         self.bundle_limits = BundleLimits(
             max_file_bytes=self.max_file_bytes, max_total_bytes=self.max_bundle_bytes,
             max_files=self.max_bundle_files, price_min=self.price_min, price_max=self.price_max,
@@ -255,6 +291,24 @@ class MarketplaceApp(Application):
                 delay = min(delay * 2, 60.0)
             await asyncio.sleep(delay)
 
+    def integrate_log(self) -> int | None:
+        with self.session_factory() as session:
+            write_transaction(session)
+            size = self.tlog.integrate(session)
+            session.commit()
+            return size
+
+    async def log_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                size = await loop.run_in_executor(None, self.integrate_log)
+                if size is not None:
+                    self.log.debug("log checkpoint at size %i", size)
+            except Exception:
+                self.log.exception("log integration failed; retrying")
+            await asyncio.sleep(self.log_interval)
+
     async def serve(self) -> None:
         url = urlparse(self.service_url)
         # room for the multipart envelope around the largest allowed bundle
@@ -269,11 +323,13 @@ class MarketplaceApp(Application):
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         reconcile = asyncio.create_task(self.reconcile_loop())
+        integrate = asyncio.create_task(self.log_loop())
         try:
             await stop.wait()
         finally:
             self.log.info("Marketplace shutting down")
             reconcile.cancel()
+            integrate.cancel()
             server.stop()
             await server.close_all_connections()
             self.engine.dispose()

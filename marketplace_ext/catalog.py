@@ -22,6 +22,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
+from . import certlog
 from .auth import SCOPE_PUBLISH, Caller
 from .errors import Conflict, Forbidden, InvalidField, NotFound
 from .orm import Agreement, Product, Tag, Transition, Unit, Version
@@ -60,9 +61,13 @@ class Submission:
     files: list[str]
     sha256: str
     size: int
+    file_digests: dict[str, str]
 
 
-def _move(version: Version, to_state: str, caller: Caller, reason: str | None = None) -> None:
+def _move(version: Version, to_state: str, caller: Caller, reason: str | None = None,
+          session: Session | None = None) -> None:
+    """Move ``version`` to ``to_state``; with a session, certify the step in the log (the
+    first two steps are certified together, as the submission)."""
     if to_state not in TRANSITIONS[version.state if version.state else None]:
         raise Conflict(
             f"version {version.version} is {version.state}; it cannot become {to_state}",
@@ -72,6 +77,10 @@ def _move(version: Version, to_state: str, caller: Caller, reason: str | None = 
         Transition(from_state=version.state, to_state=to_state, actor=caller.name,
                    actor_is_operator=caller.is_operator, reason=reason)
     )
+    if session is not None:
+        certlog.append(session, "shelf", caller.name, caller.unit, version.sha256,
+                       product=version.product.name, version=version.version,
+                       from_state=version.state, to_state=to_state, reason=reason)
     version.state = to_state
     if to_state == REJECTED:
         version.reason = reason
@@ -118,6 +127,7 @@ def submit_version(
         title=m["title"], summary=m["summary"], tags=json.dumps(m.get("tags", [])),
         manifest=json.dumps(m, sort_keys=True), parameters=json.dumps(sub.parameters),
         files=json.dumps(sub.files), readme=sub.readme, size=sub.size, created_by=caller.name,
+        file_digests=json.dumps(sub.file_digests, sort_keys=True),
     )
     session.add(version)
     version.transitions = []
@@ -138,6 +148,12 @@ def submit_version(
     text, signature, public_key = signer.sign(session, unit, statement)
     session.add(Agreement(version=version, unit_id=unit.id, signer=caller.name, terms=terms,
                           statement=text, signature=signature, public_key=public_key))
+    version.log_index = certlog.append(
+        session, "version_submitted", caller.name, unit.slug, sub.sha256,
+        product=product.name, kind=product.kind, version=version.version,
+        files=sub.file_digests,
+        agreement={"statement": text, "signature": signature, "public_key": public_key},
+    )
     session.flush()
     return version, True
 
@@ -184,12 +200,12 @@ def review(session: Session, caller: Caller, product: Product, version: Version,
     if decision == "reject":
         if not reason or not reason.strip():
             raise InvalidField("a rejection needs a reason the publisher can act on", "reason")
-        _move(version, REJECTED, caller, reason.strip())
+        _move(version, REJECTED, caller, reason.strip(), session)
     else:
         previous = product.current_version
-        _move(version, ON_SHELF, caller, reason)
+        _move(version, ON_SHELF, caller, reason, session)
         if previous is not None and previous is not version:
-            _move(previous, SUPERSEDED, caller, f"replaced by {version.version}")
+            _move(previous, SUPERSEDED, caller, f"replaced by {version.version}", session)
         product.current_version = version
     session.flush()
     return version
@@ -214,14 +230,14 @@ def set_shelf(session: Session, caller: Caller, product: Product, state: object,
     if current is None:
         raise Conflict(f"product {product.name!r} has no approved version yet", "state")
     if state == "off":
-        _move(current, OFF_SHELF, caller, reason)
+        _move(current, OFF_SHELF, caller, reason, session)
     else:
         last_off = next((t for t in reversed(current.transitions) if t.to_state == OFF_SHELF),
                         None)
         if last_off is not None and last_off.actor_is_operator and not caller.is_operator:
             raise Forbidden("an operator took this product off the shelf; only an operator "
                             "can put it back", "state")
-        _move(current, ON_SHELF, caller, reason)
+        _move(current, ON_SHELF, caller, reason, session)
     session.flush()
     return current
 
@@ -269,6 +285,7 @@ def render_readme(markdown: str) -> str:
 def version_json(v: Version, full: bool = False) -> dict:
     data = {
         "version": v.version, "sha256": v.sha256, "state": v.state, "reason": v.reason,
+        "log_index": v.log_index,
         "created_at": v.created_at.isoformat() + "Z", "created_by": v.created_by,
     }
     if full:

@@ -62,9 +62,9 @@ def cmd_new(args) -> int:
 
 
 def cmd_publish(args) -> int:
-    from .client import Market, MarketAPIError
+    from .client import MarketAPIError
 
-    market = Market(args.url, args.token)
+    market = _market(args)
     if not args.accept_terms:
         print(market.terms(), "\n")
         if not sys.stdin.isatty() or input("Accept on behalf of your unit? [yes/no] ") != "yes":
@@ -80,6 +80,114 @@ def cmd_publish(args) -> int:
     print(f"{result['product']} {result['version']} {verb}: state {result['state']}, "
           f"sha256 {result['sha256']}")
     return 0
+
+
+def _market(args):
+    from .client import Market
+
+    return Market(args.url, args.token)
+
+
+def cmd_verify(args) -> int:
+    import json
+
+    from .verify import (
+        VerificationFailed,
+        fetch_proof_bundle,
+        trusted_log_key,
+        verify_file,
+        verify_order,
+    )
+
+    market = None if args.proof else _market(args)
+    try:
+        key, pinned = trusted_log_key(market, args.log_key or os.environ.get("MARKET_LOG_KEY"))
+        if not pinned:
+            print(f"note: trusting the log key the service announces ({key}); pin it with "
+                  "--log-key or $MARKET_LOG_KEY", file=sys.stderr)
+        if args.what == "order":
+            order_id = int(args.target)
+            if args.proof:
+                bundle = json.loads(Path(args.proof).read_text())
+            else:
+                orders = market.request("GET", "orders", params={"limit": 200})["orders"]
+                order = next((o for o in orders if o["id"] == order_id), None)
+                if order is None or order.get("log_index") is None:
+                    raise VerificationFailed(f"order {order_id} is not one of your unit's")
+                bundle = fetch_proof_bundle(market, order["log_index"])
+            statement = verify_order(bundle, key, order_id)
+            print(f"order {order_id}: {statement['plan']} of {statement['product']} for "
+                  f"{statement['price']} points, certified at log index {bundle['index']}")
+        else:
+            if not (args.product and args.version):
+                print("error: verify FILE needs --product and --version", file=sys.stderr)
+                return 2
+            if args.proof:
+                bundle = json.loads(Path(args.proof).read_text())
+            else:
+                product = market.product(args.product)
+                version = next((v for v in product["versions"]
+                                if v["version"] == args.version), None)
+                if version is None or version.get("log_index") is None:
+                    raise VerificationFailed(f"{args.product} has no version {args.version}")
+                bundle = fetch_proof_bundle(market, version["log_index"])
+            result = verify_file(Path(args.target), bundle, key, args.product, args.version)
+            print(f"{args.target}: sha256 {result['sha256']} is a file of {args.product} "
+                  f"{args.version}, certified at log index {result['index']}")
+        if args.save_proof:
+            Path(args.save_proof).write_text(json.dumps(bundle, indent=1))
+            print(f"proof bundle saved to {args.save_proof} (verify offline with --proof)")
+    except VerificationFailed as e:
+        print(f"VERIFICATION FAILED: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_witness(args) -> int:
+    from . import merkle
+    from .witness import WitnessState, run_once
+
+    state = WitnessState(args.state)
+    if args.init:
+        vkey = state.init(args.name)
+        print(f"witness key: {vkey}\nadd it to the log's MarketplaceApp.log_witnesses")
+        return 0
+    try:
+        result = run_once(_market(args), state, args.log_key)
+    except merkle.WitnessError as e:
+        print(f"REFUSED: {e}", file=sys.stderr)
+        return 3
+    previous = result["previous"]
+    since = f" (consistent with {previous})" if previous is not None else " (first contact)"
+    final = "final" if result["final"] else "not final yet"
+    print(f"co-signed checkpoint at size {result['size']}{since}; "
+          f"witnesses: {', '.join(result['witnesses'])}; {final}")
+    return 0
+
+
+def cmd_log_fsck(args) -> int:
+    from . import dbutil
+    from .certlog import TransparencyLog
+    from .orm import make_engine, make_session_factory
+
+    url = args.db_url or f"sqlite:///{args.var_dir}/marketplace.sqlite"
+    dbutil.check(url)
+    engine = make_engine(url)
+    tlog = TransparencyLog("fsck", Path(args.var_dir) / "log_signing.key")
+    with make_session_factory(engine)() as session:
+        report = tlog.fsck(session)
+    engine.dispose()
+    if report["ok"]:
+        print(f"log ok: {report['entries']} entries, tree size {report['tree_size']}")
+        return 0
+    print(f"LOG CORRUPT at index {report['index']}: {report['problem']}", file=sys.stderr)
+    return 1
+
+
+def _add_connection_args(p) -> None:
+    p.add_argument("--url", default=None, help="marketplace URL (default: $MARKETPLACE_URL)")
+    p.add_argument("--token", default=None,
+                   help="hub API token (default: $MARKET_TOKEN or $JUPYTERHUB_API_TOKEN)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,12 +221,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("publish", help="submit a bundle directory as a new version")
     p.add_argument("dir", type=Path)
-    p.add_argument("--url", default=None, help="marketplace URL (default: $MARKETPLACE_URL)")
-    p.add_argument("--token", default=None,
-                   help="hub API token (default: $MARKET_TOKEN or $JUPYTERHUB_API_TOKEN)")
+    _add_connection_args(p)
     p.add_argument("--accept-terms", action="store_true",
                    help="accept the sharing agreement without the prompt")
     p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("verify", help="check a downloaded file or an order against the log")
+    p.add_argument("what_or_file", metavar="FILE | order",
+                   help="a downloaded file, or the word 'order' followed by its id")
+    p.add_argument("order_id", nargs="?", help="the order id (with 'order')")
+    p.add_argument("--product")
+    p.add_argument("--version")
+    p.add_argument("--log-key", help="the log's vkey to trust (default: $MARKET_LOG_KEY)")
+    p.add_argument("--proof", help="verify offline from a saved proof bundle")
+    p.add_argument("--save-proof", help="save the proof bundle for offline verification")
+    _add_connection_args(p)
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("witness", help="co-sign the log's latest checkpoint after checking it")
+    p.add_argument("--log", dest="url", default=None, help="marketplace URL of the log")
+    p.add_argument("--token", default=None)
+    p.add_argument("--state", type=Path, required=True, help="the witness's state directory")
+    p.add_argument("--init", action="store_true", help="create the witness key, print its vkey")
+    p.add_argument("--name", default="witness", help="the witness's key name (with --init)")
+    p.add_argument("--log-key", help="pin the log's vkey (default: trust on first use)")
+    p.set_defaults(func=cmd_witness)
+
+    log = sub.add_parser("log", help="the certification log").add_subparsers(dest="log",
+                                                                              required=True)
+    p = log.add_parser("fsck", help="recompute the tree from the stored entries")
+    p.add_argument("--db-url", default=os.environ.get("MARKET_DB_URL"))
+    p.set_defaults(func=cmd_log_fsck)
 
     demo = sub.add_parser("demo", help="demo set-up").add_subparsers(dest="demo", required=True)
     p = demo.add_parser("seed", help="create the demo accounts, units and memberships")
@@ -128,15 +261,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .client import MarketAPIError
     from .errors import MarketError
 
     args = build_parser().parse_args(argv)
+    if args.command == "verify":
+        args.what, args.target = (("order", args.order_id) if args.what_or_file == "order"
+                                  else ("file", args.what_or_file))
+        if args.what == "order" and not (args.target or "").isdigit():
+            print("error: verify order needs the order id", file=sys.stderr)
+            return 2
     try:
         return args.func(args)
     except MarketError as e:
         field = f" ({e.field})" if e.field else ""
         print(f"error{field}: {e.message}", file=sys.stderr)
         return 2
+    except MarketAPIError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

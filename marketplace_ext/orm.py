@@ -170,6 +170,9 @@ class Version(Base):
     size: Mapped[int] = mapped_column(Integer, nullable=False)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
     created_by: Mapped[str] = mapped_column(String(255), nullable=False)
+    # JSON {path: sha256} of every file, so a download can be checked against the log
+    file_digests: Mapped[str] = mapped_column(Text, nullable=False, default="{}")
+    log_index: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
     product: Mapped[Product] = relationship(back_populates="versions", foreign_keys=[product_id])
     transitions: Mapped[list[Transition]] = relationship(
@@ -332,6 +335,7 @@ class Order(Base):
     request_sha256: Mapped[str] = mapped_column(String(64), nullable=False)
     status: Mapped[str] = mapped_column(String(16), nullable=False)  # paid | refunded
     buyer: Mapped[str] = mapped_column(String(255), nullable=False)
+    log_index: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
 
     unit: Mapped[Unit] = relationship()
@@ -361,3 +365,64 @@ class Entitlement(Base):
     status: Mapped[str] = mapped_column(String(16), nullable=False)  # active | used | refunded
 
     order: Mapped[Order] = relationship(back_populates="entitlement")
+
+
+# --- transparency log (owned by certlog.py) ----------------------------------------------------
+
+
+class LogState(Base):
+    """The log's single counter row: entries sequenced so far and the size of the integrated
+    tree. Appending locks this row, which is what makes indices dense and gapless."""
+
+    __tablename__ = "log_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    next_index: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    tree_size: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+
+
+class LogEntry(Base):
+    """One certified statement (canonical JSON) at its leaf index."""
+
+    __tablename__ = "log_entries"
+
+    idx: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    data: Mapped[str] = mapped_column(Text, nullable=False)
+    leaf_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    kind: Mapped[str] = mapped_column(String(32), nullable=False, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+
+
+class LogNode(Base):
+    """A complete subtree hash: (level, index) covers leaves [index*2^level, (index+1)*2^level)."""
+
+    __tablename__ = "log_nodes"
+
+    level: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    idx: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    hash: Mapped[str] = mapped_column(String(64), nullable=False)
+
+
+class LogCheckpoint(Base):
+    """A signed tree head (C2SP checkpoint note, signed by the log key)."""
+
+    __tablename__ = "log_checkpoints"
+
+    size: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    root: Mapped[str] = mapped_column(String(64), nullable=False)
+    note: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+
+
+class LogCosignature(Base):
+    """A witness's cosignature line on a checkpoint."""
+
+    __tablename__ = "log_cosignatures"
+
+    size: Mapped[int] = mapped_column(
+        ForeignKey("log_checkpoints.size", name="fk_log_cosignatures_size"), primary_key=True
+    )
+    witness: Mapped[str] = mapped_column(String(255), primary_key=True)
+    line: Mapped[str] = mapped_column(Text, nullable=False)
+    timestamp: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)

@@ -25,6 +25,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from . import certlog
 from .auth import SCOPE_SUBSCRIBE, Caller
 from .errors import Conflict, Forbidden, InvalidField, MarketError, NotFound
 from .orm import (
@@ -135,9 +136,11 @@ def open_account(session: Session, unit: Unit, rules: EconomyRules, actor: str) 
     account = Account(kind="unit", unit_id=unit.id, unit=unit, balance=0)
     session.add(account)
     session.flush()
-    _post(session, "grant", actor, [(mint_account(session), -rules.initial_grant),
-                                    (account, rules.initial_grant)],
-          memo=f"initial grant to unit {unit.slug}")
+    transfer = _post(session, "grant", actor, [(mint_account(session), -rules.initial_grant),
+                                               (account, rules.initial_grant)],
+                     memo=f"initial grant to unit {unit.slug}")
+    certlog.append(session, "unit_grant", actor, unit.slug, f"transfer:{transfer.id}",
+                   transfer=transfer.id, amount=format_points(rules.initial_grant))
     return account
 
 
@@ -243,9 +246,16 @@ def place_order(session: Session, caller: Caller, rules: EconomyRules, product_n
     except IntegrityError as e:  # the same key raced in on another connection
         raise Conflict("a concurrent order with this idempotency_key is in progress",
                        "idempotency_key") from e
-    _post(session, "order", caller.name,
-          [(buyer, -price), (supplier, price - fee), (operator, fee)], order=order,
-          memo=f"{plan} of {product.name}")
+    transfer = _post(session, "order", caller.name,
+                     [(buyer, -price), (supplier, price - fee), (operator, fee)], order=order,
+                     memo=f"{plan} of {product.name}")
+    order.log_index = certlog.append(
+        session, "order", caller.name, buyer_unit.slug, f"order:{order.id}",
+        order=order.id, product=product.name, version=version.version,
+        bundle_sha256=version.sha256, plan=plan, price=format_points(price),
+        fee=format_points(fee), supplier=product.unit.slug, transfer=transfer.id,
+        idempotency_key_sha256=hashlib.sha256(key.encode()).hexdigest(),
+    )
     now = utcnow()
     period = PLAN_PERIODS.get(plan)
     session.add(Entitlement(
@@ -277,8 +287,11 @@ def refund(session: Session, order: Order, actor: str, reason: str) -> LedgerTra
         LedgerTransfer.order_id == order.id, LedgerTransfer.kind == "order"))
     accounts = [p.account for p in original.postings]
     _lock(session, accounts)
-    _post(session, "reversal", actor, [(p.account, -p.amount) for p in original.postings],
-          order=order, reverses=original, memo=reason)
+    reversal = _post(session, "reversal", actor,
+                     [(p.account, -p.amount) for p in original.postings],
+                     order=order, reverses=original, memo=reason)
+    certlog.append(session, "refund", actor, order.unit.slug, f"order:{order.id}",
+                   order=order.id, transfer=reversal.id, reverses=original.id, reason=reason)
     order.status = "refunded"
     if order.entitlement is not None:
         order.entitlement.status = "refunded"
@@ -380,7 +393,7 @@ def order_json(order: Order) -> dict:
         "price": format_points(order.price), "fee": format_points(order.fee),
         "supplier_share": format_points(order.price - order.fee), "status": order.status,
         "buyer": order.buyer, "unit": order.unit.slug, "idempotency_key": order.idempotency_key,
-        "created_at": order.created_at.isoformat() + "Z",
+        "created_at": order.created_at.isoformat() + "Z", "log_index": order.log_index,
         "entitlement": None if ent is None else {
             "id": ent.id, "plan": ent.plan, "status": ent.status,
             "valid_from": ent.valid_from.isoformat() + "Z",

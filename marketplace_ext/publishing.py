@@ -8,6 +8,7 @@ the service's event loop stays responsive.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -23,9 +24,12 @@ def _prepare(data: bytes, limits: bundles.BundleLimits, workdir: Path) -> tuple[
     root = bundles.extract_upload(data, workdir / "bundle", limits)
     loaded = bundles.load_bundle(root, limits)
     archive = bundles.canonical_archive(root)
+    digests = {path: hashlib.sha256((root / path).read_bytes()).hexdigest()
+               for path in loaded.files}
     sub = Submission(
         manifest=loaded.manifest, parameters=loaded.parameters, readme=loaded.readme,
         files=loaded.files, sha256=bundles.archive_sha256(archive), size=len(archive),
+        file_digests=digests,
     )
     return sub, archive
 
@@ -54,6 +58,7 @@ async def publish_upload(market, caller: Caller, data: bytes, accept_terms: bool
         version, created = submit_version(session, market.signer, caller, sub,
                                           market.sharing_terms)
         result = {"product": version.product.name, "version": version.version,
-                  "sha256": version.sha256, "state": version.state, "created": created}
+                  "sha256": version.sha256, "state": version.state, "created": created,
+                  "log_index": version.log_index}
         session.commit()
     return result

@@ -3,6 +3,7 @@ PostgreSQL server; per-test database URLs for SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -42,6 +43,13 @@ class RunningPlatform:
             MARKET_PROXY_API_PORT=str(free_port()),
             MARKET_SERVICE_PORT=str(free_port()),
         )
+        # two witnesses, both needed for a final checkpoint
+        from marketplace_ext.witness import WitnessState
+
+        self.witness_dirs = {name: var_dir.parent / name for name in ("witness-a", "witness-b")}
+        vkeys = {name: WitnessState(d).init(name) for name, d in self.witness_dirs.items()}
+        self.env["MARKET_LOG_WITNESSES"] = json.dumps(vkeys)
+        self.env["MARKET_LOG_QUORUM"] = "2"
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
         self.started_pids: set[int] = set()

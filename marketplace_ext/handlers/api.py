@@ -7,6 +7,7 @@ from tornado import web
 
 from .. import __version__, catalog, points
 from ..auth import SCOPE_APPROVE
+from ..downloads import deliver_file
 from ..errors import InvalidField, PayloadTooLarge
 from ..hubapi import ROLE_GROUPS
 from ..openapi import openapi_document
@@ -241,6 +242,70 @@ class AccountsHandler(APIHandler):
         self.write_json({"accounts": points.all_accounts(self.db)})
 
 
+class FileDownloadHandler(APIHandler):
+    @web.authenticated
+    def get(self, product, version, path):
+        delivery = deliver_file(self.db, self.market.blobs, self.caller, product, version, path)
+        self.db.commit()
+        self.set_header("Content-Type", "application/octet-stream")
+        self.set_header("Content-Disposition",
+                        f'attachment; filename="{delivery.filename.replace(chr(34), "")}"')
+        self.set_header("X-Content-SHA256", delivery.sha256)
+        self.set_header("X-Log-Index", str(delivery.log_index))
+        self.finish(delivery.data)
+
+
+class LogKeyHandler(APIHandler):
+    @web.authenticated
+    def get(self):
+        tlog = self.market.tlog
+        self.write_json({"origin": tlog.origin, "log_key": tlog.vkey,
+                         "witnesses": {n: str(w.key) for n, w in tlog.witnesses.items()},
+                         "quorum": tlog.quorum})
+
+
+class CheckpointHandler(APIHandler):
+    @web.authenticated
+    def get(self):
+        size = self.get_query_argument("size", None)
+        if size is not None:
+            size = self.int_argument("size", 0, 0, 2**62)
+        self.write_json(self.market.tlog.checkpoint(self.db, size))
+
+
+class LogEntryHandler(APIHandler):
+    @web.authenticated
+    def get(self, index):
+        if not index.isdigit():
+            raise InvalidField("index must be a non-negative integer", "index")
+        self.write_json(self.market.tlog.entry(self.db, int(index)))
+
+
+class InclusionProofHandler(APIHandler):
+    @web.authenticated
+    def get(self):
+        index = self.required_int("index")
+        size = self.required_int("size")
+        self.write_json(self.market.tlog.inclusion(self.db, index, size))
+
+
+class ConsistencyProofHandler(APIHandler):
+    @web.authenticated
+    def get(self):
+        old = self.required_int("old")
+        new = self.required_int("new")
+        self.write_json(self.market.tlog.consistency(self.db, old, new))
+
+
+class CosignaturesHandler(APIHandler):
+    @web.authenticated
+    def post(self):
+        body = self.json_body()
+        result = self.market.tlog.add_cosignature(self.db, body.get("cosignature"))
+        self.db.commit()
+        self.write_json(result)
+
+
 default_handlers = [
     (r"/api/health", HealthHandler),
     (r"/api/openapi.json", OpenAPIHandler),
@@ -257,4 +322,12 @@ default_handlers = [
     (r"/api/orders/(?P<order>[^/]+)/refund", OrderRefundHandler),
     (r"/api/units/(?P<unit>[^/]+)/account", UnitAccountHandler),
     (r"/api/accounts", AccountsHandler),
+    (r"/api/products/(?P<product>[^/]+)/versions/(?P<version>[^/]+)/files/(?P<path>.+)",
+     FileDownloadHandler),
+    (r"/api/log/key", LogKeyHandler),
+    (r"/api/log/checkpoint", CheckpointHandler),
+    (r"/api/log/entries/(?P<index>[^/]+)", LogEntryHandler),
+    (r"/api/log/proof/inclusion", InclusionProofHandler),
+    (r"/api/log/proof/consistency", ConsistencyProofHandler),
+    (r"/api/log/cosignatures", CosignaturesHandler),
 ]

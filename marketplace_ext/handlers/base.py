@@ -111,6 +111,11 @@ class APIHandler(BaseHandler):
             raise InvalidField(f"{name} must be between {low} and {high}", name)
         return value
 
+    def required_int(self, name: str) -> int:
+        if self.get_query_argument(name, None) is None:
+            raise InvalidField(f"{name} is required", name)
+        return self.int_argument(name, 0, 0, 2**62)
+
     def write_error(self, status_code: int, **kwargs) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, MarketError):

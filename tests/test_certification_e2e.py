@@ -1,0 +1,183 @@
+"""End to end through the running service: publish, approve, buy, download, verify the file
+and the order with the CLI (online and offline); witnesses co-sign until final; a tampered
+file and a forked or rolled-back checkpoint are refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from test_catalog import market_as
+from test_orders_api import publish_on_shelf
+
+from marketplace_ext.client import MarketAPIError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def market_cli(*args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([str(ROOT / ".venv" / "bin" / "market"), *args], capture_output=True,
+                          text=True, env=env, timeout=120)
+
+
+def wait_integrated(m, index: int, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        cp = m.request("GET", "log/checkpoint")
+        if cp["size"] > index:
+            return cp
+        time.sleep(0.3)
+    raise TimeoutError(f"log entry {index} not integrated")
+
+
+@pytest.fixture(scope="module")
+def bought(platform_proc, tmp_path_factory):
+    url, logins = platform_proc.url, platform_proc.logins()
+    op = market_as(url, "operator", logins["operator"])
+    pub = market_as(url, "publisher-a", logins["publisher-a"])
+    sub = market_as(url, "subscriber-b", logins["subscriber-b"])
+    name = publish_on_shelf(pub, op, tmp_path_factory.mktemp("e2e"),
+                            [{"type": "per_use", "price": 10}])
+    order = sub.request("POST", "orders", json={"product": name, "plan": "per_use",
+                                                "idempotency_key": f"e2e-{name}"})
+    return {"name": name, "order": order, "sub": sub, "op": op, "url": url}
+
+
+def test_download_verify_and_tamper(bought, tmp_path):
+    sub, name = bought["sub"], bought["name"]
+    version = sub.product(name)["current_version"]
+    r = sub.http.get(f"{sub.url}api/products/{name}/versions/{version}/files/files/model.json")
+    assert r.status_code == 200, r.text
+    import hashlib
+
+    assert r.headers["X-Content-SHA256"] == hashlib.sha256(r.content).hexdigest()
+    download_index = int(r.headers["X-Log-Index"])
+    # the per-use order is used up: a second download needs a new order
+    again = sub.http.get(f"{sub.url}api/products/{name}/versions/{version}/files/README.md")
+    assert again.status_code == 403 and again.json()["error"] == "no_entitlement"
+    missing = bought["op"].http.get(
+        f"{sub.url}api/products/{name}/versions/{version}/files/../product.yaml")
+    assert missing.status_code in (400, 404)
+
+    wait_integrated(sub, download_index)
+    entry = json.loads(sub.request("GET", f"log/entries/{download_index}")["data"])
+    assert entry["type"] == "download" and entry["subject"] == r.headers["X-Content-SHA256"]
+    assert entry["actor"] == "subscriber-b" and entry["order"] == bought["order"]["id"]
+
+    model = tmp_path / "model.json"
+    model.write_bytes(r.content)
+    env = {**os.environ, "MARKETPLACE_URL": sub.url,
+           "MARKET_TOKEN": sub.http.headers["Authorization"].split()[1]}
+    log_key = sub.request("GET", "log/key")["log_key"]
+    ok = market_cli("verify", str(model), "--product", name, "--version", version,
+                    "--log-key", log_key, "--save-proof", str(tmp_path / "proof.json"), env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert "certified at log index" in ok.stdout
+
+    offline_env = {k: v for k, v in env.items() if k not in ("MARKETPLACE_URL", "MARKET_TOKEN")}
+    offline = market_cli("verify", str(model), "--product", name, "--version", version,
+                         "--proof", str(tmp_path / "proof.json"), "--log-key", log_key,
+                         env=offline_env)
+    assert offline.returncode == 0, offline.stderr
+
+    tampered = tmp_path / "tampered.json"
+    data = bytearray(r.content)
+    data[len(data) // 2] ^= 0x01
+    tampered.write_bytes(bytes(data))
+    bad = market_cli("verify", str(tampered), "--product", name, "--version", version,
+                     "--log-key", log_key, env=env)
+    assert bad.returncode == 1 and "VERIFICATION FAILED" in bad.stderr
+
+    # a proof bundle whose entry was altered no longer verifies offline
+    proof = json.loads((tmp_path / "proof.json").read_text())
+    proof["entry"] = proof["entry"].replace(name, name + "x")
+    (tmp_path / "forged.json").write_text(json.dumps(proof))
+    forged = market_cli("verify", str(model), "--product", name + "x", "--version", version,
+                        "--proof", str(tmp_path / "forged.json"), "--log-key", log_key,
+                        env=offline_env)
+    assert forged.returncode == 1 and "inclusion proof" in forged.stderr
+
+    wrong_key = market_cli("verify", str(model), "--product", name, "--version", version,
+                           "--proof", str(tmp_path / "proof.json"), "--log-key",
+                           log_key.replace(log_key.split("+")[2], "A" * 44), env=offline_env)
+    assert wrong_key.returncode != 0
+
+
+def test_verify_order(bought):
+    sub = bought["sub"]
+    wait_integrated(sub, bought["order"]["log_index"])
+    env = {**os.environ, "MARKETPLACE_URL": sub.url,
+           "MARKET_TOKEN": sub.http.headers["Authorization"].split()[1]}
+    ok = market_cli("verify", "order", str(bought["order"]["id"]), env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert bought["name"] in ok.stdout and "trusting the log key" in ok.stderr
+    other = market_cli("verify", "order", "999999", env=env)
+    assert other.returncode == 1
+
+
+def test_witnesses_cosign_and_refuse_rollback_and_fork(bought, platform_proc, tmp_path):
+    sub = bought["sub"]
+    env = {**os.environ, "MARKETPLACE_URL": sub.url,
+           "MARKET_TOKEN": sub.http.headers["Authorization"].split()[1]}
+    wa, wb = platform_proc.witness_dirs["witness-a"], platform_proc.witness_dirs["witness-b"]
+    first = market_cli("witness", "--state", str(wa), env=env)
+    assert first.returncode == 0, first.stderr
+    assert "first contact" in first.stdout and "not final" in first.stdout
+    second = market_cli("witness", "--state", str(wb), env=env)
+    assert second.returncode == 0, second.stderr
+    assert "final" in second.stdout and "not final" not in second.stdout
+    cp = sub.request("GET", "log/checkpoint")
+    if cp["witnesses"]:  # unless a new checkpoint appeared meanwhile
+        assert cp["final"] == (len(cp["witnesses"]) >= 2)
+
+    # more entries, then the witness checks consistency from what it stored
+    sub.request("POST", "orders", json={"product": bought["name"], "plan": "per_use",
+                                        "idempotency_key": f"e2e-more-{time.time_ns()}"})
+    time.sleep(2.5)
+    again = market_cli("witness", "--state", str(wa), env=env)
+    assert again.returncode == 0 and "consistent with" in again.stdout, again.stderr
+
+    # a witness whose stored checkpoint is ahead of the log: rollback, refused loudly
+    state = json.loads((wa / "checkpoint.json").read_text())
+    for label, change in {
+        "rollback": lambda body: body.replace(f"\n{body.split(chr(10))[1]}\n",
+                                              f"\n{int(body.split(chr(10))[1]) + 1000}\n"),
+        "fork": lambda body: body.replace(body.split("\n")[2], "A" * 43 + "="),
+    }.items():
+        forked = tmp_path / label
+        shutil.copytree(wa, forked)
+        (forked / "checkpoint.json").write_text(json.dumps(
+            {**state, "checkpoint": change(state["checkpoint"])}))
+        refused = market_cli("witness", "--state", str(forked), env=env)
+        assert refused.returncode == 3, (label, refused.stdout, refused.stderr)
+        assert "REFUSED" in refused.stderr
+
+    with pytest.raises(MarketAPIError) as e:
+        sub.request("POST", "log/cosignatures", json={"cosignature": "nonsense"})
+    assert e.value.status == 400
+
+
+def test_log_endpoints_reject_bad_input(bought):
+    sub = bought["sub"]
+    size = sub.request("GET", "log/checkpoint")["size"]
+    for params, field in [({"index": 0}, "size"), ({"index": -1, "size": 1}, "index"),
+                          ({"index": 0, "size": size + 10}, "size"),
+                          ({"index": "x", "size": 1}, "index")]:
+        r = sub.http.get(f"{sub.url}api/log/proof/inclusion", params=params)
+        assert r.status_code == 400 and r.json()["field"] == field, (params, r.text)
+    r = sub.http.get(f"{sub.url}api/log/proof/consistency", params={"old": 5, "new": 2})
+    assert r.status_code == 400
+    assert sub.http.get(f"{sub.url}api/log/entries/999999999").status_code == 404
+    assert sub.http.get(f"{sub.url}api/log/entries/abc").status_code == 400
+
+
+def test_fsck_of_the_running_log(platform_proc):
+    out = market_cli("--var-dir", str(platform_proc.var_dir), "log", "fsck",
+                     env=dict(os.environ))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("log ok:")
