@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from . import merkle
@@ -81,15 +81,18 @@ class SqlNodeStore:
         self.session = session
 
     def get_many(self, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
-        found: dict[tuple[int, int], bytes] = {}
-        keys = list(dict.fromkeys(keys))
-        for start in range(0, len(keys), 500):
-            chunk = keys[start:start + 500]
-            rows = self.session.execute(
-                select(LogNode.level, LogNode.idx, LogNode.hash)
-                .where(tuple_(LogNode.level, LogNode.idx).in_(chunk)))
-            found.update({(level, idx): bytes.fromhex(h) for level, idx, h in rows})
-        return found
+        by_level: dict[int, list[int]] = {}
+        for level, idx in dict.fromkeys(keys):
+            by_level.setdefault(level, []).append(idx)
+        if not by_level:
+            return {}
+        # one (level = ? AND idx IN (...)) clause per level: each is a primary-key range, which
+        # SQLite and PostgreSQL both answer from the index (a row-value IN may scan)
+        rows = self.session.execute(
+            select(LogNode.level, LogNode.idx, LogNode.hash).where(or_(*(
+                and_(LogNode.level == level, LogNode.idx.in_(idxs))
+                for level, idxs in by_level.items()))))
+        return {(level, idx): bytes.fromhex(h) for level, idx, h in rows}
 
     def put_many(self, nodes: Iterable[tuple[int, int, bytes]]) -> None:
         self.session.add_all(LogNode(level=level, idx=idx, hash=h.hex())

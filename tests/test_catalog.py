@@ -248,6 +248,7 @@ def test_shelf_and_product_pages(hub_url, logins):
     home = browser.open_marketplace().text
     assert 'id="me-balance"' in home and "Electricity theft detection" in home
     assert "Waiting for review" not in home  # operators only
+    assert 'id="log-checkpoint"' in home
     filtered = browser.http.get(browser.url("services/marketplace/"),
                                 params={"kind": "tool", "q": "tariff"}).text
     assert "Tariff risk prediction" in filtered and "EV charger layout" not in filtered

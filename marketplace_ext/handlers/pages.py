@@ -7,6 +7,7 @@ from sqlalchemy import select
 from tornado import web
 
 from .. import catalog, points
+from ..errors import NotFound
 from ..orm import Version
 from ..units import get_unit
 from .base import BaseHandler
@@ -42,8 +43,13 @@ class HomeHandler(PageHandler):
             review_queue = self.db.scalars(
                 select(Version).where(Version.state == catalog.SUBMITTED).order_by(Version.id)
             ).all()
+        try:
+            checkpoint = self.market.tlog.checkpoint(self.db)
+        except NotFound:
+            checkpoint = None
         self.render_template(
             "home.html", caller=caller, unit=unit, balance=balance, kind=kind or "", q=q or "",
+            checkpoint=checkpoint,
             products=[catalog.product_summary(p, caller) for p in products], total=total,
             kinds=catalog.KINDS, review_queue=review_queue,
         )
