@@ -426,3 +426,46 @@ class LogCosignature(Base):
     line: Mapped[str] = mapped_column(Text, nullable=False)
     timestamp: Mapped[int] = mapped_column(BigInteger, nullable=False)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+
+
+# --- runs (owned by runner.py) -----------------------------------------------------------------
+
+
+class Run(Base):
+    """One papermill execution of a product version, from queueing to its stored outputs."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    product_id: Mapped[int] = mapped_column(
+        ForeignKey("products.id", name="fk_runs_product_id"), nullable=False, index=True
+    )
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("versions.id", name="fk_runs_version_id"), nullable=False
+    )
+    unit_id: Mapped[int | None] = mapped_column(
+        ForeignKey("units.id", name="fk_runs_unit_id"), nullable=True, index=True
+    )
+    user: Mapped[str] = mapped_column(String(255), nullable=False)
+    mode: Mapped[str] = mapped_column(String(16), nullable=False)  # remote_run | remote_call | m2d
+    entitlement_id: Mapped[int | None] = mapped_column(
+        ForeignKey("entitlements.id", name="fk_runs_entitlement_id"), nullable=True
+    )
+    # queued | running | succeeded | failed | cancelled
+    status: Mapped[str] = mapped_column(String(16), nullable=False, index=True)
+    parameters: Mapped[str] = mapped_column(Text, nullable=False, default="{}")  # JSON
+    data_kind: Mapped[str] = mapped_column(String(16), nullable=False, default="platform")
+    data_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)  # an upload
+    data_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    timeout_seconds: Mapped[int] = mapped_column(Integer, nullable=False)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    cells_done: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    cells_total: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    output_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)  # .ipynb
+    html_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    artifacts: Mapped[str] = mapped_column(Text, nullable=False, default="{}")  # JSON name->sha
+    log_index: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
