@@ -5,6 +5,7 @@ Everything host- or secret-specific comes from environment variables (``MARKET_*
 safe defaults for the embedded mode: state under ``var/``, loopback only, generated secrets.
 """
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from marketplace_ext.auth import (
     SCOPE_PUBLISH,
     SCOPE_SUBSCRIBE,
 )
+from marketplace_ext.platform import DataPlatform
 
 c = get_config()  # noqa: F821 - provided by jupyterhub
 
@@ -82,9 +84,24 @@ def unit_of(spawner) -> str:
     return units[0] if units else ""
 
 
+# each unit's data platform endpoint: MARKET_SPARK_ENDPOINTS='{"a": "sc://host:15002"}' for
+# units with their own Spark Connect server; the rest share MARKET_SPARK_REMOTE (embedded)
+DATA_PLATFORM = DataPlatform(
+    endpoints=json.loads(env("MARKET_SPARK_ENDPOINTS", "{}")),
+    default_endpoint=env("MARKET_SPARK_REMOTE", "sc://127.0.0.1:15002"),
+)
+
+
+def spark_remote_of(spawner) -> str:
+    unit = unit_of(spawner)
+    # a user in no unit gets no platform: the embedded default isolates units by database only
+    return DATA_PLATFORM.spark_remote_for(unit) if unit else ""
+
+
 c.Spawner.environment = {
     "MARKETPLACE_URL": MARKETPLACE_URL,
     "MARKET_UNIT": unit_of,
+    "SPARK_REMOTE": spark_remote_of,
 }
 # the notebook's own JUPYTERHUB_API_TOKEN may call the marketplace with the user's rights
 # (the hub grants only the subset the user actually holds)

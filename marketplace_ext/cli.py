@@ -82,6 +82,15 @@ def cmd_publish(args) -> int:
     return 0
 
 
+def cmd_demo_data(args) -> int:
+    from . import demo
+
+    record = demo.load_demo_data(args.var_dir, args.remote, scale=args.scale, seed=args.seed,
+                                 data_dir=args.data)
+    print(f"loaded in {record['seconds']} s")
+    return 0
+
+
 def _market(args):
     from .client import Market
 
@@ -257,6 +266,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = demo.add_parser("seed", help="create the demo accounts, units and memberships")
     p.add_argument("--hub-url", default="http://127.0.0.1:8000")
     p.set_defaults(func=cmd_demo_seed)
+    p = demo.add_parser("data", help="load units A-E's tables from the smart-meter readings")
+    p.add_argument("--scale", type=float, default=float(os.environ.get("MARKET_DEMO_SCALE", 1)),
+                   help="fraction of the 5,566 households (default 1; tests use 0.01)")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--remote", default=os.environ.get("MARKET_SPARK_REMOTE",
+                                                      "sc://127.0.0.1:15002"),
+                   help="the Spark Connect endpoint (default: $MARKET_SPARK_REMOTE)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="the LCL data directory (default: $MARKET_LCL_DATA or ../shared/...)")
+    p.set_defaults(func=cmd_demo_data)
     return parser
 
 

@@ -138,3 +138,37 @@ def format_logins(accounts: list[dict]) -> str:
         where = f"unit {a['unit']}" if a["unit"] else "all units"
         lines.append(f"  {a['user']:<14} {a['password']:<14} {role} ({where})")
     return "\n".join(lines)
+
+
+def data_marker(var_dir: Path) -> Path:
+    return Path(var_dir) / "demo_data.json"
+
+
+def load_demo_data(var_dir: Path, remote: str, scale: float = 1.0, seed: int = 7,
+                   data_dir: Path | None = None, log=print) -> dict:
+    """Build units A-E's business tables from the London smart-meter readings and load them
+    into each unit's Hive database on the platform at ``remote``; records what it loaded in
+    ``var/demo_data.json`` so `make run` does it once."""
+    import time
+
+    from . import griddata
+    from .platform import DataPlatform
+
+    data_dir = Path(data_dir) if data_dir else griddata.default_data_dir()
+    started = time.monotonic()
+    log(f"Building the demo units' tables from {data_dir} (scale {scale}) ...")
+    tables = griddata.build_unit_tables(data_dir, units=tuple(DEMO_UNITS), scale=scale,
+                                        seed=seed)
+    platform = DataPlatform(default_endpoint=remote, var_dir=str(var_dir))
+    loaded = {}
+    try:
+        for unit, frames in tables.items():
+            counts = platform.load_unit_tables(unit, frames)
+            loaded[unit] = counts
+            log(f"  unit_{unit}: " + ", ".join(f"{t} {n:,}" for t, n in sorted(counts.items())))
+    finally:
+        platform.close()
+    record = {"scale": scale, "seed": seed, "remote": remote, "tables": loaded,
+              "seconds": round(time.monotonic() - started, 1)}
+    data_marker(var_dir).write_text(json.dumps(record, indent=1))
+    return record

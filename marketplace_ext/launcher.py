@@ -124,7 +124,8 @@ def kill_pidfile(path: Path) -> None:
 
 
 class Platform:
-    """The processes of one running platform (today: the hub and what the hub starts)."""
+    """The processes of one running platform: the data platform's Spark Connect server (unless
+    ``MARKET_SPARK_REMOTE`` names one already running), then the hub and what the hub starts."""
 
     def __init__(self, var_dir: Path, port: int = 8000, ip: str = "127.0.0.1",
                  env: dict | None = None, log=print):
@@ -136,6 +137,31 @@ class Platform:
         self.env.update(MARKET_VAR_DIR=str(self.var_dir), MARKET_HUB_PORT=str(port),
                         MARKET_HUB_IP=ip)
         self.hub: subprocess.Popen | None = None
+        self.spark = None
+
+    @property
+    def spark_remote(self) -> str:
+        return self.env["MARKET_SPARK_REMOTE"]
+
+    def start_spark(self) -> None:
+        if self.env.get("MARKET_SPARK_REMOTE"):
+            self.log(f"Using the data platform at {self.env['MARKET_SPARK_REMOTE']}")
+            return
+        from .platform import SparkConnectServer
+
+        self.spark = SparkConnectServer(
+            var_dir=str(self.var_dir / "spark"),
+            port=int(self.env.get("MARKET_SPARK_PORT") or 15002),
+            driver_memory=self.env.get("MARKET_SPARK_MEMORY") or "2g",
+        )
+        self.log(f"Starting the data platform (Spark Connect on {self.spark.remote}; "
+                 f"log: {self.spark.log_file}) ...")
+        try:
+            self.spark.start()
+        except Exception as e:
+            self.spark = None
+            raise LaunchError(f"the data platform did not start: {e}") from e
+        self.env["MARKET_SPARK_REMOTE"] = self.spark.remote
 
     @property
     def url(self) -> str:
@@ -151,6 +177,7 @@ class Platform:
             kill_pidfile(self.var_dir / stale)
         db_url = self.env.get("MARKET_DB_URL") or f"sqlite:///{self.var_dir}/marketplace.sqlite"
         dbutil.upgrade(db_url)
+        self.start_spark()
         log_path = self.var_dir / "jupyterhub.log"
         self.log(f"Starting JupyterHub (log: {log_path})")
         self._hub_log = open(log_path, "ab")
@@ -180,6 +207,27 @@ class Platform:
             self._hub_log.close()
         for stale in ("jupyterhub-proxy.pid", "marketplace.pid"):
             kill_pidfile(self.var_dir / stale)
+        if self.spark is not None:
+            self.log("Stopping the data platform ...")
+            self.spark.stop()
+            self.spark = None
+
+
+def load_demo_data(platform: Platform) -> None:
+    """First run only: the units' business tables; a missing data set is a warning, not a
+    failure (the marketplace works without it)."""
+    from . import griddata
+
+    if platform.env.get("MARKET_DEMO_DATA") == "0":
+        return
+    data_dir = griddata.default_data_dir()
+    if not (data_dir / griddata.READINGS_FILE).exists():
+        print(f"warning: no smart-meter data at {data_dir}; the units' tables stay empty "
+              "(set MARKET_LCL_DATA, then `market demo data`)", file=sys.stderr)
+        return
+    scale = float(platform.env.get("MARKET_DEMO_SCALE") or 1.0)
+    demo.load_demo_data(platform.var_dir, platform.spark_remote, scale=scale,
+                        data_dir=data_dir)
 
 
 def run(var_dir: Path, port: int = 8000, seed: bool = True) -> int:
@@ -199,6 +247,8 @@ def run(var_dir: Path, port: int = 8000, seed: bool = True) -> int:
             if first:
                 print("Seeding the demo units and accounts ...")
             accounts = demo.seed(platform.url, platform.var_dir)
+            if not demo.data_marker(platform.var_dir).exists():
+                load_demo_data(platform)
             print(demo.format_logins(accounts))
         print(f"\nGrid Data Supermarket is running at {platform.url}  (Ctrl-C stops everything)")
         while platform.hub.poll() is None:

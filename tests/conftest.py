@@ -19,8 +19,10 @@ import pytest
 
 from marketplace_ext.launcher import descendants, pid_alive
 
-ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
+from spark_fixtures import *  # noqa: E402, F403  (spark_server, platform: one server a session)
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -30,9 +32,10 @@ def free_port() -> int:
 
 
 class RunningPlatform:
-    """`market run` as a user starts it, on free ports in a temporary var dir."""
+    """`market run` as a user starts it, on free ports in a temporary var dir, with the test
+    session's one Spark Connect server as its data platform."""
 
-    def __init__(self, var_dir: Path):
+    def __init__(self, var_dir: Path, spark_remote: str):
         self.var_dir = var_dir
         self.port = free_port()
         self.env = dict(os.environ)
@@ -42,6 +45,8 @@ class RunningPlatform:
             MARKET_HUB_API_PORT=str(free_port()),
             MARKET_PROXY_API_PORT=str(free_port()),
             MARKET_SERVICE_PORT=str(free_port()),
+            MARKET_SPARK_REMOTE=spark_remote,
+            MARKET_DEMO_SCALE="0.01",
         )
         # two witnesses, both needed for a final checkpoint
         from marketplace_ext.witness import WitnessState
@@ -96,10 +101,10 @@ class RunningPlatform:
 
 
 @pytest.fixture(scope="session")
-def platform_proc(tmp_path_factory):
+def platform_proc(tmp_path_factory, spark_server):
     """The whole platform, started once per test session with `market run`."""
     var_dir = tmp_path_factory.mktemp("platform") / "var"
-    running = RunningPlatform(var_dir)
+    running = RunningPlatform(var_dir, spark_server.remote)
     running.start()
     yield running
     if running.proc is not None and running.proc.poll() is None:

@@ -217,3 +217,26 @@ def test_restart_keeps_state_and_ctrl_c_leaves_nothing_behind(platform_proc, hub
     assert units == {"a": 2, "b": 2, "c": 2, "d": 2, "e": 2, "lab": 1}
     newbie = login(hub_url, NEWBIE, NEWBIE_PASSWORD)
     assert newbie.market("GET", "me").json()["unit"]["slug"] == "lab"
+
+
+def test_notebook_reaches_its_units_data_platform(hub_url, logins, platform_proc):
+    """The acceptance of the data middle platform: no code, just the notebook's environment."""
+    user = "subscriber-a"
+    session = HubSession(hub_url)
+    session.login(user, logins[user])
+    token = session.create_token("spark")
+    server = spawn_server(hub_url, user, token)
+    try:
+        out = execute(server, token, """
+import json, os
+from pyspark.sql import SparkSession
+spark = SparkSession.builder.getOrCreate()
+print(json.dumps({"remote": os.environ["SPARK_REMOTE"],
+                  "rows": spark.table("unit_a.consumption_daily").count()}))
+""", timeout=180)
+    finally:
+        stop_server(hub_url, user, token)
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["remote"] == platform_proc.env["MARKET_SPARK_REMOTE"]
+    loaded = json.loads((platform_proc.var_dir / "demo_data.json").read_text())
+    assert result["rows"] == loaded["tables"]["a"]["consumption_daily"] > 0

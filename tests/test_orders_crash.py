@@ -29,8 +29,10 @@ def crash_platform(request, platform_proc, tmp_path_factory):
         yield platform_proc
         return
     url = _new_postgres_db(request.getfixturevalue("postgres_server"))
-    running = RunningPlatform(tmp_path_factory.mktemp("pg-platform") / "var")
+    running = RunningPlatform(tmp_path_factory.mktemp("pg-platform") / "var",
+                              platform_proc.env["MARKET_SPARK_REMOTE"])
     running.env["MARKET_DB_URL"] = url
+    running.env["MARKET_DEMO_DATA"] = "0"  # the shared Spark server holds the units' data
     running.start()
     yield running
     running.stop()
