@@ -19,3 +19,8 @@ if os.environ.get("MARKET_LOG_WITNESSES"):
     c.MarketplaceApp.log_witnesses = json.loads(os.environ["MARKET_LOG_WITNESSES"])
 if os.environ.get("MARKET_LOG_QUORUM"):
     c.MarketplaceApp.log_quorum = int(os.environ["MARKET_LOG_QUORUM"])
+if os.environ.get("MARKET_SPARK_ENDPOINTS"):
+    # units with a data platform of their own: {"a": "sc://spark-a.example:15002", ...}
+    import json
+
+    c.DataPlatform.endpoints = json.loads(os.environ["MARKET_SPARK_ENDPOINTS"])

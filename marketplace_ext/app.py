@@ -21,7 +21,7 @@ from tornado.httpserver import HTTPServer
 from traitlets import Bool, Dict, Float, Integer, Unicode, default
 from traitlets.config import Application
 
-from . import __version__, dbutil, points
+from . import __version__, dbutil, points, remote_run
 from .blobs import BlobStore
 from .bundle import BundleLimits
 from .catalog import DEFAULT_TERMS
@@ -29,6 +29,8 @@ from .certlog import TransparencyLog
 from .handlers import default_handlers
 from .hubapi import HubAPI
 from .orm import make_engine, make_session_factory, write_transaction
+from .platform import DataPlatform
+from .runner import Runner
 from .signing import UnitSigner
 from .units import UnitDirectory
 
@@ -194,6 +196,18 @@ class MarketplaceApp(Application):
         and a new signed checkpoint (entries learn their index at once).""",
     ).tag(config=True)
 
+    run_workers = Integer(
+        2, help="Product runs (papermill kernels) executing at once; more wait in the queue."
+    ).tag(config=True)
+
+    run_timeout = Integer(
+        600, help="Default time limit of a run in seconds (a request may ask for less or more)."
+    ).tag(config=True)
+
+    run_max_timeout = Integer(
+        3600, help="The longest time limit a run request may ask for, in seconds."
+    ).tag(config=True)
+
     pid_file = Unicode(
         help="File the service writes its pid to while running (used by tests and the launcher)."
     ).tag(config=True)
@@ -236,6 +250,18 @@ class MarketplaceApp(Application):
         self.signer = UnitSigner(read_or_create_secret(var / "marketplace_kek"))
         self.tlog = TransparencyLog(self.log_origin, Path(self.log_key_file),
                                     self.log_witnesses, self.log_quorum)
+        # units' data platform endpoints: the DataPlatform traits, or the launcher's environment
+        self.data_platform = DataPlatform(
+            parent=self, var_dir=str(var / "platform"),
+            **({"default_endpoint": os.environ["MARKET_SPARK_REMOTE"]}
+               if os.environ.get("MARKET_SPARK_REMOTE") else {}),
+        )
+        self.runner = Runner(
+            self.session_factory, self.blobs, var / "runs", max_workers=self.run_workers,
+            bundle_for=remote_run.bundle_for(self.blobs),
+            env_for=remote_run.env_for(self.data_platform),
+            on_finished=remote_run.finish_run,
+        )
         self.bundle_limits = BundleLimits(
             max_file_bytes=self.max_file_bytes, max_total_bytes=self.max_bundle_bytes,
             max_files=self.max_bundle_files, price_min=self.price_min, price_max=self.price_max,
@@ -324,12 +350,14 @@ class MarketplaceApp(Application):
             loop.add_signal_handler(sig, stop.set)
         reconcile = asyncio.create_task(self.reconcile_loop())
         integrate = asyncio.create_task(self.log_loop())
+        await self.runner.start()
         try:
             await stop.wait()
         finally:
             self.log.info("Marketplace shutting down")
             reconcile.cancel()
             integrate.cancel()
+            await self.runner.stop()
             server.stop()
             await server.close_all_connections()
             self.engine.dispose()

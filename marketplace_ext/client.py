@@ -93,6 +93,63 @@ class Market:
         return self.request("POST", f"products/{product}/versions/{version}/review",
                             json={"decision": decision, "reason": reason})
 
+    def order(self, product: str, plan: str, idempotency_key: str | None = None) -> dict:
+        """Buy ``plan`` of ``product`` for your unit (a fresh key unless you retry one)."""
+        import uuid
+
+        return self.request("POST", "orders", json={
+            "product": product, "plan": plan,
+            "idempotency_key": idempotency_key or f"client-{uuid.uuid4().hex}"})
+
+    def run(self, product: str, parameters: dict | None = None, version: str | None = None,
+            timeout_seconds: int | None = None, wait: bool = True, progress: bool = True,
+            download_to: str | Path | None = None, poll: float = 1.0) -> dict:
+        """Run ``product`` on your unit's data; with ``wait``, show progress until it ends.
+
+        Returns the run (status, error, ``output_html`` URL, artifacts). With ``download_to``
+        the artifacts are saved there and their local paths put under ``"files"``.
+        """
+        import time
+
+        body: dict = {"product": product, "parameters": parameters or {}}
+        if version is not None:
+            body["version"] = version
+        if timeout_seconds is not None:
+            body["timeout_seconds"] = timeout_seconds
+        run = self.request("POST", "runs", json=body)
+        bar = _progress_bar(f"{product} run {run['id']}") if wait and progress else None
+        while wait and run["status"] in ("queued", "running"):
+            time.sleep(poll)
+            run = self.request("GET", f"runs/{run['id']}")
+            if bar is not None:
+                bar.total = max(run["progress"]["cells_total"], 1)
+                bar.n = run["progress"]["cells_done"]
+                bar.set_postfix_str(run["status"])
+                bar.refresh()
+        if bar is not None:
+            bar.close()
+        if download_to is not None and run["artifacts"]:
+            target = Path(download_to)
+            run["files"] = {}
+            for name in run["artifacts"]:
+                r = self.http.get(self.url + f"api/runs/{run['id']}/artifacts/{name}",
+                                  timeout=self.timeout)
+                r.raise_for_status()
+                local = target / name
+                local.parent.mkdir(parents=True, exist_ok=True)
+                local.write_bytes(r.content)
+                run["files"][name] = str(local)
+        return run
+
     def shelf(self, product: str, state: str, reason: str | None = None) -> dict:
         return self.request("POST", f"products/{product}/shelf",
                             json={"state": state, "reason": reason})
+
+
+def _progress_bar(description: str):
+    """tqdm's notebook bar in a notebook, its text bar elsewhere."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=1, desc=description, unit="cell")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 from sqlalchemy import text
 from tornado import web
 
-from .. import __version__, catalog, points
+from .. import __version__, catalog, points, remote_run
 from ..auth import SCOPE_APPROVE
 from ..downloads import deliver_file
-from ..errors import InvalidField, PayloadTooLarge
+from ..errors import InvalidField, NotFound, PayloadTooLarge
 from ..hubapi import ROLE_GROUPS
 from ..openapi import openapi_document
 from ..publishing import publish_upload
@@ -306,6 +308,60 @@ class CosignaturesHandler(APIHandler):
         self.write_json(result)
 
 
+class RunsHandler(APIHandler):
+    @web.authenticated
+    def post(self):
+        market = self.market
+        run = remote_run.submit_run(self.db, self.caller, self.json_body(), market.run_timeout,
+                                    market.run_max_timeout)
+        self.db.commit()
+        market.runner.kick()
+        self.write_json(remote_run.run_json(self.db, run, market.service_prefix), status=201)
+
+
+class RunHandler(APIHandler):
+    @web.authenticated
+    def get(self, run):
+        found = remote_run.get_run(self.db, self.caller, run)
+        self.write_json(remote_run.run_json(self.db, found, self.market.service_prefix))
+
+
+class RunCancelHandler(APIHandler):
+    @web.authenticated
+    def post(self, run):
+        found = remote_run.get_run(self.db, self.caller, run)
+        self.db.rollback()  # the runner commits the cancellation in its own transaction
+        with self.market.session_factory() as session:
+            cancelled = self.market.runner.cancel(session, found.id)
+        self.write_json(remote_run.run_json(self.db, cancelled, self.market.service_prefix))
+
+
+class RunOutputHandler(APIHandler):
+    @web.authenticated
+    def get(self, run):
+        found = remote_run.get_run(self.db, self.caller, run)
+        if not found.html_sha256:
+            raise NotFound(f"run {found.id} has no output yet ({found.status})", "run")
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        # product code wrote this page: no scripts, no same-origin access to the service
+        self.set_header("Content-Security-Policy", "sandbox")
+        self.finish(self.market.blobs.get(found.html_sha256))
+
+
+class RunArtifactHandler(APIHandler):
+    @web.authenticated
+    def get(self, run, name):
+        found = remote_run.get_run(self.db, self.caller, run)
+        sha = json.loads(found.artifacts or "{}").get(name)
+        if sha is None:
+            raise NotFound(f"run {found.id} has no artifact {name!r}", "name")
+        self.set_header("Content-Type", "application/octet-stream")
+        self.set_header("X-Content-SHA256", sha)
+        if found.log_index is not None:
+            self.set_header("X-Log-Index", str(found.log_index))
+        self.finish(self.market.blobs.get(sha))
+
+
 default_handlers = [
     (r"/api/health", HealthHandler),
     (r"/api/openapi.json", OpenAPIHandler),
@@ -330,4 +386,9 @@ default_handlers = [
     (r"/api/log/proof/inclusion", InclusionProofHandler),
     (r"/api/log/proof/consistency", ConsistencyProofHandler),
     (r"/api/log/cosignatures", CosignaturesHandler),
+    (r"/api/runs", RunsHandler),
+    (r"/api/runs/(?P<run>[^/]+)", RunHandler),
+    (r"/api/runs/(?P<run>[^/]+)/cancel", RunCancelHandler),
+    (r"/api/runs/(?P<run>[^/]+)/output.html", RunOutputHandler),
+    (r"/api/runs/(?P<run>[^/]+)/artifacts/(?P<name>.+)", RunArtifactHandler),
 ]

@@ -1,0 +1,144 @@
+"""The remote-run sharing mode: run an application or tool product as a papermill job on the
+caller's own unit data (its platform's ``SPARK_REMOTE``).
+
+The entitlement gate is passed, the per-use order consumed and the run queued in one
+transaction; when the run ends, a failed or cancelled run refunds its per-use order and every
+run is certified in the log with digests of its inputs and outputs (:func:`finish_run`, the
+runner's ``on_finished``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+
+from sqlalchemy.orm import Session
+
+from . import catalog, certlog, points
+from .auth import SCOPE_SUBSCRIBE, Caller
+from .errors import Forbidden, InvalidField, NotFound
+from .orm import Entitlement, Order, Product, Run, Unit, Version
+from .runner import RunRequest, queue_run, validate_parameters
+from .units import get_unit
+
+log = logging.getLogger(__name__)
+
+RUNNABLE_KINDS = ("application", "tool")
+
+
+def submit_run(session: Session, caller: Caller, body: dict, default_timeout: int,
+               max_timeout: int) -> Run:
+    """Check, charge and queue a remote run; the caller commits and kicks the runner."""
+    caller.require(SCOPE_SUBSCRIBE, "running a product")
+    name = body.get("product")
+    if not isinstance(name, str) or not name:
+        raise InvalidField("product is required: the product's name", "product")
+    product = catalog.get_product(session, name, caller)
+    if product.kind not in RUNNABLE_KINDS:
+        raise InvalidField(f"{name!r} is a {product.kind} product; only applications and tools "
+                           "run", "product")
+    requested = body.get("version")
+    owner = caller.unit is not None and product.unit.slug == caller.unit
+    if requested is None:
+        version = product.current_version
+        if version is None:
+            raise NotFound(f"{name!r} has no version on sale", "version")
+    else:
+        version = catalog.get_version(product, str(requested))
+        if version is not product.current_version and not owner:
+            raise NotFound(f"version {requested} of {name!r} is not on sale", "version")
+    if body.get("data", "platform") != "platform":
+        raise InvalidField("data must be 'platform' (your unit's data platform)", "data")
+    timeout = body.get("timeout_seconds", default_timeout)
+    if not isinstance(timeout, int) or isinstance(timeout, bool) or not 1 <= timeout <= max_timeout:
+        raise InvalidField(f"timeout_seconds must be an integer from 1 to {max_timeout}",
+                           "timeout_seconds")
+    parameters = validate_parameters(json.loads(version.parameters), body.get("parameters", {}))
+    if caller.unit is None:
+        raise Forbidden(f"{caller.name} is not a member of any unit: runs use a unit's data",
+                        "unit")
+    unit = get_unit(session, caller.unit)
+    entitlement = points.check(session, unit, product, "remote_run")
+    run = queue_run(session, RunRequest(
+        product_id=product.id, version_id=version.id, unit_id=unit.id, user=caller.name,
+        mode="remote_run", parameters=parameters, timeout_seconds=timeout,
+        entitlement_id=entitlement.id if entitlement else None,
+    ))
+    points.consume(session, entitlement)
+    return run
+
+
+def bundle_for(blobs):
+    def bundle(session: Session, run: Run) -> tuple[bytes, str, list[str]]:
+        version = session.get(Version, run.version_id)
+        manifest = json.loads(version.manifest)
+        outputs = [o["path"] for o in manifest.get("outputs", [])]
+        return blobs.get(version.sha256), manifest.get("notebook", "main.ipynb"), outputs
+    return bundle
+
+
+def env_for(platform):
+    def env(session: Session, run: Run) -> dict[str, str]:
+        unit = session.get(Unit, run.unit_id) if run.unit_id else None
+        return {"SPARK_REMOTE": platform.spark_remote_for(unit.slug)} if unit else {}
+    return env
+
+
+def finish_run(session: Session, run: Run) -> None:
+    """Refund a per-use order of a run that did not succeed; certify every run."""
+    product = session.get(Product, run.product_id)
+    version = session.get(Version, run.version_id)
+    unit = session.get(Unit, run.unit_id) if run.unit_id else None
+    refunded = False
+    if run.status in ("failed", "cancelled") and run.entitlement_id:
+        entitlement = session.get(Entitlement, run.entitlement_id)
+        order = session.get(Order, entitlement.order_id)
+        if order.plan == "per_use" and order.status != "refunded":
+            try:
+                points.refund(session, order, "runner", f"run {run.id} {run.status}: "
+                              f"{(run.error or '')[:200]}")
+                refunded = True
+            except points.InsufficientPoints as e:  # the supplier spent it meanwhile
+                log.warning("run %s: refund of order %s refused: %s", run.id, order.id, e)
+    run.log_index = certlog.append(
+        session, "run", run.user, unit.slug if unit else None,
+        run.output_sha256 or "none", run=run.id, product=product.name,
+        version=version.version, bundle_sha256=version.sha256, status=run.status,
+        parameters_sha256=hashlib.sha256(run.parameters.encode()).hexdigest(),
+        input_sha256=run.data_sha256, output_sha256=run.output_sha256,
+        html_sha256=run.html_sha256, artifacts=json.loads(run.artifacts or "{}"),
+        refunded=refunded,
+    )
+
+
+def get_run(session: Session, caller: Caller, run_id: str) -> Run:
+    run = session.get(Run, int(run_id)) if run_id.isdigit() else None
+    if run is None:
+        raise NotFound(f"no run {run_id!r}", "run")
+    unit = session.get(Unit, run.unit_id) if run.unit_id else None
+    if not (caller.is_operator or run.user == caller.name
+            or (unit is not None and unit.slug == caller.unit)):
+        raise NotFound(f"no run {run_id!r}", "run")  # other units' runs do not exist for you
+    return run
+
+
+def run_json(session: Session, run: Run, prefix: str) -> dict:
+    product = session.get(Product, run.product_id)
+    version = session.get(Version, run.version_id)
+    artifacts = json.loads(run.artifacts or "{}")
+    base = f"{prefix}api/runs/{run.id}"
+    return {
+        "id": run.id, "product": product.name, "version": version.version,
+        "status": run.status, "user": run.user, "mode": run.mode,
+        "parameters": json.loads(run.parameters or "{}"),
+        "progress": {"cells_done": run.cells_done, "cells_total": run.cells_total},
+        "error": run.error, "timeout_seconds": run.timeout_seconds,
+        "created_at": run.created_at.isoformat() + "Z",
+        "started_at": run.started_at.isoformat() + "Z" if run.started_at else None,
+        "finished_at": run.finished_at.isoformat() + "Z" if run.finished_at else None,
+        "output_html": f"{base}/output.html" if run.html_sha256 else None,
+        "artifacts": {name: {"sha256": sha, "url": f"{base}/artifacts/{name}"}
+                      for name, sha in artifacts.items()},
+        "log_index": run.log_index,
+    }

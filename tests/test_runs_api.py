@@ -1,0 +1,151 @@
+"""Remote runs through the real hub, service, runner and Spark Connect: a subscriber buys a
+per-use plan, runs the product on its own unit's data and gets HTML and artifacts; no second
+run without a new order; a failing run and a timed-out run refund the use, and no kernel is
+left behind."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+
+import nbformat
+import pytest
+import yaml
+from test_catalog import market_as
+
+from marketplace_ext.bundle import new_product
+from marketplace_ext.client import Market, MarketAPIError
+from marketplace_ext.runner import processes_of
+
+CODE = """\
+import json, os, time
+from pyspark.sql import SparkSession
+if fail:
+    raise ValueError("asked to fail")
+time.sleep(sleep)
+spark = SparkSession.builder.getOrCreate()
+rows = spark.table(f"unit_{unit}.{table}").count()
+os.makedirs(output_dir, exist_ok=True)
+with open(f"{output_dir}/summary.json", "w") as f:
+    json.dump({"unit": unit, "rows": rows, "token": os.environ.get("JUPYTERHUB_API_TOKEN")}, f)
+print(f"rows in unit_{unit}.{table}: {rows}")
+"""
+
+
+def publish_counter(pub: Market, op: Market, tmp_path) -> str:
+    name = f"row-counter-{secrets.token_hex(3)}"
+    bundle = new_product("application", name, tmp_path)
+    manifest = yaml.safe_load((bundle / "product.yaml").read_text())
+    manifest.update(plans=[{"type": "per_use", "price": 10}],
+                    outputs=[{"path": "outputs/summary.json", "description": "row count"}])
+    (bundle / "product.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "grid-python", "display_name": "Python 3 (grid)",
+                                 "language": "python"}
+    params = nbformat.v4.new_code_cell(
+        'table: str = "consumption_daily"\nfail: bool = False\nsleep: int = 0\n'
+        'unit: str = ""\noutput_dir: str = "outputs"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(CODE)]
+    nbformat.write(nb, bundle / "main.ipynb")
+    for stale in (bundle / "files").glob("*"):
+        stale.unlink()
+    version = pub.publish(bundle)["version"]
+    op.review(name, version, "approve")
+    return name
+
+
+@pytest.fixture(scope="module")
+def shop(platform_proc, tmp_path_factory):
+    url, logins = platform_proc.url, platform_proc.logins()
+    op = market_as(url, "operator", logins["operator"])
+    pub = market_as(url, "publisher-a", logins["publisher-a"])
+    sub = market_as(url, "subscriber-c", logins["subscriber-c"])
+    name = publish_counter(pub, op, tmp_path_factory.mktemp("runs"))
+    return {"name": name, "sub": sub, "op": op, "pub": pub,
+            "other": market_as(url, "subscriber-d", logins["subscriber-d"]),
+            "var": platform_proc.var_dir}
+
+
+def balance(m: Market) -> str:
+    return m.request("GET", f"units/{m.me()['unit']['slug']}/account")["balance"]
+
+
+def test_run_on_own_data_then_no_second_run(shop, tmp_path):
+    sub, name = shop["sub"], shop["name"]
+    with pytest.raises(MarketAPIError) as e:
+        sub.run(name)
+    assert e.value.status == 403 and e.value.error == "no_entitlement"
+    sub.order(name, "per_use")
+    run = sub.run(name, progress=False, download_to=tmp_path, poll=0.5)
+    assert run["status"] == "succeeded", run["error"]
+    # the parameters cell, papermill's injected one and the code
+    assert run["progress"]["cells_done"] == run["progress"]["cells_total"] == 3
+    summary = json.loads((tmp_path / "outputs" / "summary.json").read_text())
+    loaded = json.loads((shop["var"] / "demo_data.json").read_text())
+    assert summary["unit"] == "c"
+    assert summary["rows"] == loaded["tables"]["c"]["consumption_daily"]  # its own unit's data
+    assert summary["token"] is None  # the hub's secrets do not reach product code
+    html = sub.http.get(sub.url + f"api/runs/{run['id']}/output.html")
+    assert html.status_code == 200 and "rows in unit_c.consumption_daily" in html.text
+    assert html.headers["Content-Security-Policy"] == "sandbox"
+
+    # the per-use order is used up
+    with pytest.raises(MarketAPIError) as e:
+        sub.run(name, wait=False)
+    assert e.value.status == 403
+    # another unit's subscriber does not see this run
+    with pytest.raises(MarketAPIError) as e:
+        shop["other"].request("GET", f"runs/{run['id']}")
+    assert e.value.status == 404
+    # the run is certified with its output digest
+    deadline = time.monotonic() + 20
+    while sub.request("GET", f"runs/{run['id']}")["log_index"] is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    index = sub.request("GET", f"runs/{run['id']}")["log_index"]
+    while sub.request("GET", "log/checkpoint")["size"] <= index:
+        time.sleep(0.3)
+    entry = json.loads(sub.request("GET", f"log/entries/{index}")["data"])
+    assert entry["type"] == "run" and entry["status"] == "succeeded"
+    assert entry["artifacts"]["outputs/summary.json"] == run["artifacts"][
+        "outputs/summary.json"]["sha256"]
+
+
+def test_failed_and_timed_out_runs_refund_and_leave_no_kernel(shop):
+    sub, name = shop["sub"], shop["name"]
+    before = balance(sub)
+    sub.order(name, "per_use")
+    failed = sub.run(name, {"fail": True}, progress=False, poll=0.5)
+    assert failed["status"] == "failed" and "ValueError: asked to fail" in failed["error"]
+    assert balance(sub) == before
+    html = sub.http.get(sub.url + f"api/runs/{failed['id']}/output.html")
+    assert html.status_code == 200 and "asked to fail" in html.text  # the error cell is kept
+
+    sub.order(name, "per_use")
+    slow = sub.run(name, {"sleep": 120}, timeout_seconds=8, progress=False, poll=0.5)
+    assert slow["status"] == "failed" and "timed out" in slow["error"]
+    assert balance(sub) == before
+    assert processes_of(shop["var"] / "runs" / f"run-{slow['id']}") == set()
+    orders = [o for o in sub.request("GET", "orders")["orders"] if o["product"] == name]
+    assert [o["status"] for o in orders[:2]] == ["refunded", "refunded"]
+
+
+def test_bad_run_requests_take_no_points(shop):
+    sub, name = shop["sub"], shop["name"]
+    sub.order(name, "per_use")
+    before = balance(sub)
+    for body, field in [
+        ({"product": name, "parameters": {"nope": 1}}, "parameters.nope"),
+        ({"product": name, "parameters": {"sleep": "long"}}, "parameters.sleep"),
+        ({"product": name, "parameters": {"unit": "a"}}, "parameters.unit"),
+        ({"product": name, "timeout_seconds": 10**9}, "timeout_seconds"),
+        ({"product": name, "data": "somewhere"}, "data"),
+        ({"parameters": {}}, "product"),
+    ]:
+        r = sub.http.post(sub.url + "api/runs", json=body)
+        assert r.status_code == 400 and r.json()["field"] == field, (body, r.text)
+    assert balance(sub) == before
+    # the order is still unused: a good run goes through
+    assert sub.run(name, progress=False, poll=0.5)["status"] == "succeeded"
