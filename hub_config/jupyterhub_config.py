@@ -98,10 +98,17 @@ def spark_remote_of(spawner) -> str:
     return DATA_PLATFORM.spark_remote_for(unit) if unit else ""
 
 
+def database_of(spawner) -> str:
+    unit = unit_of(spawner)
+    return DATA_PLATFORM.database_for(unit) if unit else ""
+
+
 c.Spawner.environment = {
     "MARKETPLACE_URL": MARKETPLACE_URL,
     "MARKET_UNIT": unit_of,
     "SPARK_REMOTE": spark_remote_of,
+    # products call spark.catalog.setCurrentDatabase($UNIT_DATABASE) (product_templates/README)
+    "UNIT_DATABASE": database_of,
 }
 # the notebook's own JUPYTERHUB_API_TOKEN may call the marketplace with the user's rights
 # (the hub grants only the subset the user actually holds)

@@ -81,7 +81,10 @@ def bundle_for(blobs):
 def env_for(platform):
     def env(session: Session, run: Run) -> dict[str, str]:
         unit = session.get(Unit, run.unit_id) if run.unit_id else None
-        return {"SPARK_REMOTE": platform.spark_remote_for(unit.slug)} if unit else {}
+        if unit is None:
+            return {}
+        return {"SPARK_REMOTE": platform.spark_remote_for(unit.slug),
+                "UNIT_DATABASE": platform.database_for(unit.slug)}
     return env
 
 
