@@ -86,9 +86,6 @@ class HubAPI:
         model = await self.get_group(group)
         return set(model["users"]) if model else set()
 
-    async def list_groups(self) -> list[dict]:
-        return await self._request("GET", "groups?limit=10000") or []
-
     async def roles_of(self, user: str) -> list[str]:
         """Role names (``publisher``, ``operator``) a user holds through the role groups."""
         model = await self.get_user(user)
