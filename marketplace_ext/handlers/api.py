@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from sqlalchemy import text
 from tornado import web
 
-from .. import __version__, catalog, points, remote_run
+from .. import __version__, catalog, interface, points, remote_run
 from ..auth import SCOPE_APPROVE
 from ..downloads import deliver_file
 from ..errors import InvalidField, NotFound, PayloadTooLarge
 from ..hubapi import ROLE_GROUPS
 from ..openapi import openapi_document
+from ..orm import write_transaction
 from ..publishing import publish_upload
 from ..units import get_unit, list_units, validate_slug
 from .base import APIHandler
@@ -171,14 +173,30 @@ class ProductHandler(APIHandler):
 
 class ReviewHandler(APIHandler):
     @web.authenticated
-    def post(self, product, version):
+    async def post(self, product, version):
         self.caller.require(SCOPE_APPROVE, "reviewing a version")
         body = self.json_body()
+        if body.get("decision") == "approve":
+            await self._publish_views(product, version)
         p = catalog.get_product(self.db, product, self.caller)
         v = catalog.get_version(p, version)
         catalog.review(self.db, self.caller, p, v, body.get("decision"), body.get("reason"))
         self.db.commit()
         self.write_json(catalog.version_json(v, full=True))
+
+    async def _publish_views(self, product: str, version: str) -> None:
+        """A data product's views exist on its unit's platform before it goes on the shelf;
+        built outside any transaction (Spark is slow), so a failure approves nothing."""
+        with self.market.session_factory() as session:
+            p = catalog.get_product(session, product, self.caller)
+            v = catalog.get_version(p, version)
+            if p.kind != "data" or v.state != catalog.SUBMITTED:
+                return
+            views = json.loads(v.manifest).get("views", [])
+            unit = p.unit.slug
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, interface.publish_views, self.market.data_platform,
+                                   unit, views)
 
 
 class ShelfHandler(APIHandler):
@@ -362,6 +380,24 @@ class RunArtifactHandler(APIHandler):
         self.finish(self.market.blobs.get(sha))
 
 
+class QueryHandler(APIHandler):
+    @web.authenticated
+    async def post(self, product):
+        market = self.market
+        with market.session_factory() as session:
+            plan = interface.plan_query(session, market.data_platform, self.caller, product,
+                                        self.json_body())
+        result = await asyncio.get_running_loop().run_in_executor(
+            None, market.data_platform.query, plan.platform_unit, plan.sql, plan.grants,
+            plan.limit)
+        with market.session_factory() as session:
+            write_transaction(session)
+            index = interface.record_query(session, self.caller, plan, result)
+            session.commit()
+        self.set_header("X-Log-Index", str(index))
+        self.write_json({**result, "log_index": index})
+
+
 default_handlers = [
     (r"/api/health", HealthHandler),
     (r"/api/openapi.json", OpenAPIHandler),
@@ -386,6 +422,7 @@ default_handlers = [
     (r"/api/log/proof/inclusion", InclusionProofHandler),
     (r"/api/log/proof/consistency", ConsistencyProofHandler),
     (r"/api/log/cosignatures", CosignaturesHandler),
+    (r"/api/products/(?P<product>[^/]+)/query", QueryHandler),
     (r"/api/runs", RunsHandler),
     (r"/api/runs/(?P<run>[^/]+)", RunHandler),
     (r"/api/runs/(?P<run>[^/]+)/cancel", RunCancelHandler),
