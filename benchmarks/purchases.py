@@ -11,37 +11,20 @@ ratio. Not a test: nothing is asserted.
 from __future__ import annotations
 
 import argparse
-import os
 import secrets
-import socket
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from marketplace_ext import demo  # noqa: E402
+from _platform import market_for, throwaway_platform  # noqa: E402
+
 from marketplace_ext.bundle import new_product  # noqa: E402
 from marketplace_ext.client import Market  # noqa: E402
-from marketplace_ext.hubsession import HubSession  # noqa: E402
-from marketplace_ext.launcher import Platform  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def market_for(url: str, user: str, password: str) -> Market:
-    session = HubSession(url)
-    session.login(user, password)
-    return Market(f"{url}/services/marketplace/", session.create_token("bench"))
 
 
 def hammer(markets: list[Market], clients: int, seconds: float, call) -> tuple[int, int]:
@@ -74,20 +57,14 @@ def main() -> None:
     parser.add_argument("--db-url", default=None, help="service database (default: SQLite)")
     args = parser.parse_args()
 
-    var = Path(tempfile.mkdtemp(prefix="bench-purchases-")) / "var"
-    env = dict(os.environ, MARKET_HUB_API_PORT=str(free_port()),
-               MARKET_PROXY_API_PORT=str(free_port()), MARKET_SERVICE_PORT=str(free_port()),
-               MARKET_INITIAL_GRANT="10000000", MARKET_LOG_LEVEL="WARN")
+    extra = {"MARKET_INITIAL_GRANT": "10000000"}
     if args.db_url:
-        env["MARKET_DB_URL"] = args.db_url
-    platform = Platform(var, port=free_port(), env=env, log=lambda *a: None)
-    platform.start()
-    try:
-        accounts = {a["user"]: a["password"] for a in demo.seed(platform.url, var, log=print)}
+        extra["MARKET_DB_URL"] = args.db_url
+    with throwaway_platform(**extra) as (platform, accounts):
         publisher = market_for(platform.url, "publisher-a", accounts["publisher-a"])
         operator = market_for(platform.url, "operator", accounts["operator"])
         name = f"bench-{secrets.token_hex(3)}"
-        bundle = new_product("tool", name, var.parent)
+        bundle = new_product("tool", name, platform.var_dir.parent)
         manifest = yaml.safe_load((bundle / "product.yaml").read_text())
         manifest["plans"] = [{"type": "per_use", "price": 10}]
         (bundle / "product.yaml").write_text(yaml.safe_dump(manifest))
@@ -115,8 +92,6 @@ def main() -> None:
         print(f"baseline GET api/me:   {base:8.1f} req/s  ({bad} failed)")
         print(f"POST api/orders:       {rate:8.1f} purchases/s  ({refused} failed)")
         print(f"ratio purchases/GET:   {rate / base:8.3f}")
-    finally:
-        platform.stop()
 
 
 if __name__ == "__main__":
