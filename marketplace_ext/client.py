@@ -12,6 +12,7 @@ In a notebook server everything comes from the environment the hub gives it
 from __future__ import annotations
 
 import io
+import json
 import os
 from pathlib import Path
 
@@ -103,11 +104,14 @@ class Market:
 
     def run(self, product: str, parameters: dict | None = None, version: str | None = None,
             timeout_seconds: int | None = None, wait: bool = True, progress: bool = True,
-            download_to: str | Path | None = None, poll: float = 1.0) -> dict:
+            download_to: str | Path | None = None, poll: float = 1.0,
+            data: str | Path | None = None) -> dict:
         """Run ``product`` on your unit's data; with ``wait``, show progress until it ends.
 
         Returns the run (status, error, ``output_html`` URL, artifacts). With ``download_to``
-        the artifacts are saved there and their local paths put under ``"files"``.
+        the artifacts are saved there and their local paths put under ``"files"``. ``data``
+        is a local CSV or Parquet file to run on instead of your unit's platform (the notebook
+        gets its path as ``input_path``).
         """
         import time
 
@@ -116,7 +120,12 @@ class Market:
             body["version"] = version
         if timeout_seconds is not None:
             body["timeout_seconds"] = timeout_seconds
-        run = self.request("POST", "runs", json=body)
+        if data is None:
+            run = self.request("POST", "runs", json=body)
+        else:
+            path = Path(data)
+            run = self.request("POST", "runs", data={"request": json.dumps(body)},
+                               files={"data": (path.name, path.read_bytes())})
         bar = _progress_bar(f"{product} run {run['id']}") if wait and progress else None
         while wait and run["status"] in ("queued", "running"):
             time.sleep(poll)

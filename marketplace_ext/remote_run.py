@@ -9,9 +9,12 @@ runner's ``on_finished``).
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import logging
+import re
 
 from sqlalchemy.orm import Session
 
@@ -25,11 +28,45 @@ from .units import get_unit
 log = logging.getLogger(__name__)
 
 RUNNABLE_KINDS = ("application", "tool")
+UPLOAD_SUFFIXES = (".csv", ".parquet")
+
+
+def check_upload(name: object, data: bytes, max_bytes: int) -> str:
+    """An uploaded data file must be a CSV or Parquet file within the size limit; returns a
+    safe file name. The notebook gets its path as ``input_path``."""
+    if not isinstance(name, str) or not name:
+        raise InvalidField("the uploaded file needs a name", "data")
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", name.rsplit("/", 1)[-1].rsplit("\\", 1)[-1])
+    if not base.lower().endswith(UPLOAD_SUFFIXES) or base.startswith("."):
+        raise InvalidField("the uploaded file must be .csv or .parquet", "data")
+    if len(data) > max_bytes:
+        raise InvalidField(f"the uploaded file is {len(data)} bytes; the limit is {max_bytes}",
+                           "data")
+    if base.lower().endswith(".parquet"):
+        if len(data) < 12 or data[:4] != b"PAR1" or data[-4:] != b"PAR1":
+            raise InvalidField("the uploaded file is not a Parquet file", "data")
+        return base
+    try:
+        text = data.decode("utf-8")
+        rows = list(csv.reader(io.StringIO(text[:65536])))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise InvalidField(f"the uploaded CSV is malformed: {e}", "data") from e
+    if not rows or len(rows[0]) < 1 or not any(cell.strip() for cell in rows[0]):
+        raise InvalidField("the uploaded CSV has no header row", "data")
+    width = len(rows[0])
+    bad = next((i for i, row in enumerate(rows[1:-1], start=2) if len(row) != width), None)
+    if bad is not None:
+        raise InvalidField(f"the uploaded CSV is malformed: line {bad} has "
+                           f"{len(rows[bad - 1])} fields, the header {width}", "data")
+    return base
 
 
 def submit_run(session: Session, caller: Caller, body: dict, default_timeout: int,
-               max_timeout: int) -> Run:
-    """Check, charge and queue a remote run; the caller commits and kicks the runner."""
+               max_timeout: int, upload: tuple[str, str] | None = None) -> Run:
+    """Check, charge and queue a remote run; the caller commits and kicks the runner.
+
+    ``upload`` is (blob sha256, file name) of a data file checked by :func:`check_upload`;
+    without it the run reads the caller's unit platform."""
     caller.require(SCOPE_SUBSCRIBE, "running a product")
     name = body.get("product")
     if not isinstance(name, str) or not name:
@@ -48,8 +85,9 @@ def submit_run(session: Session, caller: Caller, body: dict, default_timeout: in
         version = catalog.get_version(product, str(requested))
         if version is not product.current_version and not owner:
             raise NotFound(f"version {requested} of {name!r} is not on sale", "version")
-    if body.get("data", "platform") != "platform":
-        raise InvalidField("data must be 'platform' (your unit's data platform)", "data")
+    if upload is None and body.get("data", "platform") != "platform":
+        raise InvalidField("data must be 'platform' (your unit's data platform), or upload a "
+                           "file as multipart field 'data'", "data")
     timeout = body.get("timeout_seconds", default_timeout)
     if not isinstance(timeout, int) or isinstance(timeout, bool) or not 1 <= timeout <= max_timeout:
         raise InvalidField(f"timeout_seconds must be an integer from 1 to {max_timeout}",
@@ -64,6 +102,8 @@ def submit_run(session: Session, caller: Caller, body: dict, default_timeout: in
         product_id=product.id, version_id=version.id, unit_id=unit.id, user=caller.name,
         mode="remote_run", parameters=parameters, timeout_seconds=timeout,
         entitlement_id=entitlement.id if entitlement else None,
+        data_kind="upload" if upload else "platform",
+        data_sha256=upload[0] if upload else None, data_name=upload[1] if upload else None,
     ))
     points.consume(session, entitlement)
     return run

@@ -24,8 +24,12 @@ from pyspark.sql import SparkSession
 if fail:
     raise ValueError("asked to fail")
 time.sleep(sleep)
-spark = SparkSession.builder.getOrCreate()
-rows = spark.table(f"unit_{unit}.{table}").count()
+if input_path:
+    import pandas as pd
+    rows = len(pd.read_csv(input_path))
+else:
+    spark = SparkSession.builder.getOrCreate()
+    rows = spark.table(f"unit_{unit}.{table}").count()
 os.makedirs(output_dir, exist_ok=True)
 with open(f"{output_dir}/summary.json", "w") as f:
     json.dump({"unit": unit, "rows": rows, "token": os.environ.get("JUPYTERHUB_API_TOKEN")}, f)
@@ -45,7 +49,7 @@ def publish_counter(pub: Market, op: Market, tmp_path) -> str:
                                  "language": "python"}
     params = nbformat.v4.new_code_cell(
         'table: str = "consumption_daily"\nfail: bool = False\nsleep: int = 0\n'
-        'unit: str = ""\noutput_dir: str = "outputs"')
+        'unit: str = ""\noutput_dir: str = "outputs"\ninput_path: str = ""')
     params.metadata["tags"] = ["parameters"]
     nb.cells = [params, nbformat.v4.new_code_cell(CODE)]
     nbformat.write(nb, bundle / "main.ipynb")
@@ -149,3 +153,25 @@ def test_bad_run_requests_take_no_points(shop):
     assert balance(sub) == before
     # the order is still unused: a good run goes through
     assert sub.run(name, progress=False, poll=0.5)["status"] == "succeeded"
+
+
+def test_run_on_an_uploaded_file(shop, tmp_path):
+    sub, name = shop["sub"], shop["name"]
+    good = tmp_path / "readings.csv"
+    good.write_text("customer_id,day,kwh\n" + "".join(f"c{i},2013-01-0{i},{i}.5\n"
+                                                       for i in range(1, 8)))
+    broken = tmp_path / "broken.csv"
+    broken.write_text("customer_id,day,kwh\nc1,2013-01-01\nc2,2013-01-02,1,9\nc3,x,1\n")
+    sub.order(name, "per_use")
+    before = balance(sub)
+    for path, message in [(broken, "malformed"), (tmp_path / "notes.txt", ".csv or .parquet")]:
+        if not path.exists():
+            path.write_text("hello")
+        with pytest.raises(MarketAPIError) as e:
+            sub.run(name, data=path, wait=False)
+        assert e.value.status == 400 and e.value.field == "data" and message in e.value.message
+    assert balance(sub) == before  # nothing taken for refused uploads
+    run = sub.run(name, data=good, progress=False, poll=0.5, download_to=tmp_path / "out")
+    assert run["status"] == "succeeded", run["error"]
+    summary = json.loads((tmp_path / "out" / "outputs" / "summary.json").read_text())
+    assert summary["rows"] == 7

@@ -327,14 +327,42 @@ class CosignaturesHandler(APIHandler):
 
 
 class RunsHandler(APIHandler):
+    """JSON body, or multipart: field ``request`` (the same JSON) and file ``data`` (a CSV or
+    Parquet file the notebook gets as ``input_path``)."""
+
     @web.authenticated
     def post(self):
         market = self.market
-        run = remote_run.submit_run(self.db, self.caller, self.json_body(), market.run_timeout,
-                                    market.run_max_timeout)
+        upload = None
+        if self.request.files or self.get_body_argument("request", None) is not None:
+            body = self._multipart_request()
+            files = self.request.files.get("data")
+            if not files:
+                raise InvalidField("upload the data file as multipart field 'data'", "data")
+            name = remote_run.check_upload(files[0]["filename"], files[0]["body"],
+                                           market.max_file_bytes)
+            upload = (market.blobs.put(files[0]["body"]), name)
+        else:
+            body = self.json_body()
+        run = remote_run.submit_run(self.db, self.caller, body, market.run_timeout,
+                                    market.run_max_timeout, upload)
         self.db.commit()
         market.runner.kick()
         self.write_json(remote_run.run_json(self.db, run, market.service_prefix), status=201)
+
+
+    def _multipart_request(self) -> dict:
+        raw = self.get_body_argument("request", None)
+        if raw is None:
+            raise InvalidField("send the run request as multipart field 'request' (JSON)",
+                               "request")
+        try:
+            body = json.loads(raw)
+        except ValueError as e:
+            raise InvalidField(f"request is not valid JSON: {e}", "request") from e
+        if not isinstance(body, dict):
+            raise InvalidField("request must be a JSON object", "request")
+        return body
 
 
 class RunHandler(APIHandler):
