@@ -16,7 +16,6 @@ sys.path.insert(0, str(ROOT))
 
 from marketplace_ext import demo  # noqa: E402
 from marketplace_ext.client import Market  # noqa: E402
-from marketplace_ext.hubsession import HubSession  # noqa: E402
 from marketplace_ext.launcher import Platform  # noqa: E402
 
 
@@ -27,9 +26,7 @@ def free_port() -> int:
 
 
 def market_for(url: str, user: str, password: str) -> Market:
-    session = HubSession(url)
-    session.login(user, password)
-    return Market(f"{url}/services/marketplace/", session.create_token("bench"))
+    return Market.login(url, user, password, note="bench")
 
 
 @contextlib.contextmanager

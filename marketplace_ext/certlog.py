@@ -247,46 +247,42 @@ class TransparencyLog:
     # -- audit -----------------------------------------------------------------------------
 
     def fsck(self, session: Session) -> dict:
-        """Recompute the tree from the stored entries and compare every stored node and
-        checkpoint; reports the first divergence."""
-        state = _state(session)
-        frontier = merkle.Frontier()
-        expected_index = 0
-        stored = SqlNodeStore(session)
-        checkpoints = {cp.size: cp.root for cp in session.scalars(select(LogCheckpoint))}
-        for row in session.scalars(select(LogEntry).order_by(LogEntry.idx)
-                                   .execution_options(yield_per=5000)):
-            if row.idx != expected_index:
-                return {"ok": False, "index": expected_index,
-                        "problem": f"entry {expected_index} is missing (next is {row.idx})"}
-            leaf = merkle.leaf_hash(row.data.encode())
-            if leaf.hex() != row.leaf_hash:
-                return {"ok": False, "index": row.idx,
-                        "problem": f"entry {row.idx} does not hash to its stored leaf hash"}
-            if row.idx < state.tree_size:
-                new_nodes = frontier.append(leaf)
-                found = stored.get_many([(lv, ix) for lv, ix, _h in new_nodes])
-                for level, idx, h in new_nodes:
-                    if found.get((level, idx)) != h:
-                        return {"ok": False, "index": row.idx,
-                                "problem": f"stored node ({level}, {idx}) differs from the "
-                                           f"entries"}
-                root = checkpoints.get(frontier.size)
-                if root is not None and root != frontier.root().hex():
-                    return {"ok": False, "index": row.idx,
-                            "problem": f"checkpoint at size {frontier.size} has another root"}
-            expected_index += 1
-        if expected_index != state.next_index:
+        return fsck(session)
+
+
+def fsck(session: Session) -> dict:
+    """Recompute the tree from the stored entries and compare every stored node and
+    checkpoint; reports the first divergence."""
+    state = _state(session)
+    frontier = merkle.Frontier()
+    expected_index = 0
+    stored = SqlNodeStore(session)
+    checkpoints = {cp.size: cp.root for cp in session.scalars(select(LogCheckpoint))}
+    for row in session.scalars(select(LogEntry).order_by(LogEntry.idx)
+                               .execution_options(yield_per=5000)):
+        if row.idx != expected_index:
             return {"ok": False, "index": expected_index,
-                    "problem": f"{state.next_index - expected_index} sequenced entries missing"}
-        return {"ok": True, "entries": expected_index, "tree_size": state.tree_size}
+                    "problem": f"entry {expected_index} is missing (next is {row.idx})"}
+        leaf = merkle.leaf_hash(row.data.encode())
+        if leaf.hex() != row.leaf_hash:
+            return {"ok": False, "index": row.idx,
+                    "problem": f"entry {row.idx} does not hash to its stored leaf hash"}
+        if row.idx < state.tree_size:
+            new_nodes = frontier.append(leaf)
+            found = stored.get_many([(lv, ix) for lv, ix, _h in new_nodes])
+            for level, idx, h in new_nodes:
+                if found.get((level, idx)) != h:
+                    return {"ok": False, "index": row.idx,
+                            "problem": f"stored node ({level}, {idx}) differs from the "
+                                       f"entries"}
+            root = checkpoints.get(frontier.size)
+            if root is not None and root != frontier.root().hex():
+                return {"ok": False, "index": row.idx,
+                        "problem": f"checkpoint at size {frontier.size} has another root"}
+        expected_index += 1
+    if expected_index != state.next_index:
+        return {"ok": False, "index": expected_index,
+                "problem": f"{state.next_index - expected_index} sequenced entries missing"}
+    return {"ok": True, "entries": expected_index, "tree_size": state.tree_size}
 
-
-def decode_proof(items: object, field: str = "proof") -> list[bytes]:
-    if not isinstance(items, list):
-        raise InvalidField(f"{field} must be a list of base64 hashes", field)
-    try:
-        return [base64.b64decode(x, validate=True) for x in items]
-    except (ValueError, TypeError) as e:
-        raise InvalidField(f"{field} holds a value that is not base64", field) from e
 

@@ -176,15 +176,18 @@ def cmd_witness(args) -> int:
 
 def cmd_log_fsck(args) -> int:
     from . import dbutil
-    from .certlog import TransparencyLog
+    from .certlog import fsck
     from .orm import make_engine, make_session_factory
 
     url = args.db_url or f"sqlite:///{args.var_dir}/marketplace.sqlite"
+    if not args.db_url and not (Path(args.var_dir) / "marketplace.sqlite").exists():
+        print(f"error: no service database in {args.var_dir} (use --var-dir or --db-url)",
+              file=sys.stderr)
+        return 2
     dbutil.check(url)
     engine = make_engine(url)
-    tlog = TransparencyLog("fsck", Path(args.var_dir) / "log_signing.key")
     with make_session_factory(engine)() as session:
-        report = tlog.fsck(session)
+        report = fsck(session)
     engine.dispose()
     if report["ok"]:
         print(f"log ok: {report['entries']} entries, tree size {report['tree_size']}")

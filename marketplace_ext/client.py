@@ -43,6 +43,18 @@ class Market:
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"token {token}"
 
+    @classmethod
+    def login(cls, hub_url: str, user: str, password: str, note: str = "market",
+              expires_in: int | None = None) -> Market:
+        """Log in at the hub as ``user`` (its login form) and use a new API token: for scripts,
+        benchmarks and the demo seed outside a notebook."""
+        from .hubsession import HubSession
+
+        session = HubSession(hub_url)
+        session.login(user, password)
+        token = session.create_token(note, expires_in=expires_in)
+        return cls(f"{hub_url.rstrip('/')}/services/marketplace/", token)
+
     def __repr__(self) -> str:  # never show the token
         return f"Market({self.url!r})"
 

@@ -97,11 +97,9 @@ def seed(base_url: str, var_dir: Path, operator: str = "operator", log=print) ->
 
 
 def _market_as(base_url: str, account: dict) -> Market:
-    session = HubSession(base_url)
-    session.login(account["user"], account["password"])
-    # short-lived: the seed runs on every `make run`
-    token = session.create_token("demo seed", expires_in=600)
-    return Market(f"{base_url}/services/marketplace/", token)
+    # short-lived token: the seed runs on every `make run`
+    return Market.login(base_url, account["user"], account["password"], note="demo seed",
+                        expires_in=600)
 
 
 def _publish_catalogue(base_url: str, accounts: list[dict], log) -> None:

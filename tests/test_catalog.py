@@ -23,9 +23,7 @@ NAME = f"meter-check-{secrets.token_hex(2)}"
 
 
 def market_as(hub_url: str, user: str, password: str) -> Market:
-    session = HubSession(hub_url)
-    session.login(user, password)
-    return Market(f"{hub_url}/services/marketplace/", session.create_token(f"test {user}"))
+    return Market.login(hub_url, user, password, note=f"test {user}")
 
 
 @pytest.fixture(scope="module")

@@ -64,6 +64,19 @@ def bundle(files: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
+def run_to_end(runner: Runner, run_id: int, timeout: float) -> Run:
+    """Start the runner, wait for ``run_id`` to end, stop the runner."""
+
+    async def main():
+        await runner.start()
+        try:
+            return await runner.wait(run_id, timeout)
+        finally:
+            await runner.stop()
+
+    return asyncio.run(main())
+
+
 @dataclass
 class World:
     sf: object
@@ -303,14 +316,7 @@ def test_a_run_that_cannot_start_fails_with_the_reason(world):
     run_id = world.queue(v, data_kind="upload", data_sha256="ab" * 32, data_name="gone.csv")
     runner = world.runner()
 
-    async def main():
-        await runner.start()
-        try:
-            return await runner.wait(run_id, 30)
-        finally:
-            await runner.stop()
-
-    run = asyncio.run(main())
+    run = run_to_end(runner, run_id, 30)
     assert (run.status, run.error) == (
         "failed", "could not start the run: the uploaded file 'gone.csv' is missing from the "
         "store")
@@ -432,14 +438,7 @@ def test_failure_keeps_error_cell(world):
     run_id = world.queue(v)
     runner = world.runner()
 
-    async def main():
-        await runner.start()
-        try:
-            return await runner.wait(run_id, 60)
-        finally:
-            await runner.stop()
-
-    run = asyncio.run(main())
+    run = run_to_end(runner, run_id, 60)
     assert (run.status, run.error) == ("failed", "ValueError: boom")
     assert json.loads(run.artifacts) == {}
     executed = nbformat.reads(world.blobs.get(run.output_sha256).decode(), as_version=4)
@@ -457,14 +456,7 @@ def test_unknown_kernel_fails_with_papermills_message(world):
     run_id = world.queue(v)
     runner = world.runner(kernel_for=lambda s, run: "no-such-kernel")
 
-    async def main():
-        await runner.start()
-        try:
-            return await runner.wait(run_id, 60)
-        finally:
-            await runner.stop()
-
-    run = asyncio.run(main())
+    run = run_to_end(runner, run_id, 60)
     assert run.status == "failed" and "no-such-kernel" in run.error, run.error
     assert world.calls(run_id) == ["failed"]
     assert_gone(world, run_id, set())
