@@ -10,6 +10,7 @@ import asyncio
 import os
 import secrets
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -21,11 +22,14 @@ from tornado.httpserver import HTTPServer
 from traitlets import Bool, Dict, Float, Integer, Unicode, default
 from traitlets.config import Application
 
-from . import __version__, dbutil, points, remote_run
+from . import __version__, dbutil, m2d, points, product_envs, remote_run
 from .blobs import BlobStore
 from .bundle import BundleLimits
 from .catalog import DEFAULT_TERMS
 from .certlog import TransparencyLog
+from .envs import EnvironmentBuilder
+from .federated import orm as _fl_orm  # noqa: F401  (its tables belong to the metadata)
+from .federated.projects import Coordinator
 from .handlers import default_handlers
 from .hubapi import HubAPI
 from .orm import make_engine, make_session_factory, write_transaction
@@ -208,6 +212,30 @@ class MarketplaceApp(Application):
         3600, help="The longest time limit a run request may ask for, in seconds."
     ).tag(config=True)
 
+    envs_dir = Unicode(
+        help="""Where products' own Python environments (from their requirements.txt) and
+        kernelspecs are built; default ``<var_dir>/envs``.""",
+    ).tag(config=True)
+
+    @default("envs_dir")
+    def _default_envs_dir(self) -> str:
+        return str(Path(self.var_dir) / "envs")
+
+    env_pip_timeout = Integer(
+        900, help="Seconds pip may take to install one product environment before it fails."
+    ).tag(config=True)
+
+    m2d_max_output_bytes = Integer(
+        50 * 1024 * 1024,
+        help="""The largest file a model-to-data run may return to its demander (a model, not a
+        table); a larger declared output is withheld and stays with the data owner.""",
+    ).tag(config=True)
+
+    fl_tick_interval = Float(
+        1.0, help="""Seconds between checks of federated rounds' deadlines (a round that reaches
+        its quorum is aggregated at once)."""
+    ).tag(config=True)
+
     pid_file = Unicode(
         help="File the service writes its pid to while running (used by tests and the launcher)."
     ).tag(config=True)
@@ -256,11 +284,13 @@ class MarketplaceApp(Application):
             **({"default_endpoint": os.environ["MARKET_SPARK_REMOTE"]}
                if os.environ.get("MARKET_SPARK_REMOTE") else {}),
         )
+        self.envs = EnvironmentBuilder(Path(self.envs_dir), pip_timeout=self.env_pip_timeout)
+        # one build at a time: pip on two cores is slow enough once
+        self.env_builds = ThreadPoolExecutor(1, thread_name_prefix="env-build")
         self.runner = Runner(
             self.session_factory, self.blobs, var / "runs", max_workers=self.run_workers,
-            bundle_for=remote_run.bundle_for(self.blobs),
-            env_for=remote_run.env_for(self.data_platform),
-            on_finished=remote_run.finish_run,
+            bundle_for=self._bundle_for, env_for=self._run_env,
+            kernel_for=product_envs.kernel_for(self.envs), on_finished=self._run_finished,
         )
         self.bundle_limits = BundleLimits(
             max_file_bytes=self.max_file_bytes, max_total_bytes=self.max_bundle_bytes,
@@ -272,7 +302,36 @@ class MarketplaceApp(Application):
             oauth_redirect_uri=url_path_join(self.service_prefix, "oauth_callback"),
             cache_max_age=60,
         )
+        self.fl = Coordinator(self.session_factory, self.blobs, self.fl_tick_interval)
         self.tornado_app = self.make_tornado_app()
+
+    def _bundle_for(self, session, run):
+        if run.mode == "m2d":
+            return m2d.bundle_for(session, self.blobs, run)
+        return remote_run.bundle_for(self.blobs)(session, run)
+
+    def _run_env(self, session, run) -> dict[str, str]:
+        env = remote_run.env_for(self.data_platform)(session, run)
+        # products' own kernelspecs live under envs_dir
+        return {**env, **self.envs.jupyter_path_env(os.environ.get("JUPYTER_PATH"))}
+
+    def build_environment(self, requirements: str) -> None:
+        """Build a product environment in the background; its status shows on the review
+        page, and runs of its version wait for it."""
+
+        def build() -> None:
+            status = self.envs.build(requirements)
+            level = self.log.info if status.state == "ready" else self.log.warning
+            level("product environment %s: %s %s", status.kernel_name, status.state,
+                  status.error or "")
+
+        self.env_builds.submit(build)
+
+    def _run_finished(self, session, run) -> None:
+        if run.mode == "m2d":
+            m2d.finish(session, self.blobs, run, self.m2d_max_output_bytes)
+        else:
+            remote_run.finish_run(session, run)
 
     def make_tornado_app(self) -> web.Application:
         prefix = self.service_prefix.rstrip("/")
@@ -350,6 +409,7 @@ class MarketplaceApp(Application):
             loop.add_signal_handler(sig, stop.set)
         reconcile = asyncio.create_task(self.reconcile_loop())
         integrate = asyncio.create_task(self.log_loop())
+        fl_rounds = asyncio.create_task(self.fl.loop())
         await self.runner.start()
         try:
             await stop.wait()
@@ -357,6 +417,7 @@ class MarketplaceApp(Application):
             self.log.info("Marketplace shutting down")
             reconcile.cancel()
             integrate.cancel()
+            fl_rounds.cancel()
             await self.runner.stop()
             server.stop()
             await server.close_all_connections()

@@ -747,6 +747,23 @@ def _check_readme(root: Path, sizes: dict[str, int], limits: BundleLimits,
     report.readme = text
 
 
+def _check_requirements(root: Path, m: dict, sizes: dict[str, int], report: _Report) -> None:
+    """The declared requirements file holds plain PyPI requirements only: it becomes a pip
+    install on the marketplace's machine when the version is approved."""
+    req = m.get("requirements")
+    if not isinstance(req, str) or not req or _path_problem(req) or _norm(req) not in sizes:
+        return  # reported by _check_manifest
+    from .envs import RequirementsError, parse_requirements
+
+    try:
+        parse_requirements((root / _norm(req)).read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        report.add(_norm(req), None, "is not UTF-8 text")
+    except RequirementsError as e:
+        for line, message in e.problems:
+            report.add(_norm(req), f"line {line}" if line else None, message)
+
+
 def _inspect(path: Path, limits: BundleLimits) -> _Report:
     report = _Report()
     root = Path(path)
@@ -757,6 +774,7 @@ def _inspect(path: Path, limits: BundleLimits) -> _Report:
     manifest = _read_manifest(root, sizes, report)
     if manifest is not None:
         _check_manifest(manifest, sizes, limits, report)
+        _check_requirements(root, manifest, sizes, report)
         report.manifest = {**copy.deepcopy(DEFAULTS), **manifest}
     _check_notebook(root, manifest, sizes, limits, report)
     _check_readme(root, sizes, limits, report)

@@ -29,6 +29,15 @@ class MarketAPIError(RuntimeError):
         super().__init__(f"{status} {error}: {message}{where}")
         self.status, self.error, self.message, self.field = status, error, message, field
 
+    @classmethod
+    def from_response(cls, r: requests.Response) -> MarketAPIError:
+        try:
+            err = r.json()
+        except ValueError:
+            err = {"error": "http_error", "message": r.text[:500] or r.reason}
+        return cls(r.status_code, err.get("error", "http_error"), err.get("message", ""),
+                   err.get("field"))
+
 
 class Market:
     def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 120):
@@ -62,12 +71,7 @@ class Market:
         r = self.http.request(method, self.url + "api/" + path.lstrip("/"),
                               timeout=self.timeout, allow_redirects=False, **kwargs)
         if r.status_code >= 400:
-            try:
-                err = r.json()
-            except ValueError:
-                err = {"error": "http_error", "message": r.text[:500] or r.reason}
-            raise MarketAPIError(r.status_code, err.get("error", "http_error"),
-                                 err.get("message", ""), err.get("field"))
+            raise MarketAPIError.from_response(r)
         return r.json() if r.content else None
 
     def me(self) -> dict:
@@ -150,17 +154,67 @@ class Market:
         if bar is not None:
             bar.close()
         if download_to is not None and run["artifacts"]:
-            target = Path(download_to)
-            run["files"] = {}
-            for name in run["artifacts"]:
-                r = self.http.get(self.url + f"api/runs/{run['id']}/artifacts/{name}",
-                                  timeout=self.timeout)
-                r.raise_for_status()
-                local = target / name
-                local.parent.mkdir(parents=True, exist_ok=True)
-                local.write_bytes(r.content)
-                run["files"][name] = str(local)
+            run["files"] = {name: self.download(f"runs/{run['id']}/artifacts/{name}",
+                                                Path(download_to) / name)
+                            for name in run["artifacts"]}
         return run
+
+    def download(self, path: str, local: str | Path) -> str:
+        """Save ``api/<path>`` to ``local``, checked against its X-Content-SHA256."""
+        import hashlib
+
+        r = self.http.get(self.url + "api/" + path, timeout=self.timeout)
+        if r.status_code >= 400:
+            raise MarketAPIError.from_response(r)
+        expected = r.headers.get("X-Content-SHA256")
+        if expected and hashlib.sha256(r.content).hexdigest() != expected:
+            raise MarketAPIError(r.status_code, "integrity",
+                                 f"{path} does not match its X-Content-SHA256", None)
+        local = Path(local)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_bytes(r.content)
+        return str(local)
+
+    def send_model(self, product: str, notebook: str | Path | dict, outputs: list[str],
+                   parameters: dict | None = None, purpose: str = "",
+                   timeout_seconds: int | None = None) -> dict:
+        """Model-to-data: ask the owner of data product ``product`` to run ``notebook`` on its
+        private tables and return the declared ``outputs`` (e.g. ``["outputs/model.pt"]``)."""
+        if not isinstance(notebook, dict):
+            notebook = json.loads(Path(notebook).read_text())
+        body: dict = {"product": product, "notebook": notebook, "outputs": outputs,
+                      "parameters": parameters or {}, "purpose": purpose}
+        if timeout_seconds is not None:
+            body["timeout_seconds"] = timeout_seconds
+        return self.request("POST", "m2d", json=body)
+
+    def decide_model(self, request: int, decision: str, reason: str | None = None) -> dict:
+        """The data owner's publisher approves or rejects a model-to-data request."""
+        return self.request("POST", f"m2d/{request}/decision",
+                            json={"decision": decision, "reason": reason})
+
+    def wait_model(self, request: int, download_to: str | Path | None = None,
+                   timeout: float = 3600, poll: float = 1.0) -> dict:
+        """Wait until a model-to-data request is decided and its run has ended; with
+        ``download_to`` save the released files there (under ``"files"``)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.request("GET", f"m2d/{request}")
+            run = found["run"]
+            if found["status"] == "rejected" or (
+                    run is not None and run["status"] not in ("queued", "running")
+                    and found["log_index"] is not None
+                    and (found["released"] or found["withheld"] or run["status"] != "succeeded")):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"model-to-data request {request} is still {found['status']}")
+            time.sleep(poll)
+        if download_to is not None:
+            found["files"] = {p: self.download(f"m2d/{request}/files/{p}", Path(download_to) / p)
+                              for p in found["released"]}
+        return found
 
     def shelf(self, product: str, state: str, reason: str | None = None) -> dict:
         return self.request("POST", f"products/{product}/shelf",

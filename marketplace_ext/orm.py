@@ -173,6 +173,8 @@ class Version(Base):
     # JSON {path: sha256} of every file, so a download can be checked against the log
     file_digests: Mapped[str] = mapped_column(Text, nullable=False, default="{}")
     log_index: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # sha256 of the normalised requirements.txt: the product's own environment, if it has one
+    env_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     product: Mapped[Product] = relationship(back_populates="versions", foreign_keys=[product_id])
     transitions: Mapped[list[Transition]] = relationship(
@@ -469,3 +471,47 @@ class Run(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
     started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class ModelToDataRequest(Base):
+    """A demander's training notebook sent to run on a data owner's private tables: the owner
+    reads the code and decides; only the declared, checked files go back."""
+
+    __tablename__ = "m2d_requests"
+    __table_args__ = (UniqueConstraint("run_id", name="uq_m2d_requests_run_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    product_id: Mapped[int] = mapped_column(
+        ForeignKey("products.id", name="fk_m2d_requests_product_id"), nullable=False, index=True
+    )
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("versions.id", name="fk_m2d_requests_version_id"), nullable=False
+    )
+    requester: Mapped[str] = mapped_column(String(255), nullable=False)
+    requester_unit_id: Mapped[int] = mapped_column(
+        ForeignKey("units.id", name="fk_m2d_requests_requester_unit_id"), nullable=False,
+        index=True
+    )
+    owner_unit_id: Mapped[int] = mapped_column(
+        ForeignKey("units.id", name="fk_m2d_requests_owner_unit_id"), nullable=False, index=True
+    )
+    purpose: Mapped[str] = mapped_column(Text, nullable=False)
+    notebook_sha256: Mapped[str] = mapped_column(String(64), nullable=False)  # a blob
+    parameters: Mapped[str] = mapped_column(Text, nullable=False, default="{}")  # JSON
+    outputs: Mapped[str] = mapped_column(Text, nullable=False)  # JSON list of declared paths
+    timeout_seconds: Mapped[int] = mapped_column(Integer, nullable=False)
+    entitlement_id: Mapped[int | None] = mapped_column(
+        ForeignKey("entitlements.id", name="fk_m2d_requests_entitlement_id"), nullable=True
+    )
+    # pending | approved | rejected; the run carries the rest
+    status: Mapped[str] = mapped_column(String(16), nullable=False, index=True)
+    decided_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    run_id: Mapped[int | None] = mapped_column(
+        ForeignKey("runs.id", name="fk_m2d_requests_run_id"), nullable=True
+    )
+    released: Mapped[str] = mapped_column(Text, nullable=False, default="{}")  # path -> sha256
+    withheld: Mapped[str] = mapped_column(Text, nullable=False, default="{}")  # path -> why
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+    log_index: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

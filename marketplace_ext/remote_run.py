@@ -160,8 +160,10 @@ def get_run(session: Session, caller: Caller, run_id: str) -> Run:
     if run is None:
         raise NotFound(f"no run {run_id!r}", "run")
     unit = session.get(Unit, run.unit_id) if run.unit_id else None
-    if not (caller.is_operator or run.user == caller.name
-            or (unit is not None and unit.slug == caller.unit)):
+    # a model-to-data run is the owner's: its notebook and outputs show the owner's data, and
+    # its demander sees only what api/m2d releases
+    own = run.user == caller.name and run.mode != "m2d"
+    if not (caller.is_operator or own or (unit is not None and unit.slug == caller.unit)):
         raise NotFound(f"no run {run_id!r}", "run")  # other units' runs do not exist for you
     return run
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from pathlib import Path
 
 import nbformat
 import pytest
 import yaml
 from test_catalog import market_as
 
-from marketplace_ext.bundle import new_product
+from marketplace_ext.bundle import BundleInvalid, canonical_archive, new_product
 from marketplace_ext.client import Market, MarketAPIError
 from marketplace_ext.runner import processes_of
 
@@ -175,3 +176,82 @@ def test_run_on_an_uploaded_file(shop, tmp_path):
     assert run["status"] == "succeeded", run["error"]
     summary = json.loads((tmp_path / "out" / "outputs" / "summary.json").read_text())
     assert summary["rows"] == 7
+
+
+def requirements_bundle(tmp_path, requirements: str) -> tuple[str, Path]:
+    """An application whose notebook imports a package the product kernel does not have."""
+    name = f"needs-inflection-{secrets.token_hex(3)}"
+    bundle = new_product("application", name, tmp_path)
+    manifest = yaml.safe_load((bundle / "product.yaml").read_text())
+    manifest.update(plans=[{"type": "per_use", "price": 10}], requirements="requirements.txt",
+                    outputs=[{"path": "outputs/where.json", "description": "the environment"}])
+    (bundle / "product.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    (bundle / "requirements.txt").write_text(requirements)
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "grid-python", "display_name": "Python 3 (grid)",
+                                 "language": "python"}
+    params = nbformat.v4.new_code_cell('word: str = "data product"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(
+        "import json, os, sys\nimport inflection\nimport pandas\n"
+        "os.makedirs('outputs', exist_ok=True)\n"
+        "json.dump({'prefix': sys.prefix, 'plural': inflection.pluralize(word)}, "
+        "open('outputs/where.json', 'w'))")]
+    nbformat.write(nb, bundle / "main.ipynb")
+    for stale in (bundle / "files").glob("*"):
+        stale.unlink()
+    return name, bundle
+
+
+def publish_with_requirements(pub: Market, op: Market, tmp_path, requirements: str) -> str:
+    name, bundle = requirements_bundle(tmp_path, requirements)
+    op.review(name, pub.publish(bundle)["version"], "approve")
+    return name
+
+
+def wait_environment(m: Market, name: str) -> dict:
+    deadline = time.monotonic() + 300
+    while True:
+        envs = m.product(name)["environments"]
+        (env,) = envs.values()
+        if env["state"] in ("ready", "failed"):
+            return env
+        assert time.monotonic() < deadline, env
+        time.sleep(1)
+
+
+def test_product_requirements_get_their_own_environment(shop, tmp_path):
+    sub, pub, op = shop["sub"], shop["pub"], shop["op"]
+    # an option line is refused at publication, naming the file and the line
+    _, bad = requirements_bundle(tmp_path / "bad",
+                                 "inflection==0.5.1\n--index-url http://evil/\n")
+    with pytest.raises(BundleInvalid) as e:  # the client checks before uploading
+        pub.publish(bad)
+    assert e.value.problems[0].file == "requirements.txt" and "line 2" in str(e.value)
+    with pytest.raises(MarketAPIError) as e:  # and so does the service
+        pub.request("POST", "products", data={"accept_terms": "true"}, files={
+            "bundle": ("bundle.zip", canonical_archive(bad), "application/zip")})
+    assert e.value.status == 400 and "line 2" in e.value.message
+
+    name = publish_with_requirements(pub, op, tmp_path / "good", "inflection==0.5.1\n")
+    env = wait_environment(sub, name)
+    assert env["state"] == "ready" and env["kernel_name"].startswith("grid-env-")
+    assert env["log_tail"] is None  # pip's log is the publisher's and the operators' business
+    sub.order(name, "per_use")
+    run = sub.run(name, {"word": "meter"}, progress=False, poll=0.5, download_to=tmp_path / "o")
+    assert run["status"] == "succeeded", run["error"]
+    where = json.loads((tmp_path / "o" / "outputs" / "where.json").read_text())
+    assert where["plural"] == "meters" and "envs" in where["prefix"]
+
+    # a build that fails shows pip's reason to the publisher, and its runs refund
+    broken = publish_with_requirements(pub, op, tmp_path / "broken",
+                                       "grid-market-no-such-pkg-xyz==1.0\n")
+    env = wait_environment(pub, broken)
+    assert env["state"] == "failed" and "grid-market-no-such-pkg-xyz" in env["log_tail"]
+    page = pub.http.get(pub.url + f"products/{broken}")
+    assert "failed" in page.text and "grid-market-no-such-pkg-xyz" in page.text
+    before = balance(sub)
+    sub.order(broken, "per_use")
+    failed = sub.run(broken, progress=False, poll=0.5)
+    assert failed["status"] == "failed" and "environment failed" in failed["error"]
+    assert balance(sub) == before

@@ -1,5 +1,7 @@
-"""Tornado handlers: ``api`` (JSON REST) and ``pages`` (HTML), each with ``default_handlers``."""
+"""Tornado handlers: ``api`` (JSON REST), ``m2d`` (model-to-data), ``fl`` (federated
+learning) and ``pages`` (HTML), each with ``default_handlers``."""
 
-from . import api, pages
+from . import api, fl, m2d, pages
 
-default_handlers = api.default_handlers + pages.default_handlers
+default_handlers = (api.default_handlers + m2d.default_handlers + fl.default_handlers
+                    + pages.default_handlers)

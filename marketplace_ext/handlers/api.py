@@ -8,9 +8,9 @@ import json
 from sqlalchemy import text
 from tornado import web
 
-from .. import __version__, catalog, interface, points, remote_run
+from .. import __version__, catalog, interface, points, product_envs, remote_run
 from ..auth import SCOPE_APPROVE
-from ..downloads import deliver_file
+from ..downloads import deliver_file, plan_export, record_export
 from ..errors import InvalidField, NotFound, PayloadTooLarge
 from ..hubapi import ROLE_GROUPS
 from ..openapi import openapi_document
@@ -168,7 +168,9 @@ class ProductHandler(APIHandler):
     def get(self, product):
         p = catalog.get_product(self.db, product, self.caller)
         self.write_json({**catalog.product_detail(p, self.caller),
-                         "stats": points.usage_stats(self.db, p)})
+                         "stats": points.usage_stats(self.db, p),
+                         "environments": product_envs.environments(self.market.envs, p,
+                                                                   self.caller)})
 
 
 class ReviewHandler(APIHandler):
@@ -181,7 +183,13 @@ class ReviewHandler(APIHandler):
         p = catalog.get_product(self.db, product, self.caller)
         v = catalog.get_version(p, version)
         catalog.review(self.db, self.caller, p, v, body.get("decision"), body.get("reason"))
+        build = None
+        if v.state == catalog.ON_SHELF:
+            build = product_envs.approve_environment(self.db, self.market.blobs,
+                                                     self.market.envs, v)
         self.db.commit()
+        if build is not None:
+            self.market.build_environment(build)
         self.write_json(catalog.version_json(v, full=True))
 
     async def _publish_views(self, product: str, version: str) -> None:
@@ -273,6 +281,31 @@ class FileDownloadHandler(APIHandler):
         self.set_header("X-Content-SHA256", delivery.sha256)
         self.set_header("X-Log-Index", str(delivery.log_index))
         self.finish(delivery.data)
+
+
+class ViewExportHandler(APIHandler):
+    """A data product's desensitized view as CSV or Parquet (download mode)."""
+
+    @web.authenticated
+    async def get(self, product, view):
+        market = self.market
+        fmt = self.get_query_argument("format", "csv")
+        with market.session_factory() as session:
+            plan = plan_export(session, market.data_platform, self.caller, product, view, fmt)
+        data, rows, truncated = await asyncio.get_running_loop().run_in_executor(
+            None, market.data_platform.export_view, plan.platform_unit, plan.view, plan.format)
+        with market.session_factory() as session:
+            write_transaction(session)
+            digest, index = record_export(session, self.caller, plan, data, rows, truncated)
+            session.commit()
+        self.set_header("Content-Type", "text/csv; charset=utf-8" if fmt == "csv"
+                        else "application/vnd.apache.parquet")
+        self.set_header("Content-Disposition", f'attachment; filename="{view}.{fmt}"')
+        self.set_header("X-Content-SHA256", digest)
+        self.set_header("X-Log-Index", str(index))
+        self.set_header("X-Rows", str(rows))
+        self.set_header("X-Truncated", "true" if truncated else "false")
+        self.finish(data)
 
 
 class LogKeyHandler(APIHandler):
@@ -444,6 +477,7 @@ default_handlers = [
     (r"/api/accounts", AccountsHandler),
     (r"/api/products/(?P<product>[^/]+)/versions/(?P<version>[^/]+)/files/(?P<path>.+)",
      FileDownloadHandler),
+    (r"/api/products/(?P<product>[^/]+)/views/(?P<view>[^/]+)/export", ViewExportHandler),
     (r"/api/log/key", LogKeyHandler),
     (r"/api/log/checkpoint", CheckpointHandler),
     (r"/api/log/entries/(?P<index>[^/]+)", LogEntryHandler),

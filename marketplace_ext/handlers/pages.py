@@ -6,7 +6,7 @@ from jupyterhub.services.auth import HubOAuthCallbackHandler
 from sqlalchemy import select
 from tornado import web
 
-from .. import catalog, points
+from .. import catalog, points, product_envs
 from ..errors import NotFound
 from ..orm import Version
 from ..units import get_unit
@@ -59,9 +59,10 @@ class ProductPage(PageHandler):
     @web.authenticated
     def get(self, product):
         p = catalog.get_product(self.db, product, self.caller)
+        envs = product_envs.environments(self.market.envs, p, self.caller)
         self.render_template("product.html", caller=self.caller,
                              product=catalog.product_detail(p, self.caller),
-                             stats=points.usage_stats(self.db, p))
+                             stats=points.usage_stats(self.db, p), envs=envs)
 
 
 default_handlers = [

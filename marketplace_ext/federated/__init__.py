@@ -1,0 +1,1 @@
+"""Federated learning across units: the theft-detection model, its training and aggregation."""

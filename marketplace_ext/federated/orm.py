@@ -1,0 +1,189 @@
+"""Tables of the federated-learning zone (owned by :mod:`marketplace_ext.federated.projects`).
+
+What the service keeps is deliberately incomplete: the Paillier *public* key, each member's
+X25519 public key and the Paillier private key *wrapped* for it, digests and sizes of encrypted
+updates and aggregates (their bytes live in the blob store), sample counts and clip counts.
+Never a private key, a plaintext update or a plaintext aggregate.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from ..orm import Base, Unit, utcnow
+
+
+class FLProject(Base):
+    """A federated project opened by a publisher of ``unit``: model, schedule and keys."""
+
+    __tablename__ = "fl_projects"
+    __table_args__ = (UniqueConstraint("name", name="uq_fl_projects_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), nullable=False)
+    title: Mapped[str] = mapped_column(String(200), nullable=False)
+    task: Mapped[str] = mapped_column(Text, nullable=False)
+    unit_id: Mapped[int] = mapped_column(
+        ForeignKey("units.id", name="fk_fl_projects_unit_id"), nullable=False, index=True
+    )
+    initiator: Mapped[str] = mapped_column(String(255), nullable=False)
+    # enrolling | running | finished
+    state: Mapped[str] = mapped_column(String(16), nullable=False)
+    rounds: Mapped[int] = mapped_column(Integer, nullable=False)
+    quorum: Mapped[int] = mapped_column(Integer, nullable=False)
+    min_updates: Mapped[int] = mapped_column(Integer, nullable=False)
+    deadline_seconds: Mapped[int] = mapped_column(Integer, nullable=False)
+    key_size: Mapped[int] = mapped_column(Integer, nullable=False)
+    public_key: Mapped[str] = mapped_column(Text, nullable=False)  # JSON {"n": "<decimal>"}
+    key_fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)
+    pack_spec: Mapped[str] = mapped_column(Text, nullable=False)  # JSON, packing.PackSpec
+    dp: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON or NULL
+    model_sha256: Mapped[str] = mapped_column(String(64), nullable=False)  # a blob
+    model_spec: Mapped[str] = mapped_column(Text, nullable=False)  # JSON
+    current_round: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+    unit: Mapped[Unit] = relationship()
+    members: Mapped[list[FLMember]] = relationship(
+        back_populates="project", order_by="FLMember.id"
+    )
+
+
+class FLMember(Base):
+    """A unit taking part in a project (one row per unit), with its X25519 public key and the
+    project's Paillier private key wrapped for that key by another member's client."""
+
+    __tablename__ = "fl_members"
+    __table_args__ = (
+        UniqueConstraint("project_id", "unit_id", name="uq_fl_members_project_unit"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(
+        ForeignKey("fl_projects.id", name="fk_fl_members_project_id"), nullable=False, index=True
+    )
+    unit_id: Mapped[int] = mapped_column(
+        ForeignKey("units.id", name="fk_fl_members_unit_id"), nullable=False
+    )
+    role: Mapped[str] = mapped_column(String(16), nullable=False)  # initiator | partner
+    joined_by: Mapped[str] = mapped_column(String(255), nullable=False)
+    joined_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+    left_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    public_key: Mapped[str | None] = mapped_column(String(64), nullable=True)  # X25519, b64
+    key_registered_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    key_registered_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    wrapped_key: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON, opaque
+    wrapped_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    wrapped_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+    project: Mapped[FLProject] = relationship(back_populates="members")
+    unit: Mapped[Unit] = relationship()
+
+
+class FLRound(Base):
+    """One attempt at a round: a void attempt (too few updates by the deadline) is followed by
+    a new attempt of the same number on the same global model."""
+
+    __tablename__ = "fl_rounds"
+    __table_args__ = (
+        UniqueConstraint("project_id", "number", "attempt", name="uq_fl_rounds_number_attempt"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(
+        ForeignKey("fl_projects.id", name="fk_fl_rounds_project_id"), nullable=False, index=True
+    )
+    number: Mapped[int] = mapped_column(Integer, nullable=False)
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False)
+    # open | aggregating | published | void
+    state: Mapped[str] = mapped_column(String(16), nullable=False)
+    # the global model the round trains from: the project's initial model (base_round 0) or
+    # the aggregate published by round base_round
+    base_round: Mapped[int] = mapped_column(Integer, nullable=False)
+    base_sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    opened_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+    deadline: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    close_reason: Mapped[str | None] = mapped_column(String(16), nullable=True)
+
+    updates: Mapped[list[FLUpdate]] = relationship(order_by="FLUpdate.id")
+    aggregate: Mapped[FLAggregate | None] = relationship()
+
+
+class FLUpdate(Base):
+    """One member's encrypted update to one round attempt (bytes in the blob store)."""
+
+    __tablename__ = "fl_updates"
+    __table_args__ = (
+        UniqueConstraint("round_id", "member_id", name="uq_fl_updates_round_member"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    round_id: Mapped[int] = mapped_column(
+        ForeignKey("fl_rounds.id", name="fk_fl_updates_round_id"), nullable=False, index=True
+    )
+    member_id: Mapped[int] = mapped_column(
+        ForeignKey("fl_members.id", name="fk_fl_updates_member_id"), nullable=False
+    )
+    submitter: Mapped[str] = mapped_column(String(255), nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    size: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    weight: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    clipped: Mapped[int] = mapped_column(Integer, nullable=False)
+    key_fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)
+    log_index: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+
+    member: Mapped[FLMember] = relationship()
+
+
+class FLAggregate(Base):
+    """The homomorphic sum of a round attempt's updates, as published to the members."""
+
+    __tablename__ = "fl_aggregates"
+
+    round_id: Mapped[int] = mapped_column(
+        ForeignKey("fl_rounds.id", name="fk_fl_aggregates_round_id"), primary_key=True
+    )
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    size: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    parties: Mapped[int] = mapped_column(Integer, nullable=False)
+    total_weight: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    contributors: Mapped[str] = mapped_column(Text, nullable=False)  # JSON list of unit slugs
+    log_index: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+
+
+class FLMetric(Base):
+    """A member's plaintext validation metrics for a round (numbers only, never weights)."""
+
+    __tablename__ = "fl_metrics"
+    __table_args__ = (
+        UniqueConstraint("project_id", "round", "member_id", name="uq_fl_metrics_round_member"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(
+        ForeignKey("fl_projects.id", name="fk_fl_metrics_project_id"), nullable=False, index=True
+    )
+    round: Mapped[int] = mapped_column(Integer, nullable=False)
+    member_id: Mapped[int] = mapped_column(
+        ForeignKey("fl_members.id", name="fk_fl_metrics_member_id"), nullable=False
+    )
+    submitter: Mapped[str] = mapped_column(String(255), nullable=False)
+    metrics: Mapped[str] = mapped_column(Text, nullable=False)  # JSON {name: number}
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+
+    member: Mapped[FLMember] = relationship()

@@ -1,0 +1,177 @@
+"""The partner's round panel in a notebook: ipywidgets over :class:`FederatedClient`.
+
+It shows the project's current round (number, attempt, state, deadline countdown, units that
+have sent their update against the quorum), the members, a "Train and submit" button that runs
+this unit's round in a background thread (the kernel stays responsive while the round waits for
+the others), a live chart of every unit's validation metric per round and, with differential
+privacy, the privacy budget this unit has spent.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import numpy as np
+
+from .client import FederatedClient, RoundResult
+
+
+def metric_series(metrics: list[dict], name: str) -> dict[str, list[tuple[int, float]]]:
+    """``{unit: [(round, value), ...]}`` of one metric from ``FederatedClient.metrics``,
+    rounds ascending, missing values left out."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    for row in sorted(metrics, key=lambda r: (r["unit"], r["round"])):
+        value = row["metrics"].get(name)
+        if value is not None:
+            series.setdefault(row["unit"], []).append((row["round"], float(value)))
+    return series
+
+
+def seconds_left(deadline: str | None, now: datetime | None = None) -> float | None:
+    """Seconds until an ISO ``...Z`` deadline of the API (negative once passed)."""
+    if not deadline:
+        return None
+    at = datetime.fromisoformat(deadline.rstrip("Z")).replace(tzinfo=UTC)
+    return (at - (now or datetime.now(UTC))).total_seconds()
+
+
+def round_status_html(project: dict) -> str:
+    """A short HTML summary of the project's current round."""
+    rnd = project.get("round")
+    active = [m for m in project["members"] if m["left_at"] is None]
+    head = (f"<b>{html.escape(project['title'])}</b> &middot; {project['state']} &middot; "
+            f"{len(active)} units: {', '.join(html.escape(m['unit']) for m in active)}")
+    if rnd is None:
+        return head + "<br>no round open yet (the initiator starts the project)"
+    sent = [u["unit"] for u in rnd["updates"]]
+    left = seconds_left(rnd["deadline"])
+    clock = "" if left is None or rnd["state"] != "open" else (
+        f" &middot; deadline in {max(left, 0):.0f}s")
+    return (f"{head}<br>round <b>{rnd['number']}</b> of {project['rounds']} "
+            f"(attempt {rnd['attempt']}) &middot; <b>{rnd['state']}</b>{clock}<br>"
+            f"updates in: {len(sent)} / quorum {rnd['quorum']} "
+            f"({', '.join(map(html.escape, sent)) or 'none yet'})")
+
+
+class RoundPanel:
+    """``RoundPanel(fl, project, train).show()`` in a partner's notebook.
+
+    ``train(global_vector) -> (update, weight)`` trains locally (see
+    :meth:`FederatedClient.run_round`); ``on_result(RoundResult)`` is called after each round
+    this panel ran (evaluate and post metrics there). ``metric`` is the one charted.
+    """
+
+    def __init__(self, fl: FederatedClient, project: int,
+                 train: Callable[[np.ndarray], tuple[np.ndarray, int]],
+                 on_result: Callable[[RoundResult], None] | None = None,
+                 metric: str = "auc", refresh: float = 3.0, timeout: float = 3600):
+        import ipywidgets as w
+
+        self.fl, self.project, self.train = fl, int(project), train
+        self.on_result, self.metric = on_result, metric
+        self.interval, self.timeout = refresh, timeout
+        self.results: list[RoundResult] = []
+        self.status = w.HTML()
+        self.budget = w.HTML()
+        self.button = w.Button(description="Train and submit", button_style="primary",
+                               icon="upload")
+        self.button.on_click(lambda _: self._run_round())
+        self.log = w.Output(layout={"max_height": "12em", "overflow": "auto"})
+        self.chart = w.Output()
+        self.widget = w.VBox([self.status, self.budget, self.button, self.log, self.chart])
+        self._stop = threading.Event()
+        self._busy = False
+        self._charted: object = None
+
+    def show(self):
+        from IPython.display import display
+
+        self.refresh()
+        display(self.widget)
+        threading.Thread(target=self._refresher, name="fl-panel", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _refresher(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.refresh()
+            except Exception as e:  # a network hiccup must not kill the panel
+                self.status.value += f"<br><i>refresh failed: {html.escape(str(e))}</i>"
+
+    def refresh(self) -> None:
+        info = self.fl.project(self.project)
+        self.status.value = round_status_html(info)
+        rnd = info.get("round")
+        mine_sent = bool(rnd) and any(u["unit"] == self.fl.unit for u in rnd["updates"])
+        self.button.disabled = (self._busy or not rnd or rnd["state"] != "open" or mine_sent
+                                or not info["is_member"])
+        if info["is_member"]:
+            self._draw(self.fl.metrics(self.project), info)
+
+    def _draw(self, metrics: list[dict], info: dict) -> None:
+        series = metric_series(metrics, self.metric)
+        dp = info.get("dp")
+        if dp:
+            spent = [r["metrics"].get("epsilon") for r in metrics
+                     if r["unit"] == self.fl.unit and r["metrics"].get("epsilon") is not None]
+            eps = max(spent) if spent else 0.0
+            self.budget.value = (f"differential privacy: noise multiplier "
+                                 f"{dp['noise_multiplier']}, clip norm {dp['clip_norm']}; "
+                                 f"budget spent by {self.fl.unit}: <b>&epsilon; = {eps:.2f}</b> "
+                                 f"(&delta; = {dp['delta']:g})")
+        if series == self._charted:
+            return
+        self._charted = series
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from IPython.display import clear_output, display
+
+        fig, ax = plt.subplots(figsize=(6, 3))
+        for unit, points in sorted(series.items()):
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=unit)
+        ax.set_xlabel("round")
+        ax.set_ylabel(self.metric)
+        ax.set_title(f"validation {self.metric} per unit")
+        if series:
+            ax.legend(loc="best", fontsize="small")
+        fig.tight_layout()
+        with self.chart:
+            clear_output(wait=True)
+            display(fig)
+        plt.close(fig)
+
+    def _run_round(self) -> None:
+        if self._busy:
+            return
+        self._busy = True
+        self.button.disabled = True
+
+        def work() -> None:
+            started = time.monotonic()
+            with self.log:
+                try:
+                    result = self.fl.run_round(self.project, self.train, timeout=self.timeout)
+                    if result is None:
+                        print("the project has finished")
+                        return
+                    self.results.append(result)
+                    print(f"round {result.number}: {result.parties} units, total weight "
+                          f"{result.total_weight}, {time.monotonic() - started:.0f}s")
+                    if self.on_result is not None:
+                        self.on_result(result)
+                except Exception as e:
+                    print(f"round failed: {e}")
+                finally:
+                    self._busy = False
+            self.refresh()
+
+        threading.Thread(target=work, name="fl-round", daemon=True).start()

@@ -1,0 +1,270 @@
+"""Handlers of the federated-learning zone under ``api/fl/``; the rules are in
+:mod:`marketplace_ext.federated.projects`."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tornado import web
+
+from ..auth import SCOPE_PUBLISH
+from ..errors import InvalidField, MarketError, PayloadTooLarge
+from ..federated import projects
+from .base import APIHandler
+
+MAX_ROUND = projects.MAX_ROUNDS
+
+
+def _round_number(raw: str) -> int:
+    return projects.parse_query_int(raw, "round", 1, MAX_ROUND)
+
+
+class ProjectsHandler(APIHandler):
+    @web.authenticated
+    def get(self):
+        self.write_json({"projects": projects.list_projects(self.db, self.caller)})
+
+    @web.authenticated
+    async def post(self):
+        caller = self.caller
+        caller.require(SCOPE_PUBLISH, "opening a federated project")
+        body = self.json_body()
+        # base64 and zip checks of the model: off the event loop, before any transaction
+        req = await asyncio.get_running_loop().run_in_executor(
+            None, projects.parse_project_request, body)
+        project = projects.create_project(self.db, caller, req, self.market.blobs)
+        self.db.commit()
+        self.set_header("Location",
+                        f"{self.market.service_prefix}api/fl/projects/{project.id}")
+        self.write_json(projects.project_json(self.db, project, caller), status=201)
+
+
+class ProjectHandler(APIHandler):
+    @web.authenticated
+    def get(self, project):
+        found = projects.get_project(self.db, project)
+        self.write_json(projects.project_json(self.db, found, self.caller))
+
+
+class JoinHandler(APIHandler):
+    @web.authenticated
+    def post(self, project):
+        body = self.json_body() if self.request.body else {}
+        key = body.get("x25519_public_key")
+        key = projects.parse_x25519_key(key) if key is not None else None
+        found = projects.get_project(self.db, project)
+        member, created = projects.join(self.db, self.caller, found, key)
+        self.db.commit()
+        self.write_json(projects.member_json(member), status=201 if created else 200)
+
+
+class MembersHandler(APIHandler):
+    @web.authenticated
+    def get(self, project):
+        found = projects.get_project(self.db, project)
+        self.write_json({"members": [projects.member_json(m) for m in found.members]})
+
+
+class MemberHandler(APIHandler):
+    @web.authenticated
+    def put(self, project, unit):
+        key = projects.parse_x25519_key(self.json_body().get("x25519_public_key"))
+        found = projects.get_project(self.db, project)
+        member = projects.register_key(self.db, self.caller, found, unit, key)
+        self.db.commit()
+        self.write_json(projects.member_json(member))
+
+    @web.authenticated
+    def delete(self, project, unit):
+        found = projects.get_project(self.db, project)
+        member = projects.leave(self.db, self.caller, found, unit)
+        self.db.commit()
+        self.write_json(projects.member_json(member))
+
+
+class KeysHandler(APIHandler):
+    @web.authenticated
+    def get(self, project):
+        found = projects.get_project(self.db, project)
+        self.write_json(projects.keys_json(self.db, self.caller, found))
+
+    @web.authenticated
+    def post(self, project):
+        body = self.json_body()
+        found = projects.get_project(self.db, project)
+        member = projects.post_wrapped_key(self.db, self.caller, found, body)
+        self.db.commit()
+        self.write_json(projects.member_json(member), status=201)
+
+
+class ModelHandler(APIHandler):
+    @web.authenticated
+    def get(self, project):
+        found = projects.get_project(self.db, project)
+        projects.require_member(self.db, self.caller, found, "downloading a project's model")
+        self.set_header("Content-Type", "application/zip")
+        self.set_header("X-Content-SHA256", found.model_sha256)
+        self.finish(self.market.blobs.get(found.model_sha256))
+
+
+class RoundsHandler(APIHandler):
+    @web.authenticated
+    def get(self, project):
+        found = projects.get_project(self.db, project)
+        projects.require_member(self.db, self.caller, found, "reading rounds")
+        rounds = [projects.round_json(self.db, found, projects.get_round(self.db, found, n))
+                  for n in range(1, found.current_round + 1)]
+        self.write_json({"rounds": rounds})
+
+    @web.authenticated
+    def post(self, project):
+        found = projects.get_project(self.db, project)
+        rnd = projects.start(self.db, self.caller, found)
+        self.db.commit()
+        self.write_json(projects.round_json(self.db, found, rnd), status=201)
+
+
+class RoundHandler(APIHandler):
+    @web.authenticated
+    def get(self, project, number):
+        found = projects.get_project(self.db, project)
+        projects.require_member(self.db, self.caller, found, "reading a round")
+        rnd = projects.get_round(self.db, found, _round_number(number))
+        self.write_json(projects.round_json(self.db, found, rnd))
+
+
+@web.stream_request_body
+class UpdatesHandler(APIHandler):
+    """The body is the update's ciphertexts (``application/octet-stream``, the fixed-width
+    bytes of ``packing.ciphertexts_to_bytes``); ``weight``, ``clipped`` and
+    ``key_fingerprint`` are query arguments. Everything but the bytes is checked before the
+    body is read, and a body larger than the project's update size is never read."""
+
+    # a refused request's body up to this size is read and dropped, so the connection (the
+    # proxy keeps it alive) stays usable; a larger one is refused before it is read
+    DISCARD_LIMIT = 64 * 1024
+
+    async def prepare(self):
+        self._chunks: list[bytes] = []
+        self._received = 0
+        self._update = None
+        self._refusal: MarketError | None = None
+        self._close = False
+        if self.request.method != "POST":
+            return
+        length = self.request.headers.get("Content-Length", "")
+        announced = int(length) if length.isdigit() else None
+        try:
+            self._update = self._check(announced)
+        except MarketError as e:
+            limit = self._update.expected_bytes if self._update else self.DISCARD_LIMIT
+            if announced is None or announced > limit:
+                self._close = True  # tell the proxy not to reuse this connection
+                raise
+            self._refusal = e  # answered once the (small) body is in
+            self._update = None
+        self.request.connection.set_max_body_size(announced)
+
+    def _check(self, announced: int | None) -> projects.UpdateRequest:
+        caller = self.caller
+        number = _round_number(self.path_kwargs["number"])
+        with self.market.session_factory() as session:
+            project = projects.get_project(session, self.path_kwargs["project"])
+            update = projects.check_update(
+                session, caller, project, number, self.get_query_argument("weight", None),
+                self.get_query_argument("clipped", None),
+                self.get_query_argument("key_fingerprint", None))
+        expected = update.expected_bytes
+        if announced is None:
+            raise InvalidField("send the update with a Content-Length header", "body")
+        if announced > expected:
+            self._update = update
+            raise PayloadTooLarge(f"the update is {announced} bytes; this project's updates "
+                                  f"are {expected} bytes", "body")
+        if announced != expected:
+            raise InvalidField(f"the update is {announced} bytes; this project's updates are "
+                               f"{expected} bytes", "body")
+        return update
+
+    def data_received(self, chunk: bytes) -> None:
+        self._received += len(chunk)
+        if self._update is not None and self._received <= self._update.expected_bytes:
+            self._chunks.append(chunk)
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        if self._close:
+            self.set_header("Connection", "close")
+        super().write_error(status_code, **kwargs)
+
+    @web.authenticated
+    async def post(self, project, number):
+        if self._refusal is not None:
+            raise self._refusal
+        update = self._update
+        if self._received != update.expected_bytes:
+            raise InvalidField(f"the update is {self._received} bytes; this project's updates "
+                               f"are {update.expected_bytes} bytes", "body")
+        data = b"".join(self._chunks)
+        self._chunks = []
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, projects.check_update_bytes, update.spec, data)
+        sha = await loop.run_in_executor(None, self.market.blobs.put, data)
+        # no await from here on: the write transaction starts with self.db
+        found = projects.get_project(self.db, project)
+        recorded, rnd = projects.record_update(self.db, self.caller, found, update, sha,
+                                               len(data))
+        self.db.commit()
+        if rnd.state == projects.AGGREGATING:
+            self.market.fl.kick()
+        self.write_json({"round": rnd.number, "attempt": rnd.attempt, "round_state": rnd.state,
+                         "unit": update.unit, "sha256": sha, "size": len(data),
+                         "weight": recorded.weight, "clipped": recorded.clipped,
+                         "log_index": recorded.log_index}, status=201)
+
+
+class AggregateHandler(APIHandler):
+    @web.authenticated
+    def get(self, project, number):
+        found = projects.get_project(self.db, project)
+        rnd, aggregate = projects.aggregate_of(self.db, self.caller, found,
+                                               _round_number(number))
+        self.set_header("Content-Type", "application/octet-stream")
+        self.set_header("X-Content-SHA256", aggregate.sha256)
+        self.set_header("X-Log-Index", str(aggregate.log_index))
+        self.set_header("X-FL-Attempt", str(rnd.attempt))
+        self.set_header("X-FL-Parties", str(aggregate.parties))
+        self.set_header("X-FL-Total-Weight", str(aggregate.total_weight))
+        self.finish(self.market.blobs.get(aggregate.sha256))
+
+
+class MetricsHandler(APIHandler):
+    @web.authenticated
+    def get(self, project):
+        found = projects.get_project(self.db, project)
+        self.write_json({"metrics": projects.metrics_json(self.db, self.caller, found)})
+
+    @web.authenticated
+    def post(self, project):
+        body = self.json_body()
+        found = projects.get_project(self.db, project)
+        row = projects.post_metrics(self.db, self.caller, found, body)
+        self.db.commit()
+        self.write_json({"round": row.round, "unit": self.caller.unit}, status=201)
+
+
+_P = r"/api/fl/projects/(?P<project>[^/]+)"
+
+default_handlers = [
+    (r"/api/fl/projects", ProjectsHandler),
+    (_P, ProjectHandler),
+    (_P + r"/join", JoinHandler),
+    (_P + r"/members", MembersHandler),
+    (_P + r"/members/(?P<unit>[^/]+)", MemberHandler),
+    (_P + r"/keys", KeysHandler),
+    (_P + r"/model", ModelHandler),
+    (_P + r"/rounds", RoundsHandler),
+    (_P + r"/rounds/(?P<number>[^/]+)", RoundHandler),
+    (_P + r"/rounds/(?P<number>[^/]+)/updates", UpdatesHandler),
+    (_P + r"/rounds/(?P<number>[^/]+)/aggregate", AggregateHandler),
+    (_P + r"/metrics", MetricsHandler),
+]

@@ -1,0 +1,340 @@
+"""The federated-learning API through the real hub and service: opening projects (key sizes),
+joining, key wrapping for late joiners, bad updates (each a 4xx naming its field, the round left
+as it was), rounds closing on quorum, at the deadline with the partners that sent, or void and
+reopened when too few did."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from test_catalog import market_as
+
+from marketplace_ext.client import Market, MarketAPIError
+from marketplace_ext.federated import keys, packing
+from marketplace_ext.federated.client import FederatedClient, FederatedError, bundle_zip
+
+TINY_MODEL = {"weeks": 2, "pool_weeks": 1, "conv": 1, "wide": 1, "hidden": 1}
+
+
+def save_model(directory: Path, spec: dict = TINY_MODEL, seed: int = 0) -> Path:
+    from marketplace_ext.federated.model import build_model, save_bundle
+
+    if not (directory / "model.json").exists():
+        save_bundle(build_model(spec, seed=seed), spec, directory)
+    return directory
+
+
+def project_name(prefix: str = "fl") -> str:
+    return f"{prefix}-{secrets.token_hex(4)}"
+
+
+def upload(m: Market, project: int, number: int, data: bytes, **params) -> requests.Response:
+    return m.http.post(m.url + f"api/fl/projects/{project}/rounds/{number}/updates",
+                       params=params, data=data,
+                       headers={"Content-Type": "application/octet-stream"}, timeout=60)
+
+
+def wait_until(predicate, timeout: float = 30, poll: float = 0.3):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(poll)
+
+
+@pytest.fixture(scope="module")
+def users(platform_proc):
+    url, logins = platform_proc.url, platform_proc.logins()
+    cache: dict[str, Market] = {}
+
+    def get(user: str) -> Market:
+        if user not in cache:
+            cache[user] = market_as(url, user, logins[user])
+        return cache[user]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def clients(users, tmp_path_factory):
+    """A federated client per unit (its publisher), each with a home of its own."""
+    homes = tmp_path_factory.mktemp("fl-homes")
+    return {u: FederatedClient(users(f"publisher-{u}"), home=homes / u, progress=False,
+                               poll=0.3) for u in "abcde"}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return save_model(tmp_path_factory.mktemp("fl-model") / "bundle")
+
+
+def open_running(clients, model_dir, units: str = "abc", **options) -> dict:
+    """A started project of ``units`` (the first one initiates), keys wrapped for all."""
+    settings = dict(rounds=2, quorum=len(units), deadline_seconds=60, max_parties=5,
+                    max_weight=1000, clip=1.0)
+    settings.update(options)
+    first = clients[units[0]]
+    project = first.open_project(project_name(), model_dir, **settings)
+    for u in units[1:]:
+        clients[u].join(project["id"])
+    assert sorted(first.wrap_pending(project["id"])) == sorted(units[1:])
+    first.start(project["id"])
+    return first.project(project["id"])
+
+
+def update_of(client: FederatedClient, project: dict, seed: int, weight: int):
+    spec = client.spec(project)
+    vector = np.random.default_rng(seed).normal(0, 0.2, spec.length)
+    return vector, client.encrypt_update(project, vector, weight)
+
+
+def test_key_sizes(clients, model_dir, users):
+    a = clients["a"]
+    big = a.open_project(project_name(), model_dir, rounds=1, quorum=2, deadline_seconds=30,
+                         key_size=3072)
+    assert big["key_size"] == 3072 and len(big["public_key"]["n"]) > 900
+    assert packing.PackSpec.from_json(big["pack"]).n.bit_length() == 3072
+
+    pk2048, _ = keys.generate_paillier_keypair(2048)
+    body = {"name": project_name(), "rounds": 1, "quorum": 2, "deadline_seconds": 30,
+            "public_key": keys.public_key_to_json(pk2048),
+            "model": base64.b64encode(bundle_zip(model_dir)).decode()}
+    pub = users("publisher-a")
+    for size, field in [(4096, "key_size"), (1024, "key_size"), ("2048", "key_size"),
+                        (3072, "public_key")]:
+        r = pub.http.post(pub.url + "api/fl/projects", json={**body, "key_size": size})
+        assert r.status_code == 400 and r.json()["field"] == field, (size, r.text)
+    r = pub.http.post(pub.url + "api/fl/projects", json={**body, "key_size": 2048})
+    assert r.status_code == 201, r.text
+
+
+@pytest.mark.parametrize("change,field", [
+    ({"name": "Bad Name"}, "name"),
+    ({"rounds": 0}, "rounds"),
+    ({"quorum": 1}, "quorum"),
+    ({"quorum": 11}, "quorum"),  # above max_parties (10 by default)
+    ({"min_updates": 1}, "min_updates"),
+    ({"deadline_seconds": "soon"}, "deadline_seconds"),
+    ({"public_key": {"n": "12345"}}, "public_key"),
+    ({"model": "bm90IGEgemlw"}, "model"),
+    ({"pack": {"bits": 32, "max_weight": 2**40}}, "pack"),  # slots would exceed 64 bits
+    ({"pack": {"bits": 40}}, "pack.bits"),
+    ({"pack": {"clip": -1}}, "pack.clip"),
+    ({"dp": {"clip_norm": 1.0}}, "dp.noise_multiplier"),
+])
+def test_bad_project_requests(users, model_dir, change, field):
+    pk, _ = keys.generate_paillier_keypair(2048)
+    body = {"name": project_name(), "rounds": 1, "quorum": 2, "deadline_seconds": 30,
+            "public_key": keys.public_key_to_json(pk),
+            "model": base64.b64encode(bundle_zip(model_dir)).decode(), **change}
+    pub = users("publisher-b")
+    r = pub.http.post(pub.url + "api/fl/projects", json=body)
+    assert r.status_code == 400 and r.json()["field"] == field, r.text
+    names = [p["name"] for p in pub.request("GET", "fl/projects")["projects"]]
+    assert body["name"] not in names
+
+
+def test_only_publishers_of_a_unit_open_and_join(users, clients, model_dir):
+    sub = users("subscriber-b")
+    r = sub.http.post(sub.url + "api/fl/projects", json={"name": project_name()})
+    assert r.status_code == 403
+    project = clients["a"].open_project(project_name(), model_dir, rounds=1, quorum=2,
+                                        deadline_seconds=30)
+    r = sub.http.post(sub.url + f"api/fl/projects/{project['id']}/join", json={})
+    assert r.status_code == 403
+    assert sub.request("GET", f"fl/projects/{project['id']}")["is_member"] is False
+    # starting needs min_updates members
+    with pytest.raises(MarketAPIError) as e:
+        clients["a"].start(project["id"])
+    assert e.value.status == 409 and e.value.field == "members"
+
+
+def test_bad_updates_change_nothing(clients, users, model_dir):
+    project = open_running(clients, model_dir, "abc")
+    pid = project["id"]
+    a, b = clients["a"], clients["b"]
+    spec = a.spec(project)
+    fp = project["key_fingerprint"]
+    _, packed = update_of(b, project, 1, 20)
+    good = packing.ciphertexts_to_bytes(spec, packed.ciphertexts)
+    pub_b, pub_d = users("publisher-b"), users("publisher-d")
+    ok = {"weight": 20, "clipped": packed.clipped, "key_fingerprint": fp}
+    out_of_range = (spec.nsquare + 5).to_bytes(spec.ciphertext_bytes + 1, "big")[1:]
+    zero = bytes(spec.ciphertext_bytes)
+    multiple_of_n = (spec.n * 3).to_bytes(spec.ciphertext_bytes, "big")
+    before = a.round(pid, 1)
+    cases = [
+        (pub_b, 1, good[:-1], ok, 400, "body"),                       # wrong size
+        (pub_b, 1, good + b"\0", ok, 413, "body"),                    # too big
+        (pub_b, 1, out_of_range + good[spec.ciphertext_bytes:], ok, 400, "body"),
+        (pub_b, 1, zero + good[spec.ciphertext_bytes:], ok, 400, "body"),
+        (pub_b, 1, multiple_of_n + good[spec.ciphertext_bytes:], ok, 400, "body"),
+        (pub_d, 1, good, ok, 403, "unit"),                            # not a member
+        (users("subscriber-b"), 1, good, ok, 403, None),              # no publish scope
+        (pub_b, 1, good, {**ok, "key_fingerprint": "ab" * 32}, 409, "key_fingerprint"),
+        (pub_b, 1, good, {**ok, "weight": 0}, 400, "weight"),
+        (pub_b, 1, good, {**ok, "weight": spec.max_weight + 1}, 400, "weight"),
+        (pub_b, 1, good, {**ok, "weight": "many"}, 400, "weight"),
+        (pub_b, 1, good, {"weight": 20, "key_fingerprint": fp}, 400, "clipped"),
+        (pub_b, 2, good, ok, 404, "round"),                           # not open yet
+        (pub_b, 0, good, ok, 400, "round"),
+    ]
+    for market, number, data, params, status, field in cases:
+        r = upload(market, pid, number, data, **params)
+        assert r.status_code == status, (status, field, r.text)
+        assert r.json()["field"] == field, r.text
+        assert a.round(pid, 1) == before
+    assert a.project(pid)["round"]["updates"] == []
+
+    r = upload(pub_b, pid, 1, good, **ok)
+    assert r.status_code == 201, r.text
+    receipt = r.json()
+    assert receipt["round_state"] == "open" and receipt["log_index"] is not None
+    after_one = a.round(pid, 1)
+    again = upload(pub_b, pid, 1, good, **ok)  # twice from one partner
+    assert again.status_code == 409 and again.json()["field"] == "round"
+    assert a.round(pid, 1) == after_one
+
+    # quorum: a and c complete the round; it closes and is aggregated
+    for u, seed in (("a", 2), ("c", 3)):
+        _, p = update_of(clients[u], project, seed, 10)
+        clients[u].upload(project, 1, p)
+    done = wait_until(lambda: (r := a.round(pid, 1))["state"] == "published" and r)
+    assert done["close_reason"] == "quorum" and done["aggregate"]["parties"] == 3
+    late = upload(pub_b, pid, 1, good, **ok)  # a closed round
+    assert late.status_code == 409 and late.json()["field"] == "round"
+    assert a.round(pid, 1) == done
+    assert a.project(pid)["round"]["number"] == 2
+
+
+def test_deadline_closes_with_those_who_sent_then_voids_when_too_few(clients, model_dir):
+    project = open_running(clients, model_dir, "abc", deadline_seconds=4, rounds=2)
+    pid = project["id"]
+    a, b, c = clients["a"], clients["b"], clients["c"]
+    vectors = {}
+    for client, seed, weight in ((a, 11, 30), (b, 12, 10)):  # c never sends
+        vectors[client.unit], packed = update_of(client, project, seed, weight)
+        client.upload(project, 1, packed)
+    assert a.round(pid, 1)["state"] == "open"  # quorum is 3
+    done = wait_until(lambda: (r := a.round(pid, 1))["state"] == "published" and r, timeout=20)
+    assert done["close_reason"] == "deadline"
+    assert done["aggregate"]["parties"] == 2 and done["aggregate"]["total_weight"] == 40
+    spec = a.spec(project)
+    for client in (a, b, c):  # every member decrypts the same mean of what arrived
+        mean = client.mean_update(project, 1)
+        expected = packing.plain_fedavg([vectors["a"], vectors["b"]], [30, 10], clip=spec.clip)
+        assert np.max(np.abs(mean - expected)) <= spec.quantization_bound(40)
+
+    # round 2: only a sends before the deadline -> void, reopened on the same global model
+    first = a.round(pid, 2)
+    assert first["base_round"] == 1 and first["base_sha256"] == done["aggregate"]["sha256"]
+    _, packed = update_of(a, project, 13, 5)
+    a.upload(project, 2, packed)
+    reopened = wait_until(lambda: (r := a.round(pid, 2))["attempt"] == 2 and r, timeout=20)
+    assert reopened["state"] == "open" and reopened["updates"] == []
+    assert reopened["base_sha256"] == first["base_sha256"]
+    assert [x["state"] for x in reopened["attempts"]] == ["void", "open"]
+    assert reopened["attempts"][0]["close_reason"] == "too_few"
+    r = a.market.http.get(a.market.url + f"api/fl/projects/{pid}/rounds/2/aggregate")
+    assert r.status_code == 404 and r.json()["field"] == "round"  # a void attempt: nothing
+
+    # c drops out; a and b are then every active member and close the round at once
+    c.market.request("DELETE", f"fl/projects/{pid}/members/c")
+    with pytest.raises(MarketAPIError) as e:
+        c.upload(project, 2, update_of(c, project, 14, 5)[1])
+    assert e.value.status == 403 and e.value.field == "unit"
+    for client in (a, b):
+        client.upload(project, 2, update_of(client, project, 15, 5)[1])
+    final = wait_until(lambda: (r := a.round(pid, 2))["state"] == "published" and r)
+    assert final["close_reason"] == "all_members" and final["attempt"] == 2
+    assert a.project(pid)["state"] == "finished"
+    r = c.market.http.get(c.market.url + f"api/fl/projects/{pid}/rounds/2/aggregate")
+    assert r.status_code == 403 and r.json()["field"] == "unit"  # a unit that left
+
+
+def test_late_joiner_gets_a_wrapped_key_from_any_member(clients, users, model_dir):
+    project = open_running(clients, model_dir, "ab", rounds=3)
+    pid = project["id"]
+    a, b, e = clients["a"], clients["b"], clients["e"]
+    # b holds the key only as unwrapped from what a's client posted
+    assert not b.holds_key(project)
+    private_b = b.private_key(pid)
+    assert private_b.public_key.n == a.private_key(pid).public_key.n and b.holds_key(project)
+
+    e.join(pid)
+    awaiting = e.market.request("GET", f"fl/projects/{pid}/keys")
+    assert awaiting["wrapped_key"] is None and awaiting["holds_key"] is False
+    assert [w["unit"] for w in awaiting["awaiting"]] == ["e"]
+    with pytest.raises(FederatedError, match="no wrapped key"):
+        e.private_key(pid)
+    # e cannot wrap for anyone before it holds the key
+    r = e.market.http.post(e.market.url + f"api/fl/projects/{pid}/keys", json={
+        "unit": "e", "x25519_public_key": awaiting["x25519_public_key"],
+        "key_fingerprint": project["key_fingerprint"], "wrapped_key": {"v": 1}})
+    assert r.status_code == 403 and r.json()["field"] == "unit"
+    # a wrapped key for a stale X25519 key or another Paillier key is refused
+    other = keys.encode_public(keys.partner_public_bytes(keys.generate_partner_key()))
+    for change, status, field in [({"x25519_public_key": other}, 409, "x25519_public_key"),
+                                  ({"key_fingerprint": "cd" * 32}, 409, "key_fingerprint"),
+                                  ({"unit": "d"}, 404, "unit"),
+                                  ({"wrapped_key": "secret"}, 400, "wrapped_key")]:
+        body = {"unit": "e", "x25519_public_key": awaiting["x25519_public_key"],
+                "key_fingerprint": project["key_fingerprint"], "wrapped_key": {"v": 1},
+                **change}
+        r = b.market.http.post(b.market.url + f"api/fl/projects/{pid}/keys", json=body)
+        assert r.status_code == status and r.json()["field"] == field, (change, r.text)
+
+    assert b.wrap_pending(pid) == ["e"]  # b, not the initiator, serves the late joiner
+    assert a.wrap_pending(pid) == []
+    assert e.private_key(pid).p in (private_b.p, private_b.q)
+    keys_e = e.market.request("GET", f"fl/projects/{pid}/keys")
+    assert keys_e["holds_key"] and keys_e["wrapped_by"] == "publisher-b"
+    path = e.key_dir(project) / "paillier.json"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert (e.key_dir(project) / "partner.key").stat().st_mode & 0o777 == 0o600
+
+    # re-registering a key drops the wrapped one: e waits again
+    e.market.request("PUT", f"fl/projects/{pid}/members/e", json={"x25519_public_key": other})
+    assert e.market.request("GET", f"fl/projects/{pid}/keys")["wrapped_key"] is None
+    r = b.market.http.put(b.market.url + f"api/fl/projects/{pid}/members/e",
+                          json={"x25519_public_key": other})
+    assert r.status_code == 403 and r.json()["field"] == "unit"
+
+
+def test_other_units_are_refused(clients, users, model_dir):
+    project = open_running(clients, model_dir, "ab", rounds=1)
+    pid = project["id"]
+    d = users("publisher-d")
+    for path in (f"fl/projects/{pid}/rounds/1", f"fl/projects/{pid}/rounds/1/aggregate",
+                 f"fl/projects/{pid}/keys", f"fl/projects/{pid}/metrics",
+                 f"fl/projects/{pid}/model", f"fl/projects/{pid}/rounds"):
+        r = d.http.get(d.url + "api/" + path)
+        assert r.status_code == 403 and r.json()["field"] == "unit", (path, r.text)
+    r = d.http.post(d.url + f"api/fl/projects/{pid}/metrics",
+                    json={"round": 1, "metrics": {"accuracy": 0.5}})
+    assert r.status_code == 403
+    r = d.http.delete(d.url + f"api/fl/projects/{pid}/members/b")
+    assert r.status_code == 403
+    b = users("publisher-b")
+    r = b.http.post(b.url + f"api/fl/projects/{pid}/rounds")  # only the initiator starts
+    assert r.status_code in (403, 409)
+    r = b.http.get(b.url + f"api/fl/projects/{pid}/rounds/1/aggregate")
+    assert r.status_code == 404 and r.json()["field"] == "round"
+    r = b.http.get(b.url + "api/fl/projects/99999")
+    assert r.status_code == 404 and r.json()["field"] == "project"
+    # metrics: plaintext numbers per round, members only
+    clients["b"].post_metrics(pid, 0, {"accuracy": 0.5, "auc": float("nan")})
+    r = b.http.post(b.url + f"api/fl/projects/{pid}/metrics",
+                    json={"round": 1, "metrics": {"weights": [0.1, 0.2]}})
+    assert r.status_code == 400 and r.json()["field"] == "metrics.weights"
+    listed = clients["a"].metrics(pid)
+    assert listed == [{**listed[0], "round": 0, "unit": "b",
+                       "metrics": {"accuracy": 0.5, "auc": None}}]

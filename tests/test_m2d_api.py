@@ -1,0 +1,206 @@
+"""Model-to-data and view export through the real hub, service, runner and Spark Connect.
+
+A subscriber of unit e sends a training notebook to unit a's data product; a's publisher reads
+the code and approves; the notebook trains on a's private tables (canaries included); only the
+declared model comes back, with none of a's canary values in it, while the executed notebook
+stays with a. Table-shaped outputs are refused at submission, a rejection refunds the use, and
+only the owner's publishers decide.
+"""
+
+from __future__ import annotations
+
+import io
+import secrets
+
+import nbformat
+import pandas as pd
+import pytest
+import yaml
+from canaries import find_canaries
+from test_catalog import market_as
+
+from marketplace_ext.bundle import new_product
+from marketplace_ext.client import Market, MarketAPIError
+
+TRAIN = """\
+import json, os
+import numpy as np
+import torch
+from pyspark.sql import SparkSession
+spark = SparkSession.builder.getOrCreate()
+spark.catalog.setCurrentDatabase(os.environ["UNIT_DATABASE"])
+customers = spark.table("customers").toPandas()
+print(customers.head(50).to_string())  # the executed notebook shows private rows: owner only
+daily = spark.table("consumption_daily").groupBy("customer_id").avg("kwh").toPandas()
+labels = spark.table("theft_labels").toPandas()
+frame = daily.merge(labels, on="customer_id")
+x = torch.tensor(frame[["avg(kwh)"]].to_numpy(), dtype=torch.float32)
+y = torch.tensor(frame["is_thief"].to_numpy(), dtype=torch.float32)
+model = torch.nn.Linear(1, 1)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+for _ in range(epochs):
+    optimizer.zero_grad()
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x).squeeze(1), y)
+    loss.backward()
+    optimizer.step()
+os.makedirs("outputs", exist_ok=True)
+torch.save(model.state_dict(), "outputs/model.pt")
+with open("outputs/metrics.json", "w") as f:
+    json.dump({"loss": float(loss), "rows": len(frame)}, f)
+with open("outputs/extra.json", "w") as f:  # not declared: must not come back
+    json.dump({"first": customers.iloc[0].astype(str).to_dict()}, f)
+"""
+
+
+def training_notebook(code: str = TRAIN) -> dict:
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("epochs: int = 20")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(code)]
+    return nbformat.from_dict(nb)
+
+
+@pytest.fixture(scope="module")
+def data_product(platform_proc, tmp_path_factory):
+    url, logins = platform_proc.url, platform_proc.logins()
+    pub = market_as(url, "publisher-a", logins["publisher-a"])
+    op = market_as(url, "operator", logins["operator"])
+    name = f"meter-data-{secrets.token_hex(3)}"
+    bundle = new_product("data", name, tmp_path_factory.mktemp("m2d"))
+    manifest = yaml.safe_load((bundle / "product.yaml").read_text())
+    manifest["plans"] = [{"type": "per_use", "price": 10}]
+    manifest["sharing"] = ["download", "interface", "model_to_data"]
+    (bundle / "product.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    op.review(name, pub.publish(bundle)["version"], "approve")
+    return {"name": name, "pub": pub, "op": op,
+            "sub": market_as(url, "subscriber-e", logins["subscriber-e"]),
+            "other_pub": market_as(url, "publisher-b", logins["publisher-b"])}
+
+
+def balance(m: Market) -> str:
+    return m.request("GET", f"units/{m.me()['unit']['slug']}/account")["balance"]
+
+
+def test_model_to_data_returns_only_the_declared_model(data_product, tmp_path):
+    name, sub, pub = data_product["name"], data_product["sub"], data_product["pub"]
+    with pytest.raises(MarketAPIError) as e:  # no entitlement yet
+        sub.send_model(name, training_notebook(), ["outputs/model.pt"])
+    assert e.value.status == 403 and e.value.error == "no_entitlement"
+
+    sub.order(name, "per_use")
+    request = sub.send_model(name, training_notebook(), ["outputs/model.pt",
+                                                         "outputs/metrics.json"],
+                             parameters={"epochs": 30}, purpose="theft model on avg kWh")
+    assert request["status"] == "pending" and request["owner_unit"] == "a"
+    # the owner reads the code before deciding
+    code = pub.http.get(pub.url + f"api/m2d/{request['id']}/notebook")
+    assert code.status_code == 200 and "torch.save" in code.text
+    assert [r["id"] for r in pub.request("GET", "m2d", params={"status": "pending"})["requests"]
+            ].count(request["id"]) == 1
+    # only the owner's publishers decide
+    for outsider in (sub, data_product["other_pub"]):
+        with pytest.raises(MarketAPIError) as e:
+            outsider.decide_model(request["id"], "approve")
+        assert e.value.status in (403, 404)
+    pub.decide_model(request["id"], "approve")
+    with pytest.raises(MarketAPIError) as e:
+        pub.decide_model(request["id"], "approve")
+    assert e.value.status == 409
+
+    done = sub.wait_model(request["id"], download_to=tmp_path, timeout=300, poll=0.5)
+    assert done["run"]["status"] == "succeeded", done["run"]["error"]
+    assert sorted(done["released"]) == ["outputs/metrics.json", "outputs/model.pt"]
+    assert done["withheld"] == {} and done["run"]["id"] is None  # the run is the owner's
+    returned = b"".join(open(p, "rb").read() for p in done["files"].values())
+    assert find_canaries(returned) == []
+    import torch
+
+    state = torch.load(tmp_path / "outputs" / "model.pt", weights_only=True)
+    assert set(state) == {"weight", "bias"}
+
+    # what the notebook wrote but did not declare, and the executed notebook, stay with a
+    r = sub.http.get(sub.url + f"api/m2d/{request['id']}/files/outputs/extra.json")
+    assert r.status_code == 404
+    run_id = pub.request("GET", f"m2d/{request['id']}")["run"]["id"]
+    assert sub.http.get(sub.url + f"api/runs/{run_id}/output.html").status_code == 404
+    assert sub.http.get(sub.url + f"api/runs/{run_id}/artifacts/outputs/extra.json"
+                        ).status_code == 404
+    html = pub.http.get(pub.url + f"api/runs/{run_id}/output.html")
+    assert html.status_code == 200 and find_canaries(html.text)  # the owner sees its own rows
+
+
+def test_model_to_data_refusals_take_no_points(data_product):
+    name, sub, pub = data_product["name"], data_product["sub"], data_product["pub"]
+    unpaid = balance(sub)
+    sub.order(name, "per_use")
+    before = balance(sub)
+    cases = [
+        ({"outputs": ["outputs/customers.csv"]}, "outputs[0]"),   # rows of the raw table
+        ({"outputs": ["outputs/data.parquet"]}, "outputs[0]"),
+        ({"outputs": ["../model.pt"]}, "outputs[0]"),
+        ({"outputs": ["outputs/model.exe"]}, "outputs[0]"),
+        ({"outputs": []}, "outputs"),
+        ({"parameters": {"epochs": "many"}}, "parameters.epochs"),
+        ({"parameters": {"learning_rate": 1}}, "parameters.learning_rate"),
+        ({"notebook": {"cells": "nope"}}, "notebook"),
+        ({"product": "no-such-product"}, "product"),
+    ]
+    for change, field in cases:
+        body = {"product": name, "notebook": training_notebook(), "outputs": ["outputs/model.pt"],
+                **change}
+        r = sub.http.post(sub.url + "api/m2d", json=body)
+        assert 400 <= r.status_code < 500 and r.json()["field"] == field, (change, r.text)
+        assert r.json()["message"]
+    assert balance(sub) == before
+    # the owner's own unit does not send notebooks to itself
+    r = pub.http.post(pub.url + "api/m2d", json={"product": name, "notebook": training_notebook(),
+                                                "outputs": ["outputs/model.pt"]})
+    assert r.status_code == 400 and r.json()["field"] == "product"
+
+    request = sub.send_model(name, training_notebook(), ["outputs/model.pt"])  # the order's use
+    with pytest.raises(MarketAPIError) as e:
+        pub.decide_model(request["id"], "reject")
+    assert e.value.field == "reason"
+    rejected = pub.decide_model(request["id"], "reject", "reads the customer register")
+    assert rejected["status"] == "rejected" and rejected["run"] is None
+    assert balance(sub) == unpaid  # refunded
+    with pytest.raises(MarketAPIError) as e:  # and used: a new request needs a new order
+        sub.send_model(name, training_notebook(), ["outputs/model.pt"])
+    assert e.value.status == 403
+
+
+def test_view_export_is_desensitized_and_certified(data_product):
+    name, sub = data_product["name"], data_product["sub"]
+    path = f"api/products/{name}/views/customers_public/export"
+    r = sub.http.get(sub.url + path)
+    assert r.status_code == 403 and r.json()["error"] == "no_entitlement"
+    sub.order(name, "per_use")
+    before = balance(sub)
+    for fmt, field in (("xlsx", "format"),):
+        r = sub.http.get(sub.url + path, params={"format": fmt})
+        assert r.status_code == 400 and r.json()["field"] == field
+    r = sub.http.get(sub.url + f"api/products/{name}/views/customers/export")
+    assert r.status_code == 404 and r.json()["field"] == "view"  # a source table, not a view
+    assert balance(sub) == before
+
+    r = sub.http.get(sub.url + path, params={"format": "parquet"})
+    assert r.status_code == 200, r.text
+    import hashlib
+
+    assert hashlib.sha256(r.content).hexdigest() == r.headers["X-Content-SHA256"]
+    frame = pd.read_parquet(io.BytesIO(r.content))
+    assert list(frame.columns) == ["customer_id", "district", "tariff_class"]
+    assert len(frame) == int(r.headers["X-Rows"]) > 0
+    assert find_canaries(frame.to_csv()) == []
+    index = int(r.headers["X-Log-Index"])
+    assert sub.http.get(sub.url + path).status_code == 403  # the per-use order is spent
+    import json
+    import time
+
+    deadline = time.monotonic() + 20
+    while sub.request("GET", "log/checkpoint")["size"] <= index:
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    entry = json.loads(sub.request("GET", f"log/entries/{index}")["data"])
+    assert entry["type"] == "download" and entry["subject"] == r.headers["X-Content-SHA256"]
+    assert entry["view"] == "customers_public" and entry["rows"] == len(frame)
