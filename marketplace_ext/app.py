@@ -32,8 +32,9 @@ from .federated import orm as _fl_orm  # noqa: F401  (its tables belong to the m
 from .federated.projects import Coordinator
 from .handlers import default_handlers
 from .hubapi import HubAPI
-from .orm import make_engine, make_session_factory, write_transaction
+from .orm import Version, make_engine, make_session_factory, write_transaction
 from .platform import DataPlatform
+from .predict import PredictPool
 from .runner import Runner
 from .signing import UnitSigner
 from .units import UnitDirectory
@@ -212,6 +213,23 @@ class MarketplaceApp(Application):
         3600, help="The longest time limit a run request may ask for, in seconds."
     ).tag(config=True)
 
+    predict_workers = Integer(
+        4, help="""Warm kernels kept for remote calls (one per tool version and calling unit);
+        the least recently used is stopped to make room.""",
+    ).tag(config=True)
+
+    predict_idle_timeout = Float(
+        600.0, help="Seconds an idle remote-call kernel is kept warm before it is stopped."
+    ).tag(config=True)
+
+    predict_timeout = Float(
+        60.0, help="Seconds one remote call may run before its kernel is killed (504)."
+    ).tag(config=True)
+
+    predict_max_rows = Integer(
+        10_000, help="The most rows one remote call may send."
+    ).tag(config=True)
+
     envs_dir = Unicode(
         help="""Where products' own Python environments (from their requirements.txt) and
         kernelspecs are built; default ``<var_dir>/envs``.""",
@@ -292,6 +310,10 @@ class MarketplaceApp(Application):
             bundle_for=self._bundle_for, env_for=self._run_env,
             kernel_for=product_envs.kernel_for(self.envs), on_finished=self._run_finished,
         )
+        self.predictor = PredictPool(
+            var / "predict", max_workers=self.predict_workers,
+            idle_timeout=self.predict_idle_timeout, call_timeout=self.predict_timeout,
+            max_rows=self.predict_max_rows)
         self.bundle_limits = BundleLimits(
             max_file_bytes=self.max_file_bytes, max_total_bytes=self.max_bundle_bytes,
             max_files=self.max_bundle_files, price_min=self.price_min, price_max=self.price_max,
@@ -314,6 +336,21 @@ class MarketplaceApp(Application):
         env = remote_run.env_for(self.data_platform)(session, run)
         # products' own kernelspecs live under envs_dir
         return {**env, **self.envs.jupyter_path_env(os.environ.get("JUPYTER_PATH"))}
+
+    async def predict(self, plan) -> list:
+        """Answer a remote call from the tool version's warm kernel on the caller's platform."""
+        with self.session_factory() as session:
+            version = session.get(Version, plan.version_id)
+            status = product_envs.env_status(self.envs, version)
+        if status is not None and status.state != "ready":
+            raise product_envs.EnvironmentNotReady(
+                f"the product's environment is {status.state}", "product")
+        env = {"SPARK_REMOTE": self.data_platform.spark_remote_for(plan.unit),
+               "UNIT_DATABASE": self.data_platform.database_for(plan.unit),
+               **self.envs.jupyter_path_env(os.environ.get("JUPYTER_PATH"))}
+        return await self.predictor.predict(
+            plan.bundle_sha256, lambda: self.blobs.get(plan.bundle_sha256), plan.rows, env,
+            kernel_name=status.kernel_name if status else None)
 
     def build_environment(self, requirements: str) -> None:
         """Build a product environment in the background; its status shows on the review
@@ -419,6 +456,7 @@ class MarketplaceApp(Application):
             integrate.cancel()
             fl_rounds.cancel()
             await self.runner.stop()
+            await self.predictor.shutdown()
             server.stop()
             await server.close_all_connections()
             self.engine.dispose()

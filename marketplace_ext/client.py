@@ -175,6 +175,12 @@ class Market:
         local.write_bytes(r.content)
         return str(local)
 
+    def predict(self, product: str, rows: list[dict]) -> list:
+        """Remote call: the tool product's predictions for ``rows`` (answered by a warm kernel,
+        so repeated calls are quick)."""
+        return self.request("POST", f"products/{product}/predict", json={"rows": rows})[
+            "predictions"]
+
     def send_model(self, product: str, notebook: str | Path | dict, outputs: list[str],
                    parameters: dict | None = None, purpose: str = "",
                    timeout_seconds: int | None = None) -> dict:

@@ -102,10 +102,11 @@ class PredictError(MarketError):
 
     status = 422
     code = "predict_failed"
+    blames_rows = True  # the rows are what the notebook failed on, so ``field`` is "rows"
 
     def __init__(self, message: str, *, ename: str | None = None, evalue: str | None = None,
                  cell: int | None = None):
-        super().__init__(message, "rows")
+        super().__init__(message, "rows" if self.blames_rows else None)
         self.ename, self.evalue, self.cell = ename, evalue, cell
 
 
@@ -114,6 +115,7 @@ class PredictTimeout(PredictError):
 
     status = 504
     code = "predict_timeout"
+    blames_rows = False
 
 
 class PredictUnavailable(PredictError):
@@ -122,6 +124,7 @@ class PredictUnavailable(PredictError):
 
     status = 503
     code = "predict_unavailable"
+    blames_rows = False
 
 
 # --- rows ---------------------------------------------------------------------------------------
@@ -367,6 +370,7 @@ class PredictPool:
         self._reaper: asyncio.Task | None = None
         self._closed = False
         self._stopping: set[asyncio.Future] = set()
+        self._calls: set[asyncio.Future] = set()
         self._serial = itertools.count(1)
 
     # --- public API
@@ -400,6 +404,8 @@ class PredictPool:
         task = asyncio.ensure_future(self._serve(worker, bundle_bytes_loader,
                                                  kernel_name or self.kernel_name, rows_json))
         task.add_done_callback(_retrieve)
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
         return await asyncio.shield(task)
 
     async def _serve(self, worker: _Worker, loader: Callable[[], bytes], kernel_name: str,
@@ -445,7 +451,9 @@ class PredictPool:
             self._changed.notify_all()
         await asyncio.gather(*(self._stop_worker(w, final=True) for w in workers),
                              return_exceptions=True)
-        # stops begun by the reaper, an eviction or a timeout
+        # calls end promptly once their kernel is gone; one starting a kernel stops it itself
+        await asyncio.gather(*list(self._calls), return_exceptions=True)
+        # stops begun by the reaper, an eviction, a timeout or such a call
         await asyncio.gather(*list(self._stopping), return_exceptions=True)
 
     # --- workers
@@ -483,7 +491,13 @@ class PredictPool:
         if victim is not None:
             log.info("predict worker of %s evicted (least recently used)", victim.version_key)
             # stopped before the new kernel starts: max_workers bounds the kernels alive
-            await self._stop_worker(victim, final=True)
+            try:
+                await self._stop_worker(victim, final=True)
+            except asyncio.CancelledError:
+                worker.users -= 1
+                raise
+            except Exception:
+                log.exception("stopping the evicted predict worker of %s", victim.version_key)
         return worker
 
     async def _reap(self) -> None:
@@ -525,9 +539,11 @@ class PredictPool:
 
         try:
             worker.program = await asyncio.to_thread(prepare)
-        except MarketError:
-            raise
         except Exception as e:
+            if worker.closed:  # shut down while unpacking: the directory was removed under it
+                raise PredictUnavailable("the prediction pool is shut down") from None
+            if isinstance(e, MarketError):
+                raise
             log.exception("predict worker of %s: the bundle could not be prepared",
                           worker.version_key)
             raise PredictUnavailable(f"the version's bundle could not be prepared: "
@@ -542,21 +558,26 @@ class PredictPool:
             # the kernel's own output (and its children's) goes to the worker's log, not the
             # service's
             with open(kernel_log, "ab") as out:
-                await km.start_kernel(cwd=str(directory), env=env, stdout=out,
-                                      stderr=subprocess.STDOUT)
+                await asyncio.wait_for(km.start_kernel(cwd=str(directory), env=env, stdout=out,
+                                                       stderr=subprocess.STDOUT),
+                                       self.start_timeout)
             worker.pid = km.provisioner.pid
             worker.known = {worker.pid: _start_time(worker.pid)}
             if worker.closed:  # shut down while the kernel started: its sweep may have missed it
                 raise PredictUnavailable("the prediction pool is shut down")
             kc = km.client()
             worker.kc = kc
-            kc.start_channels()
+            # liveness is the process's (no heartbeat thread); no stdin: calls are unattended
+            kc.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=False)
             await kc.wait_for_ready(timeout=self.start_timeout)
         except BaseException as e:
             worker.km = km  # a concurrent shutdown may have taken it before the kernel existed
+            cancelled = asyncio.current_task().cancelling() > 0
             failed = isinstance(e, Exception) and not isinstance(e, MarketError)
             tail = await asyncio.to_thread(_tail, kernel_log) if failed else ""
             await self._stop_worker(worker)
+            if worker.closed and not cancelled:  # the shutdown closed the channels under it
+                raise PredictUnavailable("the prediction pool is shut down") from None
             if not failed:
                 raise
             raise PredictUnavailable(f"the kernel {kernel_name!r} did not start: "

@@ -338,3 +338,40 @@ def test_other_units_are_refused(clients, users, model_dir):
     listed = clients["a"].metrics(pid)
     assert listed == [{**listed[0], "round": 0, "unit": "b",
                        "metrics": {"accuracy": 0.5, "auc": None}}]
+
+
+def test_differential_privacy_settings_are_kept(clients, model_dir):
+    dp = {"clip_norm": 0.5, "noise_multiplier": 1.1, "delta": 1e-5}
+    project = clients["c"].open_project(project_name(), model_dir, rounds=1, quorum=2,
+                                        deadline_seconds=30, dp=dp)
+    assert project["dp"] == dp and clients["c"].project(project["id"])["dp"] == dp
+
+
+class _StubClient:
+    unit = "b"
+
+    def project(self, project):
+        return {"title": "Theft <A-E>", "state": "running", "rounds": 3, "is_member": True,
+                "dp": {"noise_multiplier": 1.1, "clip_norm": 1.0, "delta": 1e-5},
+                "members": [{"unit": "a", "left_at": None}, {"unit": "b", "left_at": None},
+                            {"unit": "c", "left_at": "2026-01-01T00:00:00Z"}],
+                "round": {"number": 2, "attempt": 1, "state": "open", "quorum": 2,
+                          "deadline": "2099-01-01T00:00:00Z", "updates": [{"unit": "a"}]}}
+
+    def metrics(self, project):
+        return [{"round": 1, "unit": "a", "metrics": {"auc": 0.6}},
+                {"round": 1, "unit": "b", "metrics": {"auc": 0.7, "epsilon": 1.5}},
+                {"round": 2, "unit": "b", "metrics": {"auc": None, "epsilon": 2.5}}]
+
+
+def test_round_panel_shows_the_round_the_chart_and_the_budget():
+    from marketplace_ext.federated.panel import RoundPanel, metric_series
+
+    panel = RoundPanel(_StubClient(), 1, lambda v: (v, 1))
+    panel.refresh()
+    assert "round <b>2</b> of 3" in panel.status.value
+    assert "updates in: 1 / quorum 2 (a)" in panel.status.value
+    assert "2 units: a, b" in panel.status.value and "&lt;A-E&gt;" in panel.status.value
+    assert "&epsilon; = 2.50" in panel.budget.value
+    assert panel.button.disabled is False  # b has not sent its update yet
+    assert metric_series(_StubClient().metrics(1), "auc") == {"a": [(1, 0.6)], "b": [(1, 0.7)]}

@@ -47,7 +47,7 @@ def partner_env(market, home: Path, unit: str, spark_remote: str) -> dict[str, s
 
 
 def run_partners(project: int, markets: dict, homes: dict, work: Path, spark_remote: str,
-                 timeout: float = 420) -> dict[str, Path]:
+                 timeout: float = 600) -> dict[str, Path]:
     """Start every unit's papermill run at once; wait for all; return their output dirs."""
     procs: dict[str, subprocess.Popen] = {}
     outputs = {}
@@ -56,22 +56,23 @@ def run_partners(project: int, markets: dict, homes: dict, work: Path, spark_rem
             cwd = work / unit
             cwd.mkdir(parents=True)
             outputs[unit] = cwd / "out"
-            log = open(cwd / "papermill.log", "wb")
-            procs[unit] = subprocess.Popen(
-                [str(ROOT / ".venv" / "bin" / "papermill"), str(NOTEBOOK), "executed.ipynb",
-                 "-k", "grid-python", "-p", "project", str(project), "-p", "rounds",
-                 str(ROUNDS), "-p", "epochs", "2", "-p", "save_updates", "True",
-                 "-p", "output_dir", "out", "-p", "timeout", "240"],
-                cwd=cwd, env=partner_env(markets[unit], homes[unit], unit, spark_remote),
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-            log.close()
+            with open(cwd / "papermill.log", "wb") as log:
+                procs[unit] = subprocess.Popen(
+                    [str(ROOT / ".venv" / "bin" / "papermill"), str(NOTEBOOK), "executed.ipynb",
+                     "-k", "grid-python", "--start-timeout", "300",
+                     "-p", "project", str(project), "-p", "rounds", str(ROUNDS),
+                     "-p", "epochs", "2", "-p", "save_updates", "True",
+                     "-p", "output_dir", "out", "-p", "timeout", "300"],
+                    cwd=cwd, env=partner_env(markets[unit], homes[unit], unit, spark_remote),
+                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            time.sleep(2)  # kernels starting all at once on two cores time out
         deadline = time.monotonic() + timeout
-        for proc in procs.values():
-            try:
-                proc.wait(max(deadline - time.monotonic(), 1))
-            except subprocess.TimeoutExpired:
-                pass
-        failed = {u: p.returncode for u, p in procs.items() if p.returncode != 0}
+        # one failed partner would leave the others waiting for their quorum: stop early
+        while any(p.poll() is None for p in procs.values()) and time.monotonic() < deadline:
+            if any(p.poll() not in (None, 0) for p in procs.values()):
+                break
+            time.sleep(1)
+        failed = {u: p.poll() for u, p in procs.items() if p.poll() != 0}
         assert not failed, "partners failed: " + "\n\n".join(
             f"--- {u} (exit {code}) ---\n"
             + (work / u / "papermill.log").read_text(errors="replace")[-3000:]
@@ -135,7 +136,7 @@ def test_five_units_three_rounds_through_the_service(platform_proc, tmp_path):
     bundle = save_model(tmp_path / "model", MODEL, seed=3)
     a = clients["a"]
     project = a.open_project(project_name("theft"), bundle, rounds=ROUNDS, quorum=5,
-                             deadline_seconds=240, max_parties=5, max_weight=1000, clip=0.05)
+                             deadline_seconds=300, max_parties=5, max_weight=1000, clip=0.05)
     pid = project["id"]
     for unit in UNITS[1:]:
         clients[unit].join(pid)
@@ -181,9 +182,16 @@ def test_five_units_three_rounds_through_the_service(platform_proc, tmp_path):
                 [a.round(pid, n)["aggregate"]["total_weight"] for n in range(1, ROUNDS + 1)])
     assert np.max(np.abs(finals["a"] - reference)) <= bound + 1e-12
 
-    # every unit posted its held-out metrics for every round
+    # every unit posted its held-out metrics for every round; the results notebook shows them
     posted = {(m["unit"], m["round"]) for m in a.metrics(pid)}
     assert posted == {(u, n) for u in UNITS for n in range(1, ROUNDS + 1)}
+    results = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "papermill"), str(NOTEBOOK.with_name("results.ipynb")),
+         str(tmp_path / "results.ipynb"), "-k", "grid-python", "--start-timeout", "300",
+         "-p", "project", str(pid)],
+        env=partner_env(markets["b"], homes["b"], "b", platform_proc.env["MARKET_SPARK_REMOTE"]),
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert results.returncode == 0, results.stderr[-3000:]
 
     # nothing plaintext reached the service: its database, its logs and the hub's, its blobs
     var = platform_proc.var_dir

@@ -209,6 +209,13 @@ def test_errors_env_and_concurrency_in_one_warm_kernel(tmp_path, monkeypatch):
             with pytest.raises(PredictError) as not_list:
                 await call([{"op": "dict"}])
             answers = await asyncio.gather(*(call([{"op": "echo", "n": n}]) for n in range(3)))
+            # a caller that goes away mid-call: the call finishes, the kernel keeps serving
+            gone = asyncio.ensure_future(call([{"op": "sleep", "s": 1,
+                                                "pidfile": str(tmp_path / "c.pid")}]))
+            await asyncio.sleep(0.5)
+            gone.cancel()
+            [late] = await call([{"op": "echo", "n": 9}])
+            assert gone.cancelled() and late["pid"] == echo["pid"]
             [other] = await call([{"op": "echo"}], env={"SPARK_REMOTE": "sc://unit-b:15002"})
             workers = pool.workers()
             return (echo, directory, names, boom.value, missing.value, after, nothing.value,
@@ -317,7 +324,7 @@ def test_invalid_rows_touch_no_kernel(tmp_path):
     assert pool.workers() == []
 
 
-def test_idle_worker_is_stopped(tmp_path):
+def test_idle_worker_is_stopped_and_shutdown_while_starting(tmp_path):
     data = probe_bundle(tmp_path)
     work = tmp_path / "work"
     pool = PredictPool(work, idle_timeout=1)
@@ -328,12 +335,23 @@ def test_idle_worker_is_stopped(tmp_path):
             deadline = time.monotonic() + 10
             while pool.workers() and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
-            return echo, pool.workers()
+            idle_left = pool.workers()
+            # shut down while a worker's kernel starts: nothing is left once shutdown returns
+            starting = asyncio.ensure_future(
+                pool.predict("probe-v2", lambda: data, [{"op": "echo"}], {}))
+            while not (pool.workers() and pool.workers()[0].directory):
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)
+            await pool.shutdown()
+            left = marked(work)
+            with pytest.raises(PredictUnavailable):
+                await starting
+            return echo, idle_left, left
         finally:
             await pool.shutdown()
 
-    echo, left = asyncio.run(main())
-    assert left == []
+    echo, idle_left, left = asyncio.run(main())
+    assert idle_left == [] and left == set()
     assert_gone(work, {echo["pid"]})
     assert list(work.iterdir()) == []
 

@@ -82,6 +82,7 @@ class Config:
     dp_clip: float = 1.0
     key_bits: int = 2048
     quant_bits: int = 16
+    optimizer: str = "adam"
 
     @property
     def epochs(self) -> int:
@@ -140,18 +141,31 @@ class PackedPaillierAggregate:
     decrypts the sum. Keeps the numbers a report needs (time, clipped values, error against the
     plaintext mean)."""
 
-    def __init__(self, length: int, max_parties: int, max_weight: int, clip: float,
-                 bits: int = 16, key_bits: int = 2048):
+    def __init__(
+        self,
+        length: int,
+        max_parties: int,
+        max_weight: int,
+        clip: float,
+        bits: int = 16,
+        key_bits: int = 2048,
+    ):
         try:
             from marketplace_ext.federated import packing
         except ImportError as e:  # written alongside this module; say so rather than crash
-            raise ExperimentError(f"--encrypted needs marketplace_ext.federated.packing: {e}")
+            raise ExperimentError(
+                f"--encrypted needs marketplace_ext.federated.packing: {e}"
+            ) from e
         from phe import paillier
 
         self._packing = packing
         self.public_key, self.private_key = paillier.generate_paillier_keypair(n_length=key_bits)
         self.spec = packing.PackSpec.create(
-            self.public_key.n, length, bits=bits, clip=clip, max_parties=max_parties,
+            self.public_key.n,
+            length,
+            bits=bits,
+            clip=clip,
+            max_parties=max_parties,
             max_weight=max_weight,
         )
         self.encryptor = packing.Encryptor(self.public_key, self.private_key)
@@ -163,13 +177,16 @@ class PackedPaillierAggregate:
     def __call__(self, updates: list[np.ndarray], weights: list[int]) -> np.ndarray:
         p = self._packing
         t = time.perf_counter()
-        packed = [p.pack_update(self.spec, u, int(w), self.encryptor)
-                  for u, w in zip(updates, weights, strict=True)]
+        packed = [
+            p.pack_update(self.spec, u, int(w), self.encryptor)
+            for u, w in zip(updates, weights, strict=True)
+        ]
         t1 = time.perf_counter()
         total = p.add_encrypted(self.spec, [u.ciphertexts for u in packed])
         t2 = time.perf_counter()
-        mean = p.unpack_aggregate(self.spec, total, self.private_key, int(sum(weights)),
-                                  len(updates))
+        mean = p.unpack_aggregate(
+            self.spec, total, self.private_key, int(sum(weights)), len(updates)
+        )
         t3 = time.perf_counter()
         self.seconds["encrypt"] += t1 - t
         self.seconds["add"] += t2 - t1
@@ -208,10 +225,13 @@ def delta_clip(cfg: Config, max_train: int) -> float:
 # --- the three arms ------------------------------------------------------------------------------
 
 
-def _evaluate_units(models: Mapping[str, torch.nn.Module], data: Mapping[str, UnitData],
-                    seed: int) -> dict[str, dict[str, dict[str, float]]]:
-    return {u: evaluate(models[u], d.test.X, d.test.y, seed=_seed(seed, 99, i))
-            for i, (u, d) in enumerate(data.items())}
+def _evaluate_units(
+    models: Mapping[str, torch.nn.Module], data: Mapping[str, UnitData], seed: int
+) -> dict[str, dict[str, dict[str, float]]]:
+    return {
+        u: evaluate(models[u], d.test.X, d.test.y, seed=_seed(seed, 99, i))
+        for i, (u, d) in enumerate(data.items())
+    }
 
 
 def run_alone(data: Mapping[str, UnitData], spec: Mapping[str, Any], cfg: Config) -> ArmResult:
@@ -219,8 +239,16 @@ def run_alone(data: Mapping[str, UnitData], spec: Mapping[str, Any], cfg: Config
     models = {}
     for i, (unit, d) in enumerate(data.items()):
         model = build_model(spec, seed=cfg.seed)
-        train_local(model, d.train.X, d.train.y, epochs=cfg.epochs, lr=cfg.lr,
-                    batch_size=cfg.batch_size, seed=_seed(cfg.seed, 1, i))
+        train_local(
+            model,
+            d.train.X,
+            d.train.y,
+            epochs=cfg.epochs,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            optimizer=cfg.optimizer,
+            seed=_seed(cfg.seed, 1, i),
+        )
         models[unit] = model
     seconds = time.perf_counter() - t
     return ArmResult(_evaluate_units(models, data, cfg.seed), seconds)
@@ -231,8 +259,15 @@ def run_pooled(data: Mapping[str, UnitData], spec: Mapping[str, Any], cfg: Confi
     X = np.concatenate([d.train.X for d in data.values()])
     y = np.concatenate([d.train.y for d in data.values()])
     model = build_model(spec, seed=cfg.seed)
-    train_local(model, X, y, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                seed=_seed(cfg.seed, 2))
+    train_local(
+        model,
+        X,
+        y,
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        seed=_seed(cfg.seed, 2),
+    )
     seconds = time.perf_counter() - t
     return ArmResult(_evaluate_units(dict.fromkeys(data, model), data, cfg.seed), seconds)
 
@@ -255,8 +290,16 @@ def run_federated(
         deltas, weights, round_loss = [], [], []
         for i, d in enumerate(data.values()):
             load_flat_state(model, global_w)
-            res = train_local(model, d.train.X, d.train.y, epochs=cfg.local_epochs, lr=cfg.lr,
-                              batch_size=cfg.batch_size, seed=_seed(cfg.seed, 3, r, i))
+            res = train_local(
+                model,
+                d.train.X,
+                d.train.y,
+                epochs=cfg.local_epochs,
+                lr=cfg.lr,
+                batch_size=cfg.batch_size,
+                optimizer=cfg.optimizer,
+                seed=_seed(cfg.seed, 3, r, i),
+            )
             delta = res.weights.astype(np.float64) - global_w
             if cfg.dp_noise > 0:
                 delta = clip_and_noise(delta, cfg.dp_clip, cfg.dp_noise, rng)
@@ -278,15 +321,17 @@ def run_federated(
             "delta": DP_DELTA,
             "epsilon": dp_epsilon(cfg.dp_noise, cfg.rounds, DP_DELTA, sample_rate=1.0),
         }
-    return ArmResult(_evaluate_units(dict.fromkeys(data, model), data, cfg.seed), seconds,
-                     curve, extra)
+    return ArmResult(
+        _evaluate_units(dict.fromkeys(data, model), data, cfg.seed), seconds, curve, extra
+    )
 
 
 # --- one repeat, several repeats -----------------------------------------------------------------
 
 
-def run_once(cfg: Config, encrypted: bool = False,
-             data_dir: Path | str | None = None) -> dict[str, Any]:
+def run_once(
+    cfg: Config, encrypted: bool = False, data_dir: Path | str | None = None
+) -> dict[str, Any]:
     t = time.perf_counter()
     data = prepare(cfg, data_dir)
     prep_seconds = time.perf_counter() - t
@@ -313,8 +358,10 @@ def run_once(cfg: Config, encrypted: bool = False,
         "seed": cfg.seed,
         "units": {
             u: {
-                "train": len(d.train), "train_thieves": d.train.n_thieves,
-                "test": len(d.test), "test_thieves": d.test.n_thieves,
+                "train": len(d.train),
+                "train_thieves": d.train.n_thieves,
+                "test": len(d.test),
+                "test_thieves": d.test.n_thieves,
             }
             for u, d in data.items()
         },
@@ -324,8 +371,9 @@ def run_once(cfg: Config, encrypted: bool = False,
     }
 
 
-def unit_mean(per_unit: Mapping[str, Mapping[str, Mapping[str, float]]], split: str,
-              metric: str) -> float:
+def unit_mean(
+    per_unit: Mapping[str, Mapping[str, Mapping[str, float]]], split: str, metric: str
+) -> float:
     return float(np.nanmean([m[split][metric] for m in per_unit.values()]))
 
 
@@ -347,9 +395,9 @@ def summarise(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         for unit in runs[0]["arms"][arm]["per_unit"]:
             out[arm]["per_unit"][unit] = {
                 split: {
-                    metric: float(np.nanmean(
-                        [r["arms"][arm]["per_unit"][unit][split][metric] for r in runs]
-                    ))
+                    metric: float(
+                        np.nanmean([r["arms"][arm]["per_unit"][unit][split][metric] for r in runs])
+                    )
                     for metric in METRICS
                 }
                 for split in SPLITS
@@ -369,8 +417,9 @@ def _pct(value: float, sd: float | None = None) -> str:
     return f"{100 * value:.1f}"
 
 
-def markdown(summary: Mapping[str, Any], runs: Sequence[Mapping[str, Any]], cfg: Config,
-             params: int) -> str:
+def markdown(
+    summary: Mapping[str, Any], runs: Sequence[Mapping[str, Any]], cfg: Config, params: int
+) -> str:
     lines = []
     n_rep = len(runs)
     rep = f", mean ± sd over {n_rep} seeds" if n_rep > 1 else ""
@@ -412,15 +461,20 @@ def markdown(summary: Mapping[str, Any], runs: Sequence[Mapping[str, Any]], cfg:
     return "\n".join(lines)
 
 
-def plot(summary: Mapping[str, Any], runs: Sequence[Mapping[str, Any]], cfg: Config,
-         path: Path | str) -> None:
+def plot(
+    summary: Mapping[str, Any], runs: Sequence[Mapping[str, Any]], cfg: Config, path: Path | str
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {"alone": "#9e9e9e", "federated": "#1f77b4", "federated_encrypted": "#17becf",
-               "pooled": "#2ca02c"}
+    colours = {
+        "alone": "#9e9e9e",
+        "federated": "#1f77b4",
+        "federated_encrypted": "#17becf",
+        "pooled": "#2ca02c",
+    }
     arms = list(summary)
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8), gridspec_kw={"width_ratios": [3, 3, 2]})
 
@@ -429,15 +483,30 @@ def plot(summary: Mapping[str, Any], runs: Sequence[Mapping[str, Any]], cfg: Con
     x = np.arange(len(METRICS))
     for k, arm in enumerate(arms):
         m = summary[arm]["mean"]["balanced"]
-        ax.bar(x + k * width, [m[q]["mean"] for q in METRICS], width,
-               yerr=[m[q]["sd"] for q in METRICS] if len(runs) > 1 else None,
-               color=colours[arm], label=ARM_LABELS[arm])
+        ax.bar(
+            x + k * width,
+            [m[q]["mean"] for q in METRICS],
+            width,
+            yerr=[m[q]["sd"] for q in METRICS] if len(runs) > 1 else None,
+            color=colours[arm],
+            label=ARM_LABELS[arm],
+        )
     for k, arm in enumerate(("alone", "federated")):
         vals = [PAPER[arm].get(q, np.nan) for q in METRICS]
-        ax.bar(x + (len(arms) + k) * width, vals, width, color=colours[arm], alpha=0.45,
-               hatch="//", edgecolor="black", linewidth=0.5,
-               label=f"paper: {'alone' if arm == 'alone' else 'federated'}")
-    ax.set_xticks(x + width * (len(arms) + 1) / 2, [q.upper() if q == "auc" else q for q in METRICS])
+        ax.bar(
+            x + (len(arms) + k) * width,
+            vals,
+            width,
+            color=colours[arm],
+            alpha=0.45,
+            hatch="//",
+            edgecolor="black",
+            linewidth=0.5,
+            label=f"paper: {'alone' if arm == 'alone' else 'federated'}",
+        )
+    ax.set_xticks(
+        x + width * (len(arms) + 1) / 2, [q.upper() if q == "auc" else q for q in METRICS]
+    )
     ax.set_ylim(0, 1.05)
     ax.set_title("Mean over units, balanced held-out set")
     ax.legend(fontsize=7, loc="lower right")
@@ -449,10 +518,15 @@ def plot(summary: Mapping[str, Any], runs: Sequence[Mapping[str, Any]], cfg: Con
     for k, arm in enumerate(arms):
         vals = [summary[arm]["per_unit"][u]["balanced"]["accuracy"] for u in units]
         ax.bar(x + k * width, vals, width, color=colours[arm], label=ARM_LABELS[arm])
-    ax.set_xticks(x + width * (len(arms) - 1) / 2, [
-        f"{u.upper()}\n{runs[0]['units'][u]['train']} train / "
-        f"{runs[0]['units'][u]['test_thieves']} test thieves" for u in units
-    ], fontsize=7)
+    ax.set_xticks(
+        x + width * (len(arms) - 1) / 2,
+        [
+            f"{u.upper()}\n{runs[0]['units'][u]['train']} train / "
+            f"{runs[0]['units'][u]['test_thieves']} test thieves"
+            for u in units
+        ],
+        fontsize=7,
+    )
     ax.set_ylim(0, 1.05)
     ax.set_title("Balanced accuracy per unit")
 
@@ -463,16 +537,23 @@ def plot(summary: Mapping[str, Any], runs: Sequence[Mapping[str, Any]], cfg: Con
             c = np.mean(curves, axis=0)
             ax.plot(np.arange(1, len(c) + 1), c, color=colours[arm], label=ARM_LABELS[arm])
         else:
-            ax.axhline(summary[arm]["mean"]["balanced"]["accuracy"]["mean"], color=colours[arm],
-                       linestyle="--", label=f"{ARM_LABELS[arm]} (final)")
+            ax.axhline(
+                summary[arm]["mean"]["balanced"]["accuracy"]["mean"],
+                color=colours[arm],
+                linestyle="--",
+                label=f"{ARM_LABELS[arm]} (final)",
+            )
     ax.set_xlabel("round")
     ax.set_ylim(0.4, 1.0)
     ax.set_title("Federated: mean balanced accuracy by round")
     ax.legend(fontsize=7, loc="lower right")
 
-    fig.suptitle(f"Electricity-theft detection, LCL households x Jokar attacks "
-                 f"(scale {cfg.scale}, seed {cfg.seed}"
-                 f"{f', {len(runs)} seeds' if len(runs) > 1 else ''})", fontsize=10)
+    fig.suptitle(
+        f"Electricity-theft detection, LCL households x Jokar attacks "
+        f"(scale {cfg.scale}, seed {cfg.seed}"
+        f"{f', {len(runs)} seeds' if len(runs) > 1 else ''})",
+        fontsize=10,
+    )
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -483,29 +564,53 @@ def plot(summary: Mapping[str, Any], runs: Sequence[Mapping[str, Any]], cfg: Con
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Namespace]:
-    p = argparse.ArgumentParser(prog="python -m marketplace_ext.federated.experiment",
-                                description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m marketplace_ext.federated.experiment", description=__doc__.splitlines()[0]
+    )
     d = Config()
-    p.add_argument("--scale", type=float, default=d.scale,
-                   help="fraction of the 5,566 LCL households (default: all)")
+    p.add_argument(
+        "--scale",
+        type=float,
+        default=d.scale,
+        help="fraction of the 5,566 LCL households (default: all)",
+    )
     p.add_argument("--rounds", type=int, default=d.rounds)
     p.add_argument("--local-epochs", type=int, default=d.local_epochs)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--seed", type=int, default=d.seed,
-                   help="data (griddata), split and initialisation seed (default: the demo's 7)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=d.seed,
+        help="data (griddata), split and initialisation seed (default: the demo's 7)",
+    )
     p.add_argument("--repeats", type=int, default=1, help="seeds seed, seed+1, ...")
     p.add_argument("--weeks", type=int, default=d.weeks)
-    p.add_argument("--encrypted", action="store_true",
-                   help="add a federated arm aggregated through packed Paillier")
+    p.add_argument(
+        "--encrypted",
+        action="store_true",
+        help="add a federated arm aggregated through packed Paillier",
+    )
     p.add_argument("--key-bits", type=int, default=d.key_bits)
     p.add_argument("--quant-bits", type=int, default=d.quant_bits)
-    p.add_argument("--dp-noise", type=float, default=d.dp_noise,
-                   help="Gaussian noise multiplier on each unit's clipped delta (0: no DP)")
-    p.add_argument("--dp-clip", type=float, default=d.dp_clip,
-                   help="L2 norm a unit's delta is clipped to when --dp-noise > 0")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads (1: more only pays on an idle machine)")
+    p.add_argument(
+        "--dp-noise",
+        type=float,
+        default=d.dp_noise,
+        help="Gaussian noise multiplier on each unit's clipped delta (0: no DP)",
+    )
+    p.add_argument(
+        "--dp-clip",
+        type=float,
+        default=d.dp_clip,
+        help="L2 norm a unit's delta is clipped to when --dp-noise > 0",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (1: more only pays on an idle machine)",
+    )
     p.add_argument("--out", default="docs/fl_experiment.png", help="bar chart PNG ('' for none)")
     p.add_argument("--json", default="", help="write every number to this JSON file")
     a = p.parse_args(argv)
@@ -514,10 +619,33 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Name
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 < a.scale <= 1:
         p.error("--scale must be in (0, 1]")
-    cfg = Config(scale=a.scale, rounds=a.rounds, local_epochs=a.local_epochs, lr=a.lr,
-                 batch_size=a.batch_size, seed=a.seed, weeks=a.weeks, dp_noise=a.dp_noise,
-                 dp_clip=a.dp_clip, key_bits=a.key_bits, quant_bits=a.quant_bits)
+    cfg = Config(
+        scale=a.scale,
+        rounds=a.rounds,
+        local_epochs=a.local_epochs,
+        lr=a.lr,
+        batch_size=a.batch_size,
+        seed=a.seed,
+        weeks=a.weeks,
+        dp_noise=a.dp_noise,
+        dp_clip=a.dp_clip,
+        key_bits=a.key_bits,
+        quant_bits=a.quant_bits,
+    )
     return cfg, a
+
+
+def _json_safe(value: Any) -> Any:
+    # NaN (an AUC without both classes) is not JSON; null is
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -529,16 +657,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_cfg = Config(**{**asdict(cfg), "seed": cfg.seed + k})
         runs.append(run_once(run_cfg, encrypted=args.encrypted))
         arms = runs[-1]["arms"]
-        print(f"seed {run_cfg.seed}: prepare {runs[-1]['prepare_seconds']:.1f} s, "
-              + ", ".join(f"{a} {arms[a]['seconds']:.1f} s" for a in arms), file=sys.stderr)
+        print(
+            f"seed {run_cfg.seed}: prepare {runs[-1]['prepare_seconds']:.1f} s, "
+            + ", ".join(f"{a} {arms[a]['seconds']:.1f} s" for a in arms),
+            file=sys.stderr,
+        )
     total = time.perf_counter() - t
     params = parameter_count(build_model({**DEFAULT_SPEC, "weeks": cfg.weeks}))
     summary = summarise(runs)
     print(markdown(summary, runs, cfg, params))
     print()
-    print(f"Wall time {total:.1f} s for {args.repeats} seed(s) with {args.threads} thread(s): "
-          + ", ".join(f"{ARM_LABELS[a]} {summary[a]['seconds']:.1f} s" for a in summary)
-          + f" per seed; data preparation {np.mean([r['prepare_seconds'] for r in runs]):.1f} s.")
+    print(
+        f"Wall time {total:.1f} s for {args.repeats} seed(s) with {args.threads} thread(s): "
+        + ", ".join(f"{ARM_LABELS[a]} {summary[a]['seconds']:.1f} s" for a in summary)
+        + f" per seed; data preparation {np.mean([r['prepare_seconds'] for r in runs]):.1f} s."
+    )
     for arm in summary:
         extra = runs[0]["arms"][arm]["extra"]
         if "encryption" in extra:
@@ -548,11 +681,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out:
         plot(summary, runs, cfg, args.out)
     if args.json:
-        Path(args.json).write_text(json.dumps(
-            {"config": asdict(cfg), "repeats": args.repeats, "parameters": params,
-             "seconds": round(total, 2), "summary": summary, "runs": runs, "paper": PAPER},
-            indent=2, default=float,
-        ) + "\n")
+        report = {
+            "config": asdict(cfg),
+            "repeats": args.repeats,
+            "threads": args.threads,
+            "parameters": params,
+            "seconds": round(total, 2),
+            "summary": summary,
+            "runs": runs,
+            "paper": PAPER,
+        }
+        Path(args.json).write_text(json.dumps(_json_safe(report), indent=2) + "\n")
     return 0
 
 

@@ -209,7 +209,9 @@ def frames_from_spark(
         )
     consumption = readings.toPandas()
     consumption["day"] = pd.to_datetime(consumption["day"])
-    labels = spark.table(f"`{database}`.`theft_labels`").select("customer_id", "is_thief").toPandas()
+    labels = (
+        spark.table(f"`{database}`.`theft_labels`").select("customer_id", "is_thief").toPandas()
+    )
     return UnitFrames(consumption=consumption, labels=labels)
 
 

@@ -78,7 +78,9 @@ def check_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
 class WideDeepDetector(nn.Module):
     """Input ``(batch, channels, weeks, 7)``; output one logit per customer (thief if > 0)."""
 
-    def __init__(self, weeks: int, channels: int, conv: int, pool_weeks: int, wide: int, hidden: int):
+    def __init__(
+        self, weeks: int, channels: int, conv: int, pool_weeks: int, wide: int, hidden: int
+    ):
         super().__init__()
         self.weeks, self.channels = weeks, channels
         # wide: the kWh channel as one long series; the mask channel only matters locally

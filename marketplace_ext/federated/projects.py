@@ -521,7 +521,11 @@ def join(session: Session, caller: Caller, project: FLProject,
         member.public_key = member.wrapped_key = member.wrapped_by = member.wrapped_at = None
     if x25519_public_key is not None:
         _set_key(member, x25519_public_key, caller.name, now)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError:  # the same unit joining twice at once
+        raise Conflict(f"unit {unit.slug} has just joined project {project.name!r}",
+                       "unit") from None
     return member, True
 
 
@@ -722,7 +726,9 @@ def record_update(session: Session, caller: Caller, project: FLProject, req: Upd
     if again.round_id != req.round_id:
         raise Conflict(f"round {req.number} was reopened while the update arrived; send it "
                        "again", "round")
-    rnd = session.get(FLRound, req.round_id)
+    # the round's row lock serialises concurrent updates' quorum counts (PostgreSQL; SQLite
+    # writers are serialised by write_transaction already)
+    rnd = session.get(FLRound, req.round_id, with_for_update=True)
     update = FLUpdate(round_id=rnd.id, member_id=req.member_id, submitter=caller.name,
                       sha256=sha256, size=size, weight=req.weight, clipped=req.clipped,
                       key_fingerprint=req.key_fingerprint, created_at=utcnow())

@@ -46,8 +46,9 @@ def _pos_weight(y: np.ndarray, class_weight: str | float | None) -> float:
     if isinstance(class_weight, int | float) and not isinstance(class_weight, bool):
         if class_weight > 0:
             return float(class_weight)
-    raise TrainingError(f"class_weight must be 'balanced', None or a positive number, got "
-                        f"{class_weight!r}")
+    raise TrainingError(
+        f"class_weight must be 'balanced', None or a positive number, got {class_weight!r}"
+    )
 
 
 def _check_data(X: np.ndarray, y: np.ndarray) -> None:
@@ -68,8 +69,11 @@ def train_local(
     seed: int = 0,
     class_weight: str | float | None = "balanced",
     weight_decay: float = 1e-4,
+    optimizer: str = "adam",
 ) -> TrainResult:
-    """Train ``model`` in place with Adam on ``(X, y)`` and return its new flat weights.
+    """Train ``model`` in place on ``(X, y)`` and return its new flat weights.
+
+    ``optimizer`` is ``"adam"`` or ``"sgd"`` (with Nesterov momentum 0.9).
 
     The optimiser starts fresh on every call (a federated round hands over weights, not optimiser
     state). Shuffling is drawn from ``seed`` and the global torch RNG is left as it was, so the
@@ -87,7 +91,14 @@ def train_local(
         raise TrainingError(f"lr must be positive, got {lr!r}")
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(_pos_weight(y, class_weight)))
     xs, ys = torch.from_numpy(X), torch.from_numpy(y)
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if optimizer == "adam":
+        optimiser = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    elif optimizer == "sgd":
+        optimiser = torch.optim.SGD(
+            model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay
+        )
+    else:
+        raise TrainingError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
     generator = torch.Generator().manual_seed(seed)
     losses = []
     model.train()

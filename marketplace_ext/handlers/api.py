@@ -8,7 +8,15 @@ import json
 from sqlalchemy import text
 from tornado import web
 
-from .. import __version__, catalog, interface, points, product_envs, remote_run
+from .. import (
+    __version__,
+    catalog,
+    interface,
+    points,
+    product_envs,
+    remote_call,
+    remote_run,
+)
 from ..auth import SCOPE_APPROVE
 from ..downloads import deliver_file, plan_export, record_export
 from ..errors import InvalidField, NotFound, PayloadTooLarge
@@ -459,6 +467,23 @@ class QueryHandler(APIHandler):
         self.write_json({**result, "log_index": index})
 
 
+class PredictHandler(APIHandler):
+    @web.authenticated
+    async def post(self, product):
+        market = self.market
+        with market.session_factory() as session:
+            plan = remote_call.plan_call(session, self.caller, product, self.json_body(),
+                                         market.predict_max_rows)
+        predictions = await market.predict(plan)
+        with market.session_factory() as session:
+            write_transaction(session)
+            index = remote_call.record_call(session, self.caller, plan, predictions)
+            session.commit()
+        self.set_header("X-Log-Index", str(index))
+        self.write_json({"predictions": predictions, "version": plan.version,
+                         "log_index": index})
+
+
 default_handlers = [
     (r"/api/health", HealthHandler),
     (r"/api/openapi.json", OpenAPIHandler),
@@ -485,6 +510,7 @@ default_handlers = [
     (r"/api/log/proof/consistency", ConsistencyProofHandler),
     (r"/api/log/cosignatures", CosignaturesHandler),
     (r"/api/products/(?P<product>[^/]+)/query", QueryHandler),
+    (r"/api/products/(?P<product>[^/]+)/predict", PredictHandler),
     (r"/api/runs", RunsHandler),
     (r"/api/runs/(?P<run>[^/]+)", RunHandler),
     (r"/api/runs/(?P<run>[^/]+)/cancel", RunCancelHandler),
