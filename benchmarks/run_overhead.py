@@ -1,16 +1,21 @@
-"""The marketplace's overhead on a product run: the median wall time of a remote run through
-the real service (POST api/runs -> output.html ready) against running the same notebook with
-the bare `papermill` CLI in the same environment, as a ratio. Not a test: nothing is asserted.
+"""The marketplace's overhead on a product run, and the remote-call latency.
 
-    .venv/bin/python benchmarks/run_overhead.py [--runs 7]
+1. The median wall time of a remote run through the real service (POST api/runs -> output.html
+   ready) against running the same notebook with the bare `papermill` CLI in the same
+   environment, as a ratio.
+2. The median latency of repeated `POST api/products/{p}/predict` calls (10 rows) of the tool
+   template, answered by its warm kernel, against the bare `papermill` CLI running the same
+   tool notebook on the same rows (what a call would cost without a warm kernel).
 
-(The remote-call `predict` latency of the compute issue is not measured: that mode is not
-built yet.)
+Not a test: nothing is asserted.
+
+    .venv/bin/python benchmarks/run_overhead.py [--runs 7] [--calls 30]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import secrets
 import statistics
 import subprocess
@@ -39,20 +44,26 @@ def trivial_notebook(path: Path) -> None:
     nbformat.write(nb, path)
 
 
-def bare_papermill(notebook: Path, runs: int) -> list[float]:
+def bare_papermill(notebook: Path, runs: int, *params: str) -> list[float]:
     times = []
     out = notebook.with_name("out.ipynb")
     for _ in range(runs):
         t0 = time.perf_counter()
         subprocess.run([str(ROOT / ".venv" / "bin" / "papermill"), str(notebook), str(out),
-                        "-k", "grid-python", "-p", "x", "2"], check=True, capture_output=True)
+                        "-k", "grid-python", *params], check=True, capture_output=True,
+                       cwd=notebook.parent)
         times.append(time.perf_counter() - t0)
     return times
+
+
+ROWS = [{"customer_id": f"c{i}", "mean_kwh": 4.0 + i, "cv": 0.05 * i, "zero_share": 0.01 * i,
+         "drop": 0.03 * i} for i in range(10)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--calls", type=int, default=30)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-run-"))
     with throwaway_platform(MARKET_INITIAL_GRANT="100000") as (platform, accounts):
@@ -82,12 +93,33 @@ def main() -> None:
             market_times.append(time.perf_counter() - t0)
             if run["status"] != "succeeded" or html.status_code != 200:
                 raise SystemExit(f"run failed: {run['error']}")
-    bare_times = bare_papermill(bundle / "main.ipynb", args.runs)
+        tool = f"meter-score-{secrets.token_hex(3)}"
+        tool_bundle = new_product("tool", tool, work)
+        publisher.publish(tool_bundle)
+        operator.review(tool, "0.1.0", "approve")
+        buyer.order(tool, "month")
+        call_times = []
+        for _ in range(args.calls + 1):
+            t0 = time.perf_counter()
+            predictions = buyer.predict(tool, ROWS)
+            call_times.append(time.perf_counter() - t0)
+            if len(predictions) != len(ROWS):
+                raise SystemExit(f"predict answered {predictions!r}")
+    bare_times = bare_papermill(bundle / "main.ipynb", args.runs, "-p", "x", "2")
+    bare_calls = bare_papermill(tool_bundle / "main.ipynb", min(args.runs, 5),
+                                "-y", json.dumps({"rows": ROWS}))
     market, bare = statistics.median(market_times), statistics.median(bare_times)
+    warm, cold = statistics.median(call_times[1:]), call_times[0]
+    bare_call = statistics.median(bare_calls)
     print(f"{args.runs} runs of a two-cell notebook on the grid-python kernel")
     print(f"marketplace run (POST api/runs -> output.html): median {market:6.2f} s")
     print(f"bare papermill CLI, same notebook:               median {bare:6.2f} s")
     print(f"ratio marketplace / bare papermill:              {market / bare:6.2f}")
+    print(f"{args.calls} remote calls of the tool template with {len(ROWS)} rows (month plan)")
+    print(f"first call (starts the warm kernel):             {cold:9.3f} s")
+    print(f"repeated calls (POST .../predict), median:       {warm:9.3f} s")
+    print(f"bare papermill CLI on the same rows, median:     {bare_call:9.3f} s")
+    print(f"ratio repeated call / bare papermill:            {warm / bare_call:9.3f}")
 
 
 if __name__ == "__main__":
