@@ -343,6 +343,13 @@ def released_file(session: Session, blobs, caller: Caller, request: ModelToDataR
     return blobs.get(sha), sha
 
 
+def notebook_cells(blobs, request: ModelToDataRequest) -> list[dict]:
+    """The submitted notebook's cells as ``{cell_type, source}``, for reading (the template
+    escapes them)."""
+    nb = nbformat.reads(blobs.get(request.notebook_sha256).decode(), as_version=4)
+    return [{"cell_type": c.cell_type, "source": c.source} for c in nb.cells]
+
+
 def request_json(session: Session, caller: Caller, request: ModelToDataRequest, prefix: str,
                  with_code: bool = False) -> dict:
     product = session.get(Product, request.product_id)

@@ -58,8 +58,13 @@ def test_load_flat_state_refuses_bad_vectors():
 
 @pytest.mark.parametrize(
     "spec, match",
-    [({"arch": "resnet"}, "arch"), ({"depth": 3}, "unknown"), ({"conv": 0}, "conv"),
-     ({"weeks": 2, "pool_weeks": 4}, "pool_weeks"), ({"wide": True}, "wide")],
+    [
+        ({"arch": "resnet"}, "arch"),
+        ({"depth": 3}, "unknown"),
+        ({"conv": 0}, "conv"),
+        ({"weeks": 2, "pool_weeks": 4}, "pool_weeks"),
+        ({"wide": True}, "wide"),
+    ],
 )
 def test_bad_spec(spec, match):
     with pytest.raises(M.ModelSpecError, match=match):
@@ -110,9 +115,7 @@ def _frames() -> F.UnitFrames:
             rows.append(("C-1", day, np.nan if k == 6 else 1.0))
     rows.append(("C-2", days[0] - pd.Timedelta(days=1), 100.0))  # before the window
     consumption = pd.DataFrame(rows, columns=["customer_id", "day", "kwh"])
-    labels = pd.DataFrame(
-        {"customer_id": ["C-3", "C-2", "C-1"], "is_thief": [False, True, False]}
-    )
+    labels = pd.DataFrame({"customer_id": ["C-3", "C-2", "C-1"], "is_thief": [False, True, False]})
     return F.UnitFrames(consumption, labels)
 
 
@@ -319,7 +322,6 @@ def test_fedavg_over_two_units_beats_chance():
     arm = E.run_federated(data, TINY, cfg, aggregate=aggregate)
     assert calls == [[160, 60]] * 8
     assert len(arm.curve) == 8
-    print(arm.curve)
     acc = [arm.per_unit[u]["balanced"]["accuracy"] for u in data]
     auc = [arm.per_unit[u]["natural"]["auc"] for u in data]
     assert min(acc) > 0.7 and min(auc) > 0.8, (acc, auc)
@@ -327,8 +329,9 @@ def test_fedavg_over_two_units_beats_chance():
 
 def test_packed_paillier_aggregate_matches_plaintext():
     pytest.importorskip("marketplace_ext.federated.packing")
-    agg = E.PackedPaillierAggregate(length=40, max_parties=3, max_weight=100, clip=0.1,
-                                    key_bits=512)
+    agg = E.PackedPaillierAggregate(
+        length=40, max_parties=3, max_weight=100, clip=0.1, key_bits=512
+    )
     rng = np.random.default_rng(0)
     updates = [rng.uniform(-0.09, 0.09, 40) for _ in range(3)]
     updates[0][0] = 0.5  # clipped to 0.1 before encryption
@@ -341,8 +344,20 @@ def test_packed_paillier_aggregate_matches_plaintext():
 
 def test_experiment_command_line(tmp_path, capsys):
     png, out = tmp_path / "fl.png", tmp_path / "r.json"
-    argv = ["--scale", "0.05", "--rounds", "1", "--local-epochs", "1", "--weeks", "8",
-            "--out", str(png), "--json", str(out)]
+    argv = [
+        "--scale",
+        "0.05",
+        "--rounds",
+        "1",
+        "--local-epochs",
+        "1",
+        "--weeks",
+        "8",
+        "--out",
+        str(png),
+        "--json",
+        str(out),
+    ]
     assert E.main(argv) == 0
     text = capsys.readouterr().out
     assert "| Federated (FedAvg) | balanced |" in text and "Paper: federated" in text

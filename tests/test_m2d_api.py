@@ -23,6 +23,7 @@ from marketplace_ext.bundle import new_product
 from marketplace_ext.client import Market, MarketAPIError
 
 TRAIN = """\
+# <b>trains</b> a one-feature theft model
 import json, os
 import numpy as np
 import torch
@@ -95,6 +96,9 @@ def test_model_to_data_returns_only_the_declared_model(data_product, tmp_path):
     # the owner reads the code before deciding
     code = pub.http.get(pub.url + f"api/m2d/{request['id']}/notebook")
     assert code.status_code == 200 and "torch.save" in code.text
+    page = pub.http.get(pub.url + "m2d")  # the owner's page shows the code, escaped
+    assert page.status_code == 200 and "torch.save" in page.text
+    assert "&lt;b&gt;trains&lt;/b&gt;" in page.text and "<b>trains" not in page.text
     assert [r["id"] for r in pub.request("GET", "m2d", params={"status": "pending"})["requests"]
             ].count(request["id"]) == 1
     # only the owner's publishers decide

@@ -6,7 +6,7 @@ from jupyterhub.services.auth import HubOAuthCallbackHandler
 from sqlalchemy import select
 from tornado import web
 
-from .. import catalog, points, product_envs
+from .. import catalog, m2d, points, product_envs
 from ..errors import NotFound
 from ..orm import Version
 from ..units import get_unit
@@ -65,8 +65,22 @@ class ProductPage(PageHandler):
                              stats=points.usage_stats(self.db, p), envs=envs)
 
 
+class ModelToDataPage(PageHandler):
+    """The requests of the caller's unit, with their code for the owner to read."""
+
+    @web.authenticated
+    def get(self):
+        requests = m2d.list_requests(self.db, self.caller)
+        code = {r.id: m2d.notebook_cells(self.market.blobs, r) for r in requests}
+        self.render_template(
+            "m2d.html", caller=self.caller, code=code,
+            requests=[m2d.request_json(self.db, self.caller, r, self.market.service_prefix)
+                      for r in requests])
+
+
 default_handlers = [
     (r"/?", HomeHandler),
     (r"/products/(?P<product>[^/]+)", ProductPage),
+    (r"/m2d", ModelToDataPage),
     (r"/oauth_callback", HubOAuthCallbackHandler),
 ]
