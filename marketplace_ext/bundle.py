@@ -64,7 +64,7 @@ README = "README.md"
 DEFAULT_NOTEBOOK = "main.ipynb"
 DEFAULTS: dict = {
     "tags": [], "notebook": DEFAULT_NOTEBOOK, "inputs": [], "outputs": [], "requirements": None,
-    "encrypted": False, "views": [],
+    "encrypted": False, "views": [], "predict": None,
 }
 # Editor and OS droppings: never part of a bundle, never archived, never extracted.
 IGNORED_NAMES = frozenset({".ipynb_checkpoints", "__pycache__", ".DS_Store", "__MACOSX", ".git"})
@@ -764,6 +764,23 @@ def _check_requirements(root: Path, m: dict, sizes: dict[str, int], report: _Rep
             report.add(_norm(req), f"line {line}" if line else None, message)
 
 
+def _check_remote_call(m: dict, sizes: dict[str, int], report: _Report) -> None:
+    """A remote call hands the posted rows to the notebook's ``rows`` parameter, or to the
+    declared ``predict`` entry point; a tool offering it needs one of the two."""
+    sharing = m.get("sharing") if isinstance(m.get("sharing"), list) else []
+    entry = m.get("predict")
+    if isinstance(entry, str) and ":" in entry:
+        module = entry.split(":", 1)[0].replace(".", "/")
+        if f"{module}.py" not in sizes and f"{module}/__init__.py" not in sizes:
+            report.add(MANIFEST, "predict", f"the module of {entry!r} is not in the bundle "
+                       f"(expected {module}.py)")
+    elif "remote_call" in sharing and report.parameters \
+            and "rows" not in report.parameters:
+        report.add(MANIFEST, "sharing", "remote_call passes the posted rows to the notebook's "
+                   "'rows' parameter: declare `rows: list = []` in the parameters cell, or "
+                   "name a `predict: module:function` entry point")
+
+
 def _inspect(path: Path, limits: BundleLimits) -> _Report:
     report = _Report()
     root = Path(path)
@@ -777,6 +794,8 @@ def _inspect(path: Path, limits: BundleLimits) -> _Report:
         _check_requirements(root, manifest, sizes, report)
         report.manifest = {**copy.deepcopy(DEFAULTS), **manifest}
     _check_notebook(root, manifest, sizes, limits, report)
+    if manifest is not None:
+        _check_remote_call(manifest, sizes, report)
     _check_readme(root, sizes, limits, report)
 
     # the manifest first, as publishers fix it first; then the notebook, the card, the rest

@@ -14,6 +14,7 @@ import warnings
 import zipfile
 from pathlib import Path
 
+import nbformat
 import pytest
 import yaml
 
@@ -704,3 +705,24 @@ def test_new_product_refuses_bad_input(tmp_path):
             new_product("tool", name, tmp_path)
         assert e.value.field == "name"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_remote_call_needs_a_rows_parameter_or_an_entry_point(tmp_path):
+    bundle = new_product("tool", "no-rows", tmp_path)
+    nb = nbformat.read(bundle / "main.ipynb", as_version=4)
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    params.source = "\n".join(line for line in params.source.splitlines()
+                              if not line.startswith("rows"))
+    nbformat.write(nb, bundle / "main.ipynb")
+    problems = validate_dir(bundle)
+    assert [(p.file, p.field) for p in problems] == [("product.yaml", "sharing")]
+    assert "rows" in problems[0].message
+
+    manifest = yaml.safe_load((bundle / "product.yaml").read_text())
+    manifest["predict"] = "scoring.model:predict"
+    (bundle / "product.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    problems = validate_dir(bundle)
+    assert [(p.file, p.field) for p in problems] == [("product.yaml", "predict")]
+    (bundle / "scoring").mkdir()
+    (bundle / "scoring" / "model.py").write_text("def predict(rows):\n    return rows\n")
+    assert validate_dir(bundle) == []
