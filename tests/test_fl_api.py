@@ -363,6 +363,12 @@ class _StubClient:
                 {"round": 1, "unit": "b", "metrics": {"auc": 0.7, "epsilon": 1.5}},
                 {"round": 2, "unit": "b", "metrics": {"auc": None, "epsilon": 2.5}}]
 
+    def run_round(self, project, train, timeout):
+        from marketplace_ext.federated.client import RoundResult
+
+        update, weight = train(np.zeros(3))
+        return RoundResult(2, 1, weight, 0, 2, 7, update, update, "ab" * 32, 5)
+
 
 def test_round_panel_shows_the_round_the_chart_and_the_budget():
     from marketplace_ext.federated.panel import RoundPanel, metric_series
@@ -374,4 +380,12 @@ def test_round_panel_shows_the_round_the_chart_and_the_budget():
     assert "2 units: a, b" in panel.status.value and "&lt;A-E&gt;" in panel.status.value
     assert "&epsilon; = 2.50" in panel.budget.value
     assert panel.button.disabled is False  # b has not sent its update yet
+    assert bytes(panel.chart.value).startswith(b"\x89PNG")
     assert metric_series(_StubClient().metrics(1), "auc") == {"a": [(1, 0.6)], "b": [(1, 0.7)]}
+
+    seen = []
+    panel = RoundPanel(_StubClient(), 1, lambda v: (v + 1, 4), on_result=seen.append)
+    panel._run_round()
+    wait_until(lambda: seen, timeout=10)
+    assert seen[0].weight == 4 and list(seen[0].mean_update) == [1.0, 1.0, 1.0]
+    assert "round 2: 2 units, total weight 7" in panel.log.value

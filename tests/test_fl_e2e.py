@@ -221,3 +221,47 @@ def test_five_units_three_rounds_through_the_service(platform_proc, tmp_path):
         checked += len(texts) + len(blobs)
     assert checked > 100
 
+
+
+def test_guided_notebooks_open_a_project_and_join_it(platform_proc, tmp_path):
+    """initiator.ipynb opens a project and waits for a partner, wrapping its key; meanwhile
+    partner.ipynb joins, gets the wrapped key, loads its unit's data and shows the round
+    panel; the initiator then starts round 1."""
+    url, logins = platform_proc.url, platform_proc.logins()
+    remote = platform_proc.env["MARKET_SPARK_REMOTE"]
+    markets = {u: market_as(url, f"publisher-{u}", logins[f"publisher-{u}"]) for u in "ab"}
+    homes = {u: tmp_path / f"home-{u}" for u in "ab"}
+    name = project_name("guided")
+    papermill = str(ROOT / ".venv" / "bin" / "papermill")
+    with open(tmp_path / "initiator.log", "wb") as log:
+        initiator = subprocess.Popen(
+            [papermill, str(NOTEBOOK.with_name("initiator.ipynb")), "initiator.ipynb",
+             "-k", "grid-python", "--start-timeout", "300", "-p", "name", name,
+             "-p", "weeks", "8", "-p", "rounds", "1", "-p", "quorum", "2",
+             "-p", "expected_partners", "1", "-p", "wait_seconds", "300"],
+            env=partner_env(markets["a"], homes["a"], "a", remote), cwd=tmp_path, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        b = FederatedClient(markets["b"], home=homes["b"], progress=False)
+        deadline = time.monotonic() + 240
+        while not (found := [p for p in b.projects() if p["name"] == name]):
+            assert initiator.poll() is None, (tmp_path / "initiator.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the initiator notebook opened no project"
+            time.sleep(1)
+        pid = found[0]["id"]
+        partner = subprocess.run(
+            [papermill, str(NOTEBOOK.with_name("partner.ipynb")), str(tmp_path / "partner.ipynb"),
+             "-k", "grid-python", "--start-timeout", "300", "--execution-timeout", "300",
+             "-p", "project", str(pid)],
+            env=partner_env(markets["b"], homes["b"], "b", remote), cwd=tmp_path,
+            capture_output=True, text=True, timeout=600)
+        assert partner.returncode == 0, partner.stderr[-3000:]
+        assert initiator.wait(300) == 0, (tmp_path / "initiator.log").read_text()[-3000:]
+    finally:
+        if initiator.poll() is None:
+            os.killpg(initiator.pid, signal.SIGKILL)
+            initiator.wait()
+    info = b.project(pid)
+    assert info["state"] == "running" and info["round"]["number"] == 1
+    assert b.holds_key(info)  # unwrapped into b's home from what a's notebook wrapped
+    assert {m["unit"] for m in info["members"]} == {"a", "b"}

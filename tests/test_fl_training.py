@@ -351,6 +351,8 @@ def test_experiment_command_line(tmp_path, capsys):
         "1",
         "--local-epochs",
         "1",
+        "--epochs",
+        "1",
         "--weeks",
         "8",
         "--out",

@@ -189,29 +189,24 @@ def frames_from_spark(
     day, found server-side) and drops missing readings, so a unit ships about ``weeks * 7`` rows
     per customer instead of its whole history. ``weeks=None`` reads every reading.
     """
-    from pyspark.sql import functions as F
-
+    # SQL text rather than pyspark.sql.functions: those need the Connect mode switched on
+    # process-wide, and a session handed in by the platform does not imply it
     if not isinstance(database, str) or not _IDENTIFIER.match(database):
         raise FeatureError(f"database must be a plain identifier, got {database!r}")
-    readings = spark.table(f"`{database}`.`consumption_daily`").select("customer_id", "day", "kwh")
+    readings = f"`{database}`.`consumption_daily`"
+    where = ""
     if weeks is not None:
         if end is None:
-            last = readings.agg(F.max("day").alias("end")).collect()[0]["end"]
+            last = spark.sql(f"SELECT max(day) AS last_day FROM {readings}").collect()[0][0]
             if last is None:
                 raise FeatureError(f"{database}.consumption_daily is empty")
-            end = np.datetime64(pd.Timestamp(last).date(), "D")
-        end = np.datetime64(end, "D")
+            end = pd.Timestamp(last).date()
+        end = np.datetime64(end, "D")  # a date, so the literals below are only digits and dashes
         start = window_start(end, weeks)
-        readings = readings.where(
-            (F.col("day") >= F.lit(str(start)).cast("date"))
-            & (F.col("day") <= F.lit(str(end)).cast("date"))
-            & F.col("kwh").isNotNull()
-        )
-    consumption = readings.toPandas()
+        where = f" WHERE day BETWEEN DATE'{start}' AND DATE'{end}' AND kwh IS NOT NULL"
+    consumption = spark.sql(f"SELECT customer_id, day, kwh FROM {readings}{where}").toPandas()
     consumption["day"] = pd.to_datetime(consumption["day"])
-    labels = (
-        spark.table(f"`{database}`.`theft_labels`").select("customer_id", "is_thief").toPandas()
-    )
+    labels = spark.sql(f"SELECT customer_id, is_thief FROM `{database}`.`theft_labels`").toPandas()
     return UnitFrames(consumption=consumption, labels=labels)
 
 

@@ -5,11 +5,17 @@ have sent their update against the quorum), the members, a "Train and submit" bu
 this unit's round in a background thread (the kernel stays responsive while the round waits for
 the others), a live chart of every unit's validation metric per round and, with differential
 privacy, the privacy budget this unit has spent.
+
+Background threads only ever set widget values (HTML text, the chart's PNG bytes): an Output
+widget's ``with out:`` capture follows the *current cell's* message, so used from a thread it
+would put output in the wrong place.
 """
 
 from __future__ import annotations
 
+import copy
 import html
+import io
 import threading
 import time
 from collections.abc import Callable
@@ -80,8 +86,8 @@ class RoundPanel:
         self.button = w.Button(description="Train and submit", button_style="primary",
                                icon="upload")
         self.button.on_click(lambda _: self._run_round())
-        self.log = w.Output(layout={"max_height": "12em", "overflow": "auto"})
-        self.chart = w.Output()
+        self.log = w.HTML(layout={"max_height": "12em", "overflow": "auto"})
+        self.chart = w.Image(format="png", layout={"max_width": "640px"})
         self.widget = w.VBox([self.status, self.budget, self.button, self.log, self.chart])
         self._stop = threading.Event()
         self._busy = False
@@ -129,25 +135,10 @@ class RoundPanel:
         if series == self._charted:
             return
         self._charted = series
-        import matplotlib
+        self.chart.value = chart_png(series, self.metric)
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from IPython.display import clear_output, display
-
-        fig, ax = plt.subplots(figsize=(6, 3))
-        for unit, points in sorted(series.items()):
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=unit)
-        ax.set_xlabel("round")
-        ax.set_ylabel(self.metric)
-        ax.set_title(f"validation {self.metric} per unit")
-        if series:
-            ax.legend(loc="best", fontsize="small")
-        fig.tight_layout()
-        with self.chart:
-            clear_output(wait=True)
-            display(fig)
-        plt.close(fig)
+    def say(self, line: str) -> None:
+        self.log.value += f"<div>{html.escape(line)}</div>"
 
     def _run_round(self) -> None:
         if self._busy:
@@ -157,21 +148,43 @@ class RoundPanel:
 
         def work() -> None:
             started = time.monotonic()
-            with self.log:
-                try:
-                    result = self.fl.run_round(self.project, self.train, timeout=self.timeout)
-                    if result is None:
-                        print("the project has finished")
-                        return
-                    self.results.append(result)
-                    print(f"round {result.number}: {result.parties} units, total weight "
-                          f"{result.total_weight}, {time.monotonic() - started:.0f}s")
-                    if self.on_result is not None:
-                        self.on_result(result)
-                except Exception as e:
-                    print(f"round failed: {e}")
-                finally:
-                    self._busy = False
-            self.refresh()
+            # no progress bars from this thread (they would land in whatever cell runs now)
+            quiet = copy.copy(self.fl)
+            quiet.progress = False
+            try:
+                self.say("training, encrypting and uploading; then waiting for the others ...")
+                result = quiet.run_round(self.project, self.train, timeout=self.timeout)
+                if result is None:
+                    self.say("the project has finished")
+                    return
+                self.results.append(result)
+                self.say(f"round {result.number}: {result.parties} units, total weight "
+                         f"{result.total_weight}, {time.monotonic() - started:.0f}s")
+                if self.on_result is not None:
+                    self.on_result(result)
+            except Exception as e:
+                self.say(f"round failed: {e}")
+            finally:
+                self._busy = False
+                self.refresh()
 
         threading.Thread(target=work, name="fl-round", daemon=True).start()
+
+
+def chart_png(series: dict[str, list[tuple[int, float]]], metric: str) -> bytes:
+    """A small line chart of ``{unit: [(round, value)]}`` as PNG bytes (matplotlib, Agg)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3))
+    ax = fig.subplots()
+    for unit, points in sorted(series.items()):
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=unit)
+    ax.set_xlabel("round")
+    ax.set_ylabel(metric)
+    ax.set_title(f"validation {metric} per unit")
+    if series:
+        ax.legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    return buf.getvalue()
