@@ -278,6 +278,7 @@ def run_pooled(data: Mapping[str, UnitData], spec: Mapping[str, Any], cfg: Confi
         epochs=cfg.epochs,
         lr=cfg.lr,
         batch_size=cfg.batch_size,
+        optimizer=cfg.optimizer,
         seed=_seed(cfg.seed, 2),
     )
     seconds = time.perf_counter() - t
