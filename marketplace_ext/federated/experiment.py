@@ -66,6 +66,7 @@ ARM_LABELS = {
     "alone": "Each unit alone",
     "federated": "Federated (FedAvg)",
     "federated_encrypted": "Federated, packed Paillier",
+    "federated_service": "Federated via the service, packed Paillier",
     "pooled": "Pooled (centralised)",
 }
 SPLITS = ("balanced", "natural")
@@ -345,7 +346,8 @@ def run_federated(
 
 
 def run_once(
-    cfg: Config, encrypted: bool = False, data_dir: Path | str | None = None
+    cfg: Config, encrypted: bool = False, data_dir: Path | str | None = None,
+    service: bool = False,
 ) -> dict[str, Any]:
     t = time.perf_counter()
     data = prepare(cfg, data_dir)
@@ -368,6 +370,21 @@ def run_once(
         arm = run_federated(data, spec, cfg, aggregate=agg)
         arm.extra["encryption"] = agg.report()
         arms["federated_encrypted"] = arm
+    if service:
+        from marketplace_ext.federated.service_round import ServiceAggregate, demo_platform
+
+        max_train = max(len(d.train) for d in data.values())
+        with demo_platform() as (url, logins):
+            agg = ServiceAggregate(
+                url, {u: logins[u] for u in data}, spec, cfg.seed, rounds=cfg.rounds,
+                clip=packing_clip(cfg, max_train), max_weight=max_train, bits=cfg.quant_bits,
+                key_bits=cfg.key_bits)
+            try:
+                arm = run_federated(data, spec, cfg, aggregate=agg)
+            finally:
+                agg.close()
+        arm.extra["service"] = agg.report()
+        arms["federated_service"] = arm
     arms["pooled"] = run_pooled(data, spec, cfg)
     return {
         "seed": cfg.seed,
@@ -489,6 +506,7 @@ def plot(
         "alone": "#9e9e9e",
         "federated": "#1f77b4",
         "federated_encrypted": "#17becf",
+        "federated_service": "#9467bd",
         "pooled": "#2ca02c",
     }
     arms = list(summary)
@@ -612,6 +630,13 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Name
         action="store_true",
         help="add a federated arm aggregated through packed Paillier",
     )
+    p.add_argument(
+        "--service",
+        action="store_true",
+        help="add a federated arm aggregated through the real service: a throw-away platform "
+        "with units a-e, one partner client per unit encrypting its update, the service "
+        "summing ciphertexts",
+    )
     p.add_argument("--key-bits", type=int, default=d.key_bits)
     p.add_argument("--quant-bits", type=int, default=d.quant_bits)
     p.add_argument(
@@ -677,7 +702,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = []
     for k in range(args.repeats):
         run_cfg = Config(**{**asdict(cfg), "seed": cfg.seed + k})
-        runs.append(run_once(run_cfg, encrypted=args.encrypted))
+        runs.append(run_once(run_cfg, encrypted=args.encrypted, service=args.service))
         arms = runs[-1]["arms"]
         print(
             f"seed {run_cfg.seed}: prepare {runs[-1]['prepare_seconds']:.1f} s, "
@@ -698,6 +723,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra = runs[0]["arms"][arm]["extra"]
         if "encryption" in extra:
             print(f"{ARM_LABELS[arm]}, encryption: {json.dumps(extra['encryption'])}")
+        if "service" in extra:
+            print(f"{ARM_LABELS[arm]}: {json.dumps(extra['service'])}")
         if "dp" in extra:
             print(f"{ARM_LABELS[arm]}, differential privacy: {json.dumps(extra['dp'])}")
     if args.out:
