@@ -45,6 +45,8 @@ from . import keys, packing
 
 DEFAULT_HOME = Path("~/.grid-market/fl")
 ENCRYPT_CHUNK = 16  # ciphertexts per progress step
+MAX_POOL = 4096  # obfuscators kept ready: 2 MiB for 2048-bit keys
+DECRYPT_WORKERS = 2  # gmpy2 releases the GIL: decryption uses both cores
 
 
 class FederatedError(RuntimeError):
@@ -135,6 +137,7 @@ class FederatedClient:
         self.poll = poll
         self._unit: str | None = None
         self._private: dict[str, Any] = {}
+        self._encryptors: dict[str, packing.Encryptor] = {}
 
     def __repr__(self) -> str:
         return f"FederatedClient({self.market!r}, home={str(self.home)!r})"
@@ -354,6 +357,26 @@ class FederatedClient:
                                      f"open within {timeout:.0f}s")
             time.sleep(self.poll)
 
+    def encryptor(self, project: dict) -> packing.Encryptor:
+        """The project's encryptor, its pool of obfuscators (r^n mod n^2, one per ciphertext of
+        an update) filling in a background thread from the first call: started before local
+        training, the update's encryption then mostly takes ready obfuscators."""
+        fingerprint = project["key_fingerprint"]
+        encryptor = self._encryptors.get(fingerprint)
+        if encryptor is None:
+            spec = self.spec(project)
+            encryptor = packing.Encryptor(self.public_key(project), self.private_key(project),
+                                          pool_size=min(spec.ciphertexts, MAX_POOL))
+            encryptor.start_pool()
+            self._encryptors[fingerprint] = encryptor
+        return encryptor
+
+    def close(self) -> None:
+        """Stop the background obfuscator pools."""
+        for encryptor in self._encryptors.values():
+            encryptor.stop()
+        self._encryptors.clear()
+
     def encrypt_update(self, project: dict, vector: np.ndarray,
                        weight: int) -> packing.PackedUpdate:
         """Clip, quantize, pack and encrypt ``vector`` weighted by ``weight`` (with the private
@@ -363,23 +386,20 @@ class FederatedClient:
         if vector.shape != (spec.length,):
             raise FederatedError(f"the update has shape {vector.shape}; the project's model has "
                                  f"{spec.length} values")
-        public_key = self.public_key(project)
         step = spec.slots * ENCRYPT_CHUNK
         bar = _progress(spec.ciphertexts, "encrypt", "ct", self.progress)
         ciphertexts, clipped = [], 0
-        encryptor = packing.Encryptor(public_key, self.private_key(project),
-                                      pool_size=min(spec.ciphertexts, 256))
-        with encryptor:
-            # slots are laid out in order, so packing a slice that starts on a plaintext boundary
-            # with a spec of the slice's length gives exactly those plaintexts' ciphertexts
-            for start in range(0, spec.length, step):
-                part = vector[start:start + step]
-                sub = dataclasses.replace(spec, length=len(part))
-                packed = packing.pack_update(sub, part, weight, encryptor)
-                ciphertexts.extend(packed.ciphertexts)
-                clipped += packed.clipped
-                if bar is not None:
-                    bar.update(len(packed.ciphertexts))
+        encryptor = self.encryptor(project)
+        # slots are laid out in order, so packing a slice that starts on a plaintext boundary
+        # with a spec of the slice's length gives exactly those plaintexts' ciphertexts
+        for start in range(0, spec.length, step):
+            part = vector[start:start + step]
+            sub = dataclasses.replace(spec, length=len(part))
+            packed = packing.pack_update(sub, part, weight, encryptor)
+            ciphertexts.extend(packed.ciphertexts)
+            clipped += packed.clipped
+            if bar is not None:
+                bar.update(len(packed.ciphertexts))
         if bar is not None:
             bar.close()
         return packing.PackedUpdate(ciphertexts, clipped, int(weight))
@@ -416,7 +436,8 @@ class FederatedClient:
         spec = self.spec(project)
         mean = packing.unpack_aggregate(
             spec, packing.ciphertexts_from_bytes(spec, data), self.private_key(project),
-            int(headers["X-FL-Total-Weight"]), int(headers["X-FL-Parties"]))
+            int(headers["X-FL-Total-Weight"]), int(headers["X-FL-Parties"]),
+            workers=DECRYPT_WORKERS)
         buf = io.BytesIO()
         np.save(buf, mean)
         _write_private(path, buf.getvalue())
@@ -467,6 +488,7 @@ class FederatedClient:
         if rnd is None:
             return None
         info = self.project(project)
+        self.encryptor(info)  # obfuscators are computed while the unit trains
         base = self.global_vector(info, rnd["base_round"])
         update, weight = train(base.copy())
         packed = self.encrypt_update(info, update, weight)

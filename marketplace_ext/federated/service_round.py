@@ -80,6 +80,8 @@ class ServiceAggregate:
 
     def close(self) -> None:
         self.pool.shutdown()
+        for client in self.clients.values():
+            client.close()
 
 
 @contextlib.contextmanager
