@@ -17,7 +17,6 @@ import argparse
 import logging
 import os
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -31,6 +30,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from marketplace_ext.launcher import free_port  # noqa: E402
 from marketplace_ext.platform import DataPlatform, SparkConnectServer  # noqa: E402
 
 QUERY = """
@@ -42,12 +42,6 @@ FROM {table}
 GROUP BY 1
 ORDER BY 1
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def synthetic_consumption(rows: int, seed: int = 7) -> pd.DataFrame:

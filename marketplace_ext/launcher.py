@@ -7,12 +7,15 @@ wait until it answers, seed the demo once, and make sure nothing it started outl
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import requests
@@ -211,6 +214,32 @@ class Platform:
             self.log("Stopping the data platform ...")
             self.spark.stop()
             self.spark = None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def throwaway_platform(**env_extra: str) -> Iterator[tuple[Platform, dict[str, str]]]:
+    """A platform on free ports in a temporary directory with the demo seeded, for benchmarks
+    and experiments; yields (platform, {user: password}). Unless ``MARKET_SPARK_REMOTE`` is
+    passed, no Spark server is started (the endpoint is an unused port)."""
+    var = Path(tempfile.mkdtemp(prefix="market-throwaway-")) / "var"
+    env_extra.setdefault("MARKET_SPARK_REMOTE", f"sc://127.0.0.1:{free_port()}")
+    env = dict(os.environ, MARKET_HUB_API_PORT=str(free_port()),
+               MARKET_PROXY_API_PORT=str(free_port()), MARKET_SERVICE_PORT=str(free_port()),
+               MARKET_LOG_LEVEL="WARN", **env_extra)
+    platform = Platform(var, port=free_port(), env=env, log=lambda *a: None)
+    platform.start()
+    try:
+        accounts = {a["user"]: a["password"]
+                    for a in demo.seed(platform.url, var, log=lambda *a: None)}
+        yield platform, accounts
+    finally:
+        platform.stop()
 
 
 def load_demo_data(platform: Platform) -> None:

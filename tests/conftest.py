@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,18 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from marketplace_ext.launcher import descendants, pid_alive
+from marketplace_ext.launcher import descendants, free_port, pid_alive
 
 sys.path.insert(0, str(Path(__file__).parent))
 from spark_fixtures import *  # noqa: E402, F403  (spark_server, platform: one server a session)
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RunningPlatform:

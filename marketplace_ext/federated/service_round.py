@@ -88,27 +88,8 @@ class ServiceAggregate:
 def demo_platform() -> Iterator[tuple[str, dict[str, tuple[str, str]]]]:
     """A throw-away ``market run`` platform (no Spark: the experiment trains in-process) with
     the demo units; yields (hub URL, {unit: (publisher, password)})."""
-    import os
-    import socket
+    from ..launcher import throwaway_platform
 
-    from .. import demo
-    from ..launcher import Platform
-
-    def free_port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
-    var = Path(tempfile.mkdtemp(prefix="fl-experiment-platform-")) / "var"
-    env = dict(os.environ, MARKET_SPARK_REMOTE=f"sc://127.0.0.1:{free_port()}",
-               MARKET_HUB_API_PORT=str(free_port()), MARKET_PROXY_API_PORT=str(free_port()),
-               MARKET_SERVICE_PORT=str(free_port()), MARKET_LOG_LEVEL="WARN")
-    platform = Platform(var, port=free_port(), env=env, log=lambda *a: None)
-    platform.start()
-    try:
-        accounts = {a["user"]: a["password"]
-                    for a in demo.seed(platform.url, var, log=lambda *a: None)}
+    with throwaway_platform() as (platform, accounts):
         yield platform.url, {u: (f"publisher-{u}", accounts[f"publisher-{u}"])
                              for u in "abcde"}
-    finally:
-        platform.stop()
