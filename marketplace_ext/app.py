@@ -302,6 +302,7 @@ class MarketplaceApp(Application):
             **({"default_endpoint": os.environ["MARKET_SPARK_REMOTE"]}
                if os.environ.get("MARKET_SPARK_REMOTE") else {}),
         )
+        self._version_bundle = remote_run.bundle_for(self.blobs)
         self.envs = EnvironmentBuilder(Path(self.envs_dir), pip_timeout=self.env_pip_timeout)
         # one build at a time: pip on two cores is slow enough once
         self.env_builds = ThreadPoolExecutor(1, thread_name_prefix="env-build")
@@ -330,7 +331,7 @@ class MarketplaceApp(Application):
     def _bundle_for(self, session, run):
         if run.mode == "m2d":
             return m2d.bundle_for(session, self.blobs, run)
-        return remote_run.bundle_for(self.blobs)(session, run)
+        return self._version_bundle(session, run)
 
     def _run_env(self, session, run) -> dict[str, str]:
         env = remote_run.env_for(self.data_platform)(session, run)

@@ -97,9 +97,6 @@ def plan_export(session: Session, platform, caller: Caller, product_name: str, v
     if caller.unit is None:
         raise Forbidden(f"{caller.name} is not a member of any unit", "unit")
     entitlement = points.check(session, get_unit(session, caller.unit), product, "download")
-    if entitlement is not None and entitlement.uses_left is not None \
-            and entitlement.uses_left < 1:
-        raise points.NoEntitlement("this per-use order was used already", "product")
     owner = product.unit.slug
     return ExportPlan(product=product.name, version=product.current_version.version,
                       platform_unit=owner, view=f"{platform.database_for(owner)}.{view}",

@@ -203,12 +203,18 @@ class _StepFailed(Exception):
     """A build step failed; the message is the status's one-line error."""
 
 
+def without_secrets(environ: dict[str, str]) -> dict[str, str]:
+    """``environ`` without the hub's and the service's secrets: what product code (kernels,
+    pip, a wheel's .pth file) may see."""
+    return {k: v for k, v in environ.items()
+            if not k.startswith(SECRET_ENV_PREFIXES)
+            and not any(w in k.upper() for w in SECRET_ENV_WORDS)}
+
+
 def _clean_env() -> dict[str, str]:
     """The service's environment without its secrets: pip and the kernel check run code from
     the packages being installed (a wheel's .pth file runs at every interpreter start)."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(SECRET_ENV_PREFIXES)
-           and not any(w in k.upper() for w in SECRET_ENV_WORDS)}
+    env = without_secrets(dict(os.environ))
     env.pop("VIRTUAL_ENV", None)
     # the service user's ~/.local packages would differ from what a run's kernel sees
     env["PYTHONNOUSERSITE"] = "1"

@@ -64,9 +64,6 @@ def plan_query(session: Session, platform, caller: Caller, product_name: str,
     if caller.unit is None:
         raise Forbidden(f"{caller.name} is not a member of any unit", "unit")
     entitlement = points.check(session, get_unit(session, caller.unit), product, "interface")
-    if entitlement is not None and entitlement.uses_left is not None \
-            and entitlement.uses_left < 1:
-        raise points.NoEntitlement("this per-use order was used already", "product")
     owner = product.unit.slug
     database = platform.database_for(owner)
     grants = frozenset(f"{database}.{v['view']}" for v in product_views(product))

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from . import catalog, certlog, points
 from .auth import SCOPE_PUBLISH, SCOPE_SUBSCRIBE, Caller
 from .errors import Conflict, Forbidden, InvalidField, NotFound, PayloadTooLarge
-from .orm import Entitlement, ModelToDataRequest, Order, Product, Run, Unit, utcnow
+from .orm import ModelToDataRequest, Product, Run, Unit, utcnow
 from .runner import RunRequest, queue_run, validate_parameters
 from .units import get_unit
 
@@ -178,10 +178,7 @@ def submit(session: Session, blobs, caller: Caller, body: dict, notebook: bytes,
     if not isinstance(timeout, int) or isinstance(timeout, bool) or not 1 <= timeout <= max_timeout:
         raise InvalidField(f"timeout_seconds must be an integer from 1 to {max_timeout}",
                            "timeout_seconds")
-    spec = {k: {"name": k, "inferred_type_name": v.get("inferred_type_name"),
-                "default": v.get("default"), "help": v.get("help", "")}
-            for k, v in inspected.items()}
-    parameters = validate_parameters(spec, body.get("parameters", {}))
+    parameters = validate_parameters(inspected, body.get("parameters", {}))
     if caller.unit is None:
         raise Forbidden(f"{caller.name} is not a member of any unit", "unit")
     if product.unit.slug == caller.unit:
@@ -239,22 +236,6 @@ def list_requests(session: Session, caller: Caller, status: str | None = None
     return list(session.scalars(query.limit(200)))
 
 
-def refund_use(session: Session, entitlement_id: int | None, actor: str, reason: str) -> bool:
-    """Give back a per-use order that bought nothing; periods are not refunded."""
-    if entitlement_id is None:
-        return False
-    entitlement = session.get(Entitlement, entitlement_id)
-    order = session.get(Order, entitlement.order_id)
-    if order.plan != "per_use" or order.status == "refunded":
-        return False
-    try:
-        points.refund(session, order, actor, reason[:300])
-    except points.InsufficientPoints as e:  # the supplier spent it meanwhile
-        log.warning("refund of order %s refused: %s", order.id, e)
-        return False
-    return True
-
-
 def decide(session: Session, caller: Caller, request: ModelToDataRequest, body: dict
            ) -> ModelToDataRequest:
     """The owner's publisher approves (queues the run on the owner's platform) or rejects
@@ -284,7 +265,7 @@ def decide(session: Session, caller: Caller, request: ModelToDataRequest, body: 
             entitlement_id=request.entitlement_id))
         request.run_id = run.id
     else:
-        refunded = refund_use(session, request.entitlement_id, caller.name,
+        refunded = points.refund_use(session, request.entitlement_id, caller.name,
                               f"model-to-data request {request.id} rejected: {reason}")
     session.flush()
     certlog.append(session, "m2d", caller.name, caller.unit, request.notebook_sha256,
@@ -322,7 +303,7 @@ def finish(session: Session, blobs, run: Run, max_output_bytes: int) -> None:
             released[path] = sha
     refunded = False
     if run.status != "succeeded":
-        refunded = refund_use(session, request.entitlement_id, "runner",
+        refunded = points.refund_use(session, request.entitlement_id, "runner",
                               f"model-to-data run {run.id} {run.status}")
     request.released, request.withheld = json.dumps(released), json.dumps(withheld)
     product = session.get(Product, run.product_id)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -38,6 +39,8 @@ from .orm import (
     Unit,
     utcnow,
 )
+
+log = logging.getLogger(__name__)
 
 CENTS = 100
 PLAN_PERIODS = {"week": timedelta(days=7), "month": timedelta(days=30),
@@ -298,6 +301,23 @@ def refund(session: Session, order: Order, actor: str, reason: str) -> LedgerTra
         order.entitlement.uses_left = 0
     session.flush()
     return original
+
+
+def refund_use(session: Session, entitlement_id: int | None, actor: str, reason: str) -> bool:
+    """Give back the per-use order behind a use that bought nothing (a failed run, a rejected
+    request); periods and owners' uses are not refunded. False if there was nothing to give
+    back or the supplier no longer holds the points."""
+    if entitlement_id is None:
+        return False
+    order = session.get(Order, session.get(Entitlement, entitlement_id).order_id)
+    if order.plan != "per_use" or order.status == "refunded":
+        return False
+    try:
+        refund(session, order, actor, reason[:300])
+    except InsufficientPoints as e:  # the supplier spent it meanwhile
+        log.warning("refund of order %s refused: %s", order.id, e)
+        return False
+    return True
 
 
 # --- entitlements: the one gate every use goes through -----------------------------------------

@@ -44,9 +44,6 @@ def plan_call(session: Session, caller: Caller, product_name: str, body: dict,
     if caller.unit is None:
         raise Forbidden(f"{caller.name} is not a member of any unit", "unit")
     entitlement = points.check(session, get_unit(session, caller.unit), product, "remote_call")
-    if entitlement is not None and entitlement.uses_left is not None \
-            and entitlement.uses_left < 1:
-        raise points.NoEntitlement("this per-use order was used already", "product")
     version = product.current_version
     return CallPlan(product=product.name, version=version.version, version_id=version.id,
                     bundle_sha256=version.sha256, unit=caller.unit, rows=rows,

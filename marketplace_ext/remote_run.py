@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from . import catalog, certlog, points
 from .auth import SCOPE_SUBSCRIBE, Caller
 from .errors import Forbidden, InvalidField, NotFound
-from .orm import Entitlement, Order, Product, Run, Unit, Version
+from .orm import Product, Run, Unit, Version
 from .runner import RunRequest, queue_run, validate_parameters
 from .units import get_unit
 
@@ -133,17 +133,8 @@ def finish_run(session: Session, run: Run) -> None:
     product = session.get(Product, run.product_id)
     version = session.get(Version, run.version_id)
     unit = session.get(Unit, run.unit_id) if run.unit_id else None
-    refunded = False
-    if run.status in ("failed", "cancelled") and run.entitlement_id:
-        entitlement = session.get(Entitlement, run.entitlement_id)
-        order = session.get(Order, entitlement.order_id)
-        if order.plan == "per_use" and order.status != "refunded":
-            try:
-                points.refund(session, order, "runner", f"run {run.id} {run.status}: "
-                              f"{(run.error or '')[:200]}")
-                refunded = True
-            except points.InsufficientPoints as e:  # the supplier spent it meanwhile
-                log.warning("run %s: refund of order %s refused: %s", run.id, order.id, e)
+    refunded = run.status in ("failed", "cancelled") and points.refund_use(
+        session, run.entitlement_id, "runner", f"run {run.id} {run.status}: {run.error or ''}")
     run.log_index = certlog.append(
         session, "run", run.user, unit.slug if unit else None,
         run.output_sha256 or "none", run=run.id, product=product.name,

@@ -69,6 +69,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .blobs import SHA256_RE, BlobStore
+from .envs import without_secrets
 from .errors import Conflict, InvalidField, MarketError, NotFound
 from .launcher import descendants, pid_alive
 from .orm import Run, Unit, utcnow, write_transaction
@@ -84,10 +85,6 @@ OUTPUT_DIR = "outputs"
 INPUT_DIR = "inputs"
 CONTROL_DIR = ".market-run"
 MARKER_ENV = "GRID_MARKET_RUN"
-# the service's secrets stay out of a product kernel's environment (env_for may add back what a
-# product really needs)
-SECRET_ENV_PREFIXES: tuple[str, ...] = ("JUPYTERHUB_", "MARKET_", "CONFIGPROXY_")
-SECRET_ENV_WORDS: tuple[str, ...] = ("TOKEN", "SECRET", "PASSWORD")
 MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
 RENDER_TIMEOUT = 120.0
 
@@ -335,9 +332,9 @@ def kill_run_processes(root: int | None, workdir: Path, known: dict[int, int | N
 
 
 def _kernel_env(extra: dict[str, str], workdir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(SECRET_ENV_PREFIXES)
-           and not any(w in k.upper() for w in SECRET_ENV_WORDS)}
+    # the service's secrets stay out of a product kernel's environment (env_for may add back
+    # what a product really needs)
+    env = without_secrets(dict(os.environ))
     env.update({str(k): str(v) for k, v in extra.items()})
     env[MARKER_ENV] = str(workdir)
     # the kernel's connection file lives and dies with the run
