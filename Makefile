@@ -1,7 +1,9 @@
 # The one place the set-up steps live. `make run` and `make test` are the two commands.
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
-PYTHON ?= python3.11
+# Debian's interpreter, not one under a 0700 home (pyenv's in /root): notebook servers, Spark
+# servers and sandboxed product code run as other accounts and must be able to execute it
+PYTHON ?= $(shell test -x /usr/bin/python3.11 && echo /usr/bin/python3.11 || echo python3.11)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed

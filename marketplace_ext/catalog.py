@@ -180,6 +180,28 @@ def _on_shelf(product: Product) -> bool:
     return product.current_version is not None and product.current_version.state == ON_SHELF
 
 
+def usable_version(product: Product, caller: Caller, requested: object = None) -> Version:
+    """The version a caller may run, call or send code to: only reviewed code runs on other
+    people's data, so that is the product's current on-shelf version. A version that is not on
+    the shelf (submitted, rejected, off the shelf, an older one) runs only as a preview, for
+    publishers of the owning unit (and operators, who review it). Everyone else gets 403."""
+    if requested is None:
+        version = product.current_version
+        if version is None:
+            raise NotFound(f"{product.name!r} has no version on sale", "version")
+    else:
+        version = get_version(product, str(requested))
+    if version is product.current_version and version.state == ON_SHELF:
+        return version
+    preview = caller.is_operator or (caller.unit == product.unit.slug
+                                     and SCOPE_PUBLISH in caller.scopes)
+    if not preview:
+        raise Forbidden(f"version {version.version} of {product.name!r} is {version.state}, "
+                        "not the reviewed version on the shelf: only publishers of unit "
+                        f"{product.unit.slug!r} may preview it", "version")
+    return version
+
+
 def get_version(product: Product, version: str) -> Version:
     for v in product.versions:
         if v.version == version:

@@ -11,6 +11,7 @@ and a size limit). Submission refuses outputs that would carry table rows (CSV, 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -167,8 +168,7 @@ def submit(session: Session, blobs, caller: Caller, body: dict, notebook: bytes,
     if product.kind != "data":
         raise InvalidField(f"{name!r} is a {product.kind} product; model-to-data runs on data "
                            "products", "product")
-    if product.current_version is None:
-        raise NotFound(f"{name!r} has no version on sale", "product")
+    version = catalog.usable_version(product, caller)
     outputs = _check_outputs(body.get("outputs"))
     purpose = body.get("purpose", "")
     if not isinstance(purpose, str) or len(purpose) > MAX_PURPOSE_CHARS:
@@ -188,7 +188,7 @@ def submit(session: Session, blobs, caller: Caller, body: dict, notebook: bytes,
     entitlement = points.check(session, unit, product, "model_to_data")
     points.consume(session, entitlement)
     request = ModelToDataRequest(
-        product_id=product.id, version_id=product.current_version.id, requester=caller.name,
+        product_id=product.id, version_id=version.id, requester=caller.name,
         requester_unit_id=unit.id, owner_unit_id=product.unit_id, purpose=purpose,
         notebook_sha256=blobs.put(notebook), parameters=json.dumps(parameters, sort_keys=True),
         outputs=json.dumps(outputs), timeout_seconds=timeout,
@@ -198,7 +198,7 @@ def submit(session: Session, blobs, caller: Caller, body: dict, notebook: bytes,
     session.flush()
     request.log_index = certlog.append(
         session, "m2d", caller.name, caller.unit, request.notebook_sha256, request=request.id,
-        event="submitted", product=product.name, version=product.current_version.version,
+        event="submitted", product=product.name, version=version.version,
         outputs=outputs, order=entitlement.order_id if entitlement else None)
     return request
 
@@ -277,9 +277,15 @@ def decide(session: Session, caller: Caller, request: ModelToDataRequest, body: 
 def bundle_for(session: Session, blobs, run: Run) -> tuple[bytes, str, list[str]]:
     """The runner's job of an approved request: the demander's notebook alone."""
     request = session.scalar(select(ModelToDataRequest).where(ModelToDataRequest.run_id == run.id))
+    notebook = blobs.get(request.notebook_sha256)
+    # the owner approved exactly these bytes (the digest was certified at submission and
+    # decision): a blob changed on disk since must not run on the owner's data
+    if hashlib.sha256(notebook).hexdigest() != request.notebook_sha256:
+        raise Conflict(f"the notebook of request {request.id} no longer matches the digest the "
+                       "owner approved", "request")
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr(NOTEBOOK_PATH, blobs.get(request.notebook_sha256))
+        archive.writestr(NOTEBOOK_PATH, notebook)
     return buffer.getvalue(), NOTEBOOK_PATH, json.loads(request.outputs)
 
 

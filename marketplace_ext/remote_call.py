@@ -43,8 +43,8 @@ def plan_call(session: Session, caller: Caller, product_name: str, body: dict,
     check_rows(rows, max_rows)
     if caller.unit is None:
         raise Forbidden(f"{caller.name} is not a member of any unit", "unit")
+    version = catalog.usable_version(product, caller)
     entitlement = points.check(session, get_unit(session, caller.unit), product, "remote_call")
-    version = product.current_version
     return CallPlan(product=product.name, version=version.version, version_id=version.id,
                     bundle_sha256=version.sha256, unit=caller.unit, rows=rows,
                     entitlement_id=entitlement.id if entitlement else None)

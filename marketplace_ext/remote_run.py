@@ -75,16 +75,7 @@ def submit_run(session: Session, caller: Caller, body: dict, default_timeout: in
     if product.kind not in RUNNABLE_KINDS:
         raise InvalidField(f"{name!r} is a {product.kind} product; only applications and tools "
                            "run", "product")
-    requested = body.get("version")
-    owner = caller.unit is not None and product.unit.slug == caller.unit
-    if requested is None:
-        version = product.current_version
-        if version is None:
-            raise NotFound(f"{name!r} has no version on sale", "version")
-    else:
-        version = catalog.get_version(product, str(requested))
-        if version is not product.current_version and not owner:
-            raise NotFound(f"version {requested} of {name!r} is not on sale", "version")
+    version = catalog.usable_version(product, caller, body.get("version"))
     if upload is None and body.get("data", "platform") != "platform":
         raise InvalidField("data must be 'platform' (your unit's data platform), or upload a "
                            "file as multipart field 'data'", "data")

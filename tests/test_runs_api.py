@@ -38,11 +38,10 @@ print(f"rows in unit_{unit}.{table}: {rows}")
 """
 
 
-def publish_counter(pub: Market, op: Market, tmp_path) -> str:
-    name = f"row-counter-{secrets.token_hex(3)}"
-    bundle = new_product("application", name, tmp_path)
+def counter_bundle(name: str, tmp_path: Path, version: str = "0.1.0") -> Path:
+    bundle = new_product("application", name, tmp_path / version)
     manifest = yaml.safe_load((bundle / "product.yaml").read_text())
-    manifest.update(plans=[{"type": "per_use", "price": 10}],
+    manifest.update(plans=[{"type": "per_use", "price": 10}], version=version,
                     outputs=[{"path": "outputs/summary.json", "description": "row count"}])
     (bundle / "product.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
     nb = nbformat.v4.new_notebook()
@@ -56,7 +55,12 @@ def publish_counter(pub: Market, op: Market, tmp_path) -> str:
     nbformat.write(nb, bundle / "main.ipynb")
     for stale in (bundle / "files").glob("*"):
         stale.unlink()
-    version = pub.publish(bundle)["version"]
+    return bundle
+
+
+def publish_counter(pub: Market, op: Market, tmp_path) -> str:
+    name = f"row-counter-{secrets.token_hex(3)}"
+    version = pub.publish(counter_bundle(name, tmp_path))["version"]
     op.review(name, version, "approve")
     return name
 
@@ -255,3 +259,21 @@ def test_product_requirements_get_their_own_environment(shop, tmp_path):
     failed = sub.run(broken, progress=False, poll=0.5)
     assert failed["status"] == "failed" and "environment failed" in failed["error"]
     assert balance(sub) == before
+
+
+
+def test_unreviewed_version_runs_only_as_the_owning_units_preview(shop, platform_proc, tmp_path):
+    """Only reviewed code runs on other people's data: version 1.0.1, submitted but not yet
+    reviewed, is refused (403, field version) to a subscriber of another unit and to one of the
+    owning unit; the owning unit's publisher previews it."""
+    url, logins = platform_proc.url, platform_proc.logins()
+    pub, name = shop["pub"], shop["name"]
+    assert pub.publish(counter_bundle(name, tmp_path, "1.0.1"))["state"] == "submitted"
+    same_unit_subscriber = market_as(url, "subscriber-a", logins["subscriber-a"])
+    for who in (shop["sub"], same_unit_subscriber):
+        with pytest.raises(MarketAPIError) as e:
+            who.run(name, version="1.0.1", wait=False)
+        assert e.value.status == 403 and e.value.field == "version", e.value
+    run = pub.run(name, version="1.0.1", progress=False, poll=0.5)
+    assert run["status"] == "succeeded", run["error"]
+    assert run["version"] == "1.0.1"
