@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from . import catalog, certlog, points
 from .auth import SCOPE_PUBLISH, SCOPE_SUBSCRIBE, Caller
 from .errors import Conflict, Forbidden, InvalidField, NotFound, PayloadTooLarge
+from .ids import parse_id
 from .orm import ModelToDataRequest, Product, Run, Unit, utcnow
 from .runner import RunRequest, queue_run, validate_parameters
 from .units import get_unit
@@ -211,8 +212,8 @@ def _owner_side(session: Session, caller: Caller, request: ModelToDataRequest) -
 def get_request(session: Session, caller: Caller, request_id: str) -> ModelToDataRequest:
     """A request its demander's unit, the owner's unit or an operator may see; to anybody else
     it does not exist."""
-    request = (session.get(ModelToDataRequest, int(request_id))
-               if request_id.isdigit() else None)
+    request = session.get(ModelToDataRequest,
+                          parse_id(request_id, "model-to-data request", "request"))
     if request is None:
         raise NotFound(f"no model-to-data request {request_id!r}", "request")
     requester_unit = session.get(Unit, request.requester_unit_id)

@@ -22,13 +22,14 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import case, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from . import certlog
 from .auth import SCOPE_SUBSCRIBE, Caller
 from .errors import Conflict, Forbidden, InvalidField, MarketError, NotFound
+from .ids import parse_id
 from .orm import (
     Account,
     Entitlement,
@@ -270,7 +271,7 @@ def place_order(session: Session, caller: Caller, rules: EconomyRules, product_n
 
 
 def get_order(session: Session, order_id: str) -> Order:
-    order = session.get(Order, int(order_id)) if order_id.isdigit() else None
+    order = session.get(Order, parse_id(order_id, "order", "order"))
     if order is None:
         raise NotFound(f"no order {order_id!r}", "order")
     return order
@@ -354,12 +355,19 @@ def consume(session: Session, entitlement: Entitlement | None) -> None:
     """Use up one per-use entitlement (periods and owners are unaffected)."""
     if entitlement is None or entitlement.uses_left is None:
         return
-    if entitlement.uses_left <= 0:
-        raise NoEntitlement("this per-use order was used already", "product")
-    entitlement.uses_left -= 1
-    if entitlement.uses_left == 0:
-        entitlement.status = "used"
+    # one conditional UPDATE, not read-modify-write: two concurrent uses of one order (two
+    # service threads, or two replicas on PostgreSQL) cannot both see a use left
     session.flush()
+    taken = session.execute(
+        update(Entitlement)
+        .where(Entitlement.id == entitlement.id, Entitlement.uses_left > 0)
+        .values(uses_left=Entitlement.uses_left - 1,
+                status=case((Entitlement.uses_left == 1, "used"), else_=Entitlement.status))
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    session.refresh(entitlement)
+    if taken != 1:
+        raise NoEntitlement("this per-use order was used already", "product")
 
 
 # --- statements --------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from . import catalog, certlog, points
 from .auth import SCOPE_SUBSCRIBE, Caller
 from .errors import Forbidden, InvalidField, NotFound
+from .ids import parse_id
 from .orm import Product, Run, Unit, Version
 from .runner import RunRequest, queue_run, validate_parameters
 from .units import get_unit
@@ -138,7 +139,7 @@ def finish_run(session: Session, run: Run) -> None:
 
 
 def get_run(session: Session, caller: Caller, run_id: str) -> Run:
-    run = session.get(Run, int(run_id)) if run_id.isdigit() else None
+    run = session.get(Run, parse_id(run_id, "run", "run"))
     if run is None:
         raise NotFound(f"no run {run_id!r}", "run")
     unit = session.get(Unit, run.unit_id) if run.unit_id else None

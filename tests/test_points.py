@@ -13,12 +13,14 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
 from marketplace_ext import dbutil, points
 from marketplace_ext.auth import SCOPE_APPROVE, SCOPE_SUBSCRIBE, Caller
 from marketplace_ext.errors import Conflict, Forbidden, InvalidField, NotFound
 from marketplace_ext.orm import (
     Account,
+    Entitlement,
     LedgerTransfer,
     Order,
     Posting,
@@ -411,3 +413,35 @@ def test_ledger_state_machine(kind, tmp_path, request):
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
     )
     Machine.TestCase().runTest()
+
+
+def test_two_uses_of_one_per_use_order_cannot_both_succeed(session_factory):
+    """points.consume is one conditional UPDATE: a second session that read the entitlement
+    while it still had its use (a concurrent request) is refused once the first has spent it."""
+    with session_factory() as s:
+        write_transaction(s)
+        a, b = make_unit(s, "a"), make_unit(s, "b")
+        product = make_product(s, a, {"per_use": 20})
+        points.place_order(s, subscriber(b), RULES, product.name, "per_use", "race-0001")
+        s.commit()
+        product_id, b_id = product.id, b.id
+    with session_factory() as first, session_factory() as second:
+        late = points.check(second, second.get(Unit, b_id), second.get(Product, product_id),
+                            "remote_run")
+        assert late.uses_left == 1  # read before the first use is spent
+        write_transaction(first)
+        early = points.check(first, first.get(Unit, b_id), first.get(Product, product_id),
+                             "remote_run")
+        points.consume(first, early)
+        first.commit()
+        # PostgreSQL: the UPDATE finds no use left. SQLite refuses to upgrade the stale read
+        # transaction to a write (SQLITE_BUSY_SNAPSHOT, "database is locked"). Either way the
+        # second use does not happen.
+        refused = ((points.NoEntitlement,) if "postgresql" in str(second.get_bind().url)
+                   else (points.NoEntitlement, OperationalError))
+        with pytest.raises(refused):
+            points.consume(second, late)
+        second.rollback()
+    with session_factory() as s:
+        ent = s.get(Entitlement, early.id)
+        assert (ent.uses_left, ent.status) == (0, "used")

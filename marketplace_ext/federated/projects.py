@@ -50,6 +50,7 @@ from .. import certlog
 from ..auth import SCOPE_PUBLISH, Caller
 from ..blobs import BlobStore
 from ..errors import Conflict, Forbidden, InvalidField, NotFound
+from ..ids import parse_id
 from ..orm import Unit, utcnow, write_transaction
 from . import keys, packing
 from .orm import FLAggregate, FLMember, FLMetric, FLProject, FLRound, FLUpdate
@@ -336,11 +337,7 @@ def create_project(session: Session, caller: Caller, req: ProjectRequest,
 
 
 def get_project(session: Session, ident: str | int) -> FLProject:
-    try:
-        pid = int(ident)
-    except (TypeError, ValueError):
-        raise NotFound(f"no federated project {ident!r}", "project") from None
-    project = session.get(FLProject, pid)
+    project = session.get(FLProject, parse_id(ident, "federated project", "project"))
     if project is None:
         raise NotFound(f"no federated project {ident!r}", "project")
     return project

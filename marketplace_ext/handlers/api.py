@@ -21,6 +21,7 @@ from ..auth import SCOPE_APPROVE
 from ..downloads import deliver_file, plan_export, record_export
 from ..errors import InvalidField, NotFound, PayloadTooLarge
 from ..hubapi import ROLE_GROUPS
+from ..ids import parse_id
 from ..openapi import openapi_document
 from ..orm import write_transaction
 from ..publishing import publish_upload
@@ -337,9 +338,7 @@ class CheckpointHandler(APIHandler):
 class LogEntryHandler(APIHandler):
     @web.authenticated
     def get(self, index):
-        if not index.isdigit():
-            raise InvalidField("index must be a non-negative integer", "index")
-        self.write_json(self.market.tlog.entry(self.db, int(index)))
+        self.write_json(self.market.tlog.entry(self.db, parse_id(index, "log entry", "index")))
 
 
 class InclusionProofHandler(APIHandler):
