@@ -250,8 +250,14 @@ def test_shelf_and_product_pages(hub_url, logins):
     filtered = browser.http.get(browser.url("services/marketplace/"),
                                 params={"kind": "tool", "q": "tariff"}).text
     assert "Tariff risk prediction" in filtered and "EV charger layout" not in filtered
-    page = browser.http.get(browser.url(
-        "services/marketplace/products/electricity-theft-detection")).text
+    response = browser.http.get(browser.url(
+        "services/marketplace/products/electricity-theft-detection"))
+    page = response.text
     assert 'id="units-using"' in page and "Sharing agreement" in page
+    # every page: a policy with no inline script, and no type sniffing
+    csp = response.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert "<script>" not in page and " onclick=" not in page
     missing = browser.http.get(browser.url("services/marketplace/products/no-such-thing"))
     assert missing.status_code == 404 and "no product" in missing.text

@@ -284,9 +284,7 @@ class FileDownloadHandler(APIHandler):
     def get(self, product, version, path):
         delivery = deliver_file(self.db, self.market.blobs, self.caller, product, version, path)
         self.db.commit()
-        self.set_header("Content-Type", "application/octet-stream")
-        self.set_header("Content-Disposition",
-                        f'attachment; filename="{delivery.filename.replace(chr(34), "")}"')
+        self.set_attachment(delivery.filename)
         self.set_header("X-Content-SHA256", delivery.sha256)
         self.set_header("X-Log-Index", str(delivery.log_index))
         self.finish(delivery.data)
@@ -307,9 +305,8 @@ class ViewExportHandler(APIHandler):
             write_transaction(session)
             digest, index = record_export(session, self.caller, plan, data, rows, truncated)
             session.commit()
-        self.set_header("Content-Type", "text/csv; charset=utf-8" if fmt == "csv"
-                        else "application/vnd.apache.parquet")
-        self.set_header("Content-Disposition", f'attachment; filename="{view}.{fmt}"')
+        self.set_attachment(f"{view}.{fmt}", "text/csv; charset=utf-8" if fmt == "csv"
+                            else "application/vnd.apache.parquet")
         self.set_header("X-Content-SHA256", digest)
         self.set_header("X-Log-Index", str(index))
         self.set_header("X-Rows", str(rows))
@@ -441,7 +438,7 @@ class RunArtifactHandler(APIHandler):
         sha = json.loads(found.artifacts or "{}").get(name)
         if sha is None:
             raise NotFound(f"run {found.id} has no artifact {name!r}", "name")
-        self.set_header("Content-Type", "application/octet-stream")
+        self.set_attachment(name)
         self.set_header("X-Content-SHA256", sha)
         if found.log_index is not None:
             self.set_header("X-Log-Index", str(found.log_index))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+from urllib.parse import quote
 
 from jupyterhub.services.auth import HubOAuthenticated
 from sqlalchemy.orm import Session
@@ -17,6 +19,15 @@ from ..units import unit_of
 log = logging.getLogger("marketplace")
 
 MAX_JSON_BODY = 1024 * 1024
+
+
+def content_disposition(filename: str) -> str:
+    """``attachment`` with an ASCII fallback name and the exact name as RFC 5987 UTF-8
+    (RFC 6266): a header is Latin-1 on the wire, so a name such as '报告.csv' cannot go in
+    ``filename=`` as it is."""
+    name = filename.rsplit("/", 1)[-1] or "download"
+    fallback = re.sub(r'[^A-Za-z0-9._-]', "_", name.encode("ascii", "replace").decode())
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 class BaseHandler(HubOAuthenticated, web.RequestHandler):
@@ -79,6 +90,13 @@ class APIHandler(BaseHandler):
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
+        # files served here are product code's output: never let a browser guess a type
+        self.set_header("X-Content-Type-Options", "nosniff")
+
+    def set_attachment(self, filename: str, content_type: str = "application/octet-stream") -> None:
+        """Serve the response as a download named ``filename`` (RFC 6266 ``filename*``)."""
+        self.set_header("Content-Type", content_type)
+        self.set_header("Content-Disposition", content_disposition(filename))
 
     def write_json(self, data: object, status: int = 200) -> None:
         self.set_status(status)

@@ -102,7 +102,7 @@ class ModelHandler(APIHandler):
     def get(self, project):
         found = projects.get_project(self.db, project)
         projects.require_member(self.db, self.caller, found, "downloading a project's model")
-        self.set_header("Content-Type", "application/zip")
+        self.set_attachment(f"fl-project-{found.id}-model.zip", "application/zip")
         self.set_header("X-Content-SHA256", found.model_sha256)
         self.finish(self.market.blobs.get(found.model_sha256))
 
@@ -228,7 +228,7 @@ class AggregateHandler(APIHandler):
         found = projects.get_project(self.db, project)
         rnd, aggregate = projects.aggregate_of(self.db, self.caller, found,
                                                _round_number(number))
-        self.set_header("Content-Type", "application/octet-stream")
+        self.set_attachment(f"fl-project-{found.id}-round-{rnd.number}-aggregate.bin")
         self.set_header("X-Content-SHA256", aggregate.sha256)
         self.set_header("X-Log-Index", str(aggregate.log_index))
         self.set_header("X-FL-Attempt", str(rnd.attempt))

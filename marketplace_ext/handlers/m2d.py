@@ -57,7 +57,7 @@ class ModelToDataNotebookHandler(APIHandler):
     @web.authenticated
     def get(self, request):
         found = m2d.get_request(self.db, self.caller, request)
-        self.set_header("Content-Type", "application/x-ipynb+json")
+        self.set_attachment(f"m2d-request-{found.id}.ipynb", "application/x-ipynb+json")
         self.set_header("X-Content-SHA256", found.notebook_sha256)
         self.finish(self.market.blobs.get(found.notebook_sha256))
 
@@ -79,9 +79,7 @@ class ModelToDataFileHandler(APIHandler):
     def get(self, request, path):
         found = m2d.get_request(self.db, self.caller, request)
         data, sha = m2d.released_file(self.db, self.market.blobs, self.caller, found, path)
-        self.set_header("Content-Type", "application/octet-stream")
-        self.set_header("Content-Disposition",
-                        f'attachment; filename="{path.rsplit("/", 1)[-1]}"')
+        self.set_attachment(path)
         self.set_header("X-Content-SHA256", sha)
         self.finish(data)
 

@@ -13,7 +13,17 @@ from ..units import get_unit
 from .base import BaseHandler
 
 
+#: no inline script or style anywhere: a product card's README is publisher HTML (sanitized by
+#: nh3), and the policy is the second line of defence if the sanitizer misses something
+PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+            "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'self'")
+
+
 class PageHandler(BaseHandler):
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Security-Policy", PAGE_CSP)
+        self.set_header("X-Content-Type-Options", "nosniff")
+
     def render_template(self, name: str, **ns) -> None:
         template = self.settings["jinja_env"].get_template(name)
         ns.setdefault("prefix", self.market.service_prefix)
