@@ -27,6 +27,7 @@ from .blobs import BlobStore
 from .bundle import BundleLimits
 from .catalog import DEFAULT_TERMS
 from .certlog import TransparencyLog
+from .download_links import DownloadLinks
 from .envs import EnvironmentBuilder
 from .federated import orm as _fl_orm  # noqa: F401  (its tables belong to the metadata)
 from .federated.projects import Coordinator
@@ -294,6 +295,7 @@ class MarketplaceApp(Application):
         self.tmp_dir = var / "tmp"
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self.signer = UnitSigner(read_or_create_secret(var / "marketplace_kek"))
+        self.download_links = DownloadLinks(read_or_create_secret(var / "download_link_key"))
         self.tlog = TransparencyLog(self.log_origin, Path(self.log_key_file),
                                     self.log_witnesses, self.log_quorum)
         # units' data platform endpoints: the DataPlatform traits, or the launcher's environment

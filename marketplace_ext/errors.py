@@ -46,6 +46,11 @@ class NotFound(MarketError):
     code = "not_found"
 
 
+class MethodNotAllowed(MarketError):
+    status = 405
+    code = "method_not_allowed"
+
+
 class Conflict(MarketError):
     """The request contradicts existing state (duplicate slug, user already in another unit)."""
 

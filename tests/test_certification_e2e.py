@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import urljoin
 
 import pytest
 from test_catalog import market_as
@@ -51,16 +52,22 @@ def bought(platform_proc, tmp_path_factory):
 def test_download_verify_and_tamper(bought, tmp_path):
     sub, name = bought["sub"], bought["name"]
     version = sub.product(name)["current_version"]
-    r = sub.http.get(f"{sub.url}api/products/{name}/versions/{version}/files/files/model.json")
+    file_url = f"{sub.url}api/products/{name}/versions/{version}/files/files/model.json"
+    # a GET (an <img> in a product card, a prefetch) never spends the use
+    r = sub.http.get(file_url)
+    assert r.status_code == 405 and r.json()["error"] == "method_not_allowed"
+    fetched = sub.download_file(name, version, "files/model.json", tmp_path / "model.json")
+    r = sub.http.get(urljoin(sub.url, fetched["url"]))
     assert r.status_code == 200, r.text
     import hashlib
 
     assert r.headers["X-Content-SHA256"] == hashlib.sha256(r.content).hexdigest()
+    assert (tmp_path / "model.json").read_bytes() == r.content
     download_index = int(r.headers["X-Log-Index"])
     # the per-use order is used up: a second download needs a new order
-    again = sub.http.get(f"{sub.url}api/products/{name}/versions/{version}/files/README.md")
+    again = sub.http.post(f"{sub.url}api/products/{name}/versions/{version}/files/README.md")
     assert again.status_code == 403 and again.json()["error"] == "no_entitlement"
-    missing = bought["op"].http.get(
+    missing = bought["op"].http.post(
         f"{sub.url}api/products/{name}/versions/{version}/files/../product.yaml")
     assert missing.status_code in (400, 404)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import secrets
+from urllib.parse import urljoin
 
 import nbformat
 import pandas as pd
@@ -176,28 +177,39 @@ def test_model_to_data_refusals_take_no_points(data_product):
 def test_view_export_is_desensitized_and_certified(data_product):
     name, sub = data_product["name"], data_product["sub"]
     path = f"api/products/{name}/views/customers_public/export"
-    r = sub.http.get(sub.url + path)
+    r = sub.http.post(sub.url + path)
     assert r.status_code == 403 and r.json()["error"] == "no_entitlement"
     sub.order(name, "per_use")
     before = balance(sub)
     for fmt, field in (("xlsx", "format"),):
-        r = sub.http.get(sub.url + path, params={"format": fmt})
+        r = sub.http.post(sub.url + path, json={"format": fmt})
         assert r.status_code == 400 and r.json()["field"] == field
-    r = sub.http.get(sub.url + f"api/products/{name}/views/customers/export")
+    r = sub.http.post(sub.url + f"api/products/{name}/views/customers/export")
     assert r.status_code == 404 and r.json()["field"] == "view"  # a source table, not a view
+    # a GET never spends: it is refused, and the use is still there
+    r = sub.http.get(sub.url + path, params={"format": "parquet"})
+    assert r.status_code == 405 and r.json()["error"] == "method_not_allowed"
     assert balance(sub) == before
 
-    r = sub.http.get(sub.url + path, params={"format": "parquet"})
+    link = sub.request("POST", path[len("api/"):], json={"format": "parquet"})
+    r = sub.http.get(urljoin(sub.url, link["url"]))
     assert r.status_code == 200, r.text
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+    assert r.headers["Content-Disposition"].startswith("attachment;")
     import hashlib
 
-    assert hashlib.sha256(r.content).hexdigest() == r.headers["X-Content-SHA256"]
+    assert hashlib.sha256(r.content).hexdigest() == r.headers["X-Content-SHA256"] \
+        == link["sha256"]
+    # the link is the buyer's alone, and fetching it again spends nothing
+    other = data_product["other_pub"]
+    assert other.http.get(urljoin(other.url, link["url"])).status_code == 404
+    assert sub.http.get(urljoin(sub.url, link["url"])).content == r.content
     frame = pd.read_parquet(io.BytesIO(r.content))
     assert list(frame.columns) == ["customer_id", "district", "tariff_class"]
-    assert len(frame) == int(r.headers["X-Rows"]) > 0
+    assert len(frame) == link["rows"] > 0
     assert find_canaries(frame.to_csv()) == []
     index = int(r.headers["X-Log-Index"])
-    assert sub.http.get(sub.url + path).status_code == 403  # the per-use order is spent
+    assert sub.http.post(sub.url + path).status_code == 403  # the per-use order is spent
     import json
     import time
 

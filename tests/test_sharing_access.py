@@ -48,8 +48,8 @@ def test_every_sharing_mode_needs_an_entitlement(gate):
     data, tool, m = gate["data"], gate["tool"], gate["stranger"]
     version = m.product(tool)["current_version"]
     attempts = {
-        "download": ("GET", f"products/{tool}/versions/{version}/files/README.md", None),
-        "export": ("GET", f"products/{data}/views/customers_public/export", None),
+        "download": ("POST", f"products/{tool}/versions/{version}/files/README.md", None),
+        "export": ("POST", f"products/{data}/views/customers_public/export", None),
         "interface": ("POST", f"products/{data}/query",
                       {"sql": "SELECT count(*) FROM customers_public"}),
         "remote_run": ("POST", "runs", {"product": tool}),

@@ -19,7 +19,7 @@ from .. import (
 )
 from ..auth import SCOPE_APPROVE
 from ..downloads import deliver_file, plan_export, record_export
-from ..errors import InvalidField, NotFound, PayloadTooLarge
+from ..errors import InvalidField, MethodNotAllowed, NotFound, PayloadTooLarge
 from ..hubapi import ROLE_GROUPS
 from ..ids import parse_id
 from ..openapi import openapi_document
@@ -279,39 +279,69 @@ class AccountsHandler(APIHandler):
         self.write_json({"accounts": points.all_accounts(self.db)})
 
 
-class FileDownloadHandler(APIHandler):
+class SpendOnPostOnly:
+    """GET of a path that spends a use: refused, so a link or an ``<img>`` never spends."""
+
     @web.authenticated
-    def get(self, product, version, path):
+    def get(self, *args, **kwargs):
+        raise MethodNotAllowed("downloading spends a use, so it takes a POST; its answer "
+                               "carries a short-lived link to GET the file", "method")
+
+
+class FileDownloadHandler(SpendOnPostOnly, APIHandler):
+    @web.authenticated
+    def post(self, product, version, path):
         delivery = deliver_file(self.db, self.market.blobs, self.caller, product, version, path)
+        # stored before the commit: a crash between the two leaves an orphan blob (collected),
+        # never a spent use without its file
+        self.market.blobs.put(delivery.data)
         self.db.commit()
-        self.set_attachment(delivery.filename)
-        self.set_header("X-Content-SHA256", delivery.sha256)
-        self.set_header("X-Log-Index", str(delivery.log_index))
-        self.finish(delivery.data)
+        self._write_link(delivery.sha256, delivery.filename, "application/octet-stream",
+                         delivery.log_index)
+
+    def _write_link(self, sha256: str, filename: str, content_type: str, log_index: int,
+                    **extra) -> None:
+        token, link = self.market.download_links.mint(self.caller.name, sha256, filename,
+                                                      content_type, log_index)
+        self.write_json({"url": f"{self.market.service_prefix}api/downloads/{token}",
+                         "sha256": sha256, "filename": filename, "log_index": log_index,
+                         "expires_in": self.market.download_links.ttl_seconds, **extra})
 
 
-class ViewExportHandler(APIHandler):
+class ViewExportHandler(FileDownloadHandler):
     """A data product's desensitized view as CSV or Parquet (download mode)."""
 
     @web.authenticated
-    async def get(self, product, view):
+    async def post(self, product, view):
         market = self.market
-        fmt = self.get_query_argument("format", "csv")
+        body = self.json_body() if self.request.body else {}
+        fmt = body.get("format", self.get_query_argument("format", "csv"))
         with market.session_factory() as session:
             plan = plan_export(session, market.data_platform, self.caller, product, view, fmt)
         data, rows, truncated = await asyncio.get_running_loop().run_in_executor(
             None, market.data_platform.export_view, plan.platform_unit, plan.view, plan.format)
+        await asyncio.get_running_loop().run_in_executor(None, market.blobs.put, data)
         with market.session_factory() as session:
             write_transaction(session)
             digest, index = record_export(session, self.caller, plan, data, rows, truncated)
             session.commit()
-        self.set_attachment(f"{view}.{fmt}", "text/csv; charset=utf-8" if fmt == "csv"
-                            else "application/vnd.apache.parquet")
-        self.set_header("X-Content-SHA256", digest)
-        self.set_header("X-Log-Index", str(index))
-        self.set_header("X-Rows", str(rows))
-        self.set_header("X-Truncated", "true" if truncated else "false")
-        self.finish(data)
+        self._write_link(digest, f"{view}.{fmt}", "text/csv; charset=utf-8" if fmt == "csv"
+                         else "application/vnd.apache.parquet", index, rows=rows,
+                         truncated=truncated)
+
+
+class DownloadLinkHandler(APIHandler):
+    """The file behind a link minted by a download or export POST: free, as often as needed,
+    for the user it was minted for, until it expires."""
+
+    @web.authenticated
+    def get(self, token):
+        link = self.market.download_links.open(token, self.caller.name)
+        self.set_attachment(link.filename, link.content_type)
+        self.set_header("X-Content-SHA256", link.sha256)
+        if link.log_index is not None:
+            self.set_header("X-Log-Index", str(link.log_index))
+        self.finish(self.market.blobs.get(link.sha256))
 
 
 class LogKeyHandler(APIHandler):
@@ -499,6 +529,7 @@ default_handlers = [
     (r"/api/products/(?P<product>[^/]+)/versions/(?P<version>[^/]+)/files/(?P<path>.+)",
      FileDownloadHandler),
     (r"/api/products/(?P<product>[^/]+)/views/(?P<view>[^/]+)/export", ViewExportHandler),
+    (r"/api/downloads/(?P<token>[A-Za-z0-9_.-]+)", DownloadLinkHandler),
     (r"/api/log/key", LogKeyHandler),
     (r"/api/log/checkpoint", CheckpointHandler),
     (r"/api/log/entries/(?P<index>[^/]+)", LogEntryHandler),
