@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import market_as
 from notebook_client import execute, spawn_server, stop_server
 
 from marketplace_ext import signing
@@ -20,10 +21,6 @@ from marketplace_ext.hubsession import HubSession
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = f"meter-check-{secrets.token_hex(2)}"
-
-
-def market_as(hub_url: str, user: str, password: str) -> Market:
-    return Market.login(hub_url, user, password, note=f"test {user}")
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,7 @@ from pathlib import Path
 from urllib.parse import urljoin
 
 import pytest
-from test_catalog import market_as
-from test_orders_api import publish_on_shelf
+from helpers import market_as, publish_on_shelf
 
 from marketplace_ext.client import MarketAPIError
 

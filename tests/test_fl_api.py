@@ -6,32 +6,17 @@ reopened when too few did."""
 from __future__ import annotations
 
 import base64
-import secrets
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
-from test_catalog import market_as
+from helpers import market_as, project_name, save_model
 
 from marketplace_ext.client import Market, MarketAPIError
 from marketplace_ext.federated import keys, packing
 from marketplace_ext.federated.client import FederatedClient, FederatedError, bundle_zip
-
-TINY_MODEL = {"weeks": 2, "pool_weeks": 1, "conv": 1, "wide": 1, "hidden": 1}
-
-
-def save_model(directory: Path, spec: dict = TINY_MODEL, seed: int = 0) -> Path:
-    from marketplace_ext.federated.model import build_model, save_bundle
-
-    if not (directory / "model.json").exists():
-        save_bundle(build_model(spec, seed=seed), spec, directory)
-    return directory
-
-
-def project_name(prefix: str = "fl") -> str:
-    return f"{prefix}-{secrets.token_hex(4)}"
 
 
 def upload(m: Market, project: int, number: int, data: bytes, **params) -> requests.Response:

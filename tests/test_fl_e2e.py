@@ -16,8 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from test_catalog import market_as
-from test_fl_api import project_name, save_model
+from helpers import market_as, project_name, save_model
 
 from marketplace_ext.federated import packing
 from marketplace_ext.federated.client import FederatedClient

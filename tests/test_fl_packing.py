@@ -250,8 +250,13 @@ def test_check_ciphertexts_refuses_wrong_counts(upload):
 
 
 def test_check_ciphertexts_accepts_mpz(upload):
+    """gmpy2 integers are integers: accepted by the check, and aggregated exactly as ints."""
     spec, cts = upload
-    packing.check_ciphertexts(spec, [gmpy2.mpz(c) for c in cts])
+    as_mpz = [gmpy2.mpz(c) for c in cts]
+    assert packing.check_ciphertexts(spec, as_mpz) is None
+    assert packing.add_encrypted(spec, [as_mpz, cts]) == packing.add_encrypted(spec, [cts, cts])
+    with pytest.raises(CiphertextOutOfRange, match="ciphertext 0"):
+        packing.check_ciphertexts(spec, [gmpy2.mpz(0)] + as_mpz[1:])
 
 
 def test_add_encrypted_refuses(upload):

@@ -289,7 +289,6 @@ def test_clip_and_noise_bounds_the_update():
 
 
 def test_dp_epsilon():
-    pytest.importorskip("opacus")
     eps = T.dp_epsilon(1.0, 20, 1e-5)
     # full participation: no better than the plain Gaussian-mechanism RDP bound at some order
     alphas = np.linspace(1.5, 200, 2000)
@@ -328,7 +327,6 @@ def test_fedavg_over_two_units_beats_chance():
 
 
 def test_packed_paillier_aggregate_matches_plaintext():
-    pytest.importorskip("marketplace_ext.federated.packing")
     agg = E.PackedPaillierAggregate(
         length=40, max_parties=3, max_weight=100, clip=0.1, key_bits=512
     )

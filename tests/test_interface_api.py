@@ -9,7 +9,7 @@ import secrets
 import pytest
 import yaml
 from canaries import find_canaries
-from test_catalog import market_as
+from helpers import market_as
 
 from marketplace_ext.bundle import new_product
 from marketplace_ext.client import Market, MarketAPIError

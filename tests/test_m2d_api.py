@@ -13,53 +13,14 @@ import io
 import secrets
 from urllib.parse import urljoin
 
-import nbformat
 import pandas as pd
 import pytest
 import yaml
 from canaries import find_canaries
-from test_catalog import market_as
+from helpers import market_as, training_notebook
 
 from marketplace_ext.bundle import new_product
 from marketplace_ext.client import Market, MarketAPIError
-
-TRAIN = """\
-# <b>trains</b> a one-feature theft model
-import json, os
-import numpy as np
-import torch
-from pyspark.sql import SparkSession
-spark = SparkSession.builder.getOrCreate()
-spark.catalog.setCurrentDatabase(os.environ["UNIT_DATABASE"])
-customers = spark.table("customers").toPandas()
-print(customers.head(50).to_string())  # the executed notebook shows private rows: owner only
-daily = spark.table("consumption_daily").groupBy("customer_id").avg("kwh").toPandas()
-labels = spark.table("theft_labels").toPandas()
-frame = daily.merge(labels, on="customer_id")
-x = torch.tensor(frame[["avg(kwh)"]].to_numpy(), dtype=torch.float32)
-y = torch.tensor(frame["is_thief"].to_numpy(), dtype=torch.float32)
-model = torch.nn.Linear(1, 1)
-optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-for _ in range(epochs):
-    optimizer.zero_grad()
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x).squeeze(1), y)
-    loss.backward()
-    optimizer.step()
-os.makedirs("outputs", exist_ok=True)
-torch.save(model.state_dict(), "outputs/model.pt")
-with open("outputs/metrics.json", "w") as f:
-    json.dump({"loss": float(loss), "rows": len(frame)}, f)
-with open("outputs/extra.json", "w") as f:  # not declared: must not come back
-    json.dump({"first": customers.iloc[0].astype(str).to_dict()}, f)
-"""
-
-
-def training_notebook(code: str = TRAIN) -> dict:
-    nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell("epochs: int = 20")
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell(code)]
-    return nbformat.from_dict(nb)
 
 
 @pytest.fixture(scope="module")

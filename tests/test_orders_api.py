@@ -5,24 +5,10 @@ from __future__ import annotations
 import secrets
 
 import pytest
-import yaml
-from test_catalog import market_as
+from helpers import market_as, publish_on_shelf
 
-from marketplace_ext.bundle import new_product
 from marketplace_ext.client import Market, MarketAPIError
 from marketplace_ext.hubsession import HubSession
-
-
-def publish_on_shelf(publisher: Market, operator: Market, tmp_path, plans: list[dict]) -> str:
-    """A tool of the publisher's unit, approved and on the shelf; returns its name."""
-    name = f"shop-{secrets.token_hex(3)}"
-    bundle = new_product("tool", name, tmp_path)
-    manifest = yaml.safe_load((bundle / "product.yaml").read_text())
-    manifest["plans"] = plans
-    (bundle / "product.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
-    version = publisher.publish(bundle)["version"]
-    operator.review(name, version, "approve")
-    return name
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import RunningPlatform, _new_postgres_db
-from test_catalog import market_as
-from test_orders_api import publish_on_shelf
+from helpers import market_as, publish_on_shelf
 
 from marketplace_ext.client import Market
 

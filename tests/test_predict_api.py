@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 import yaml
-from test_catalog import market_as
+from helpers import market_as
 
 from marketplace_ext.bundle import new_product
 from marketplace_ext.client import MarketAPIError

@@ -13,7 +13,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
-from test_catalog import market_as
+from helpers import market_as
 
 from marketplace_ext.bundle import BundleInvalid, canonical_archive, new_product
 from marketplace_ext.client import Market, MarketAPIError

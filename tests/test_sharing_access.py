@@ -8,8 +8,7 @@ import secrets
 
 import pytest
 import yaml
-from test_catalog import market_as
-from test_m2d_api import training_notebook
+from helpers import market_as, training_notebook
 
 from marketplace_ext.bundle import new_product
 from marketplace_ext.client import Market
