@@ -206,13 +206,17 @@ class Market:
 
     def send_model(self, product: str, notebook: str | Path | dict, outputs: list[str],
                    parameters: dict | None = None, purpose: str = "",
-                   timeout_seconds: int | None = None) -> dict:
+                   timeout_seconds: int | None = None,
+                   output_schemas: dict[str, dict] | None = None) -> dict:
         """Model-to-data: ask the owner of data product ``product`` to run ``notebook`` on its
-        private tables and return the declared ``outputs`` (e.g. ``["outputs/model.pt"]``)."""
+        private tables and return the declared ``outputs`` (e.g. ``["outputs/model.pt"]``).
+        Each ``.json`` output needs a schema in ``output_schemas`` (numbers, booleans, bounded
+        arrays, objects with named properties; no strings)."""
         if not isinstance(notebook, dict):
             notebook = json.loads(Path(notebook).read_text())
         body: dict = {"product": product, "notebook": notebook, "outputs": outputs,
-                      "parameters": parameters or {}, "purpose": purpose}
+                      "parameters": parameters or {}, "purpose": purpose,
+                      "output_schemas": output_schemas or {}}
         if timeout_seconds is not None:
             body["timeout_seconds"] = timeout_seconds
         return self.request("POST", "m2d", json=body)

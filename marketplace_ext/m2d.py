@@ -28,6 +28,14 @@ from . import catalog, certlog, points
 from .auth import SCOPE_PUBLISH, SCOPE_SUBSCRIBE, Caller
 from .errors import Conflict, Forbidden, InvalidField, NotFound, PayloadTooLarge
 from .ids import parse_id
+from .m2d_outputs import (
+    OUTPUT_TYPES,
+    ROW_FORMATS,
+    OutputRefused,
+    check_output,
+    check_output_schemas,
+    error_category,
+)
 from .orm import ModelToDataRequest, Product, Run, Unit, utcnow
 from .runner import RunRequest, queue_run, validate_parameters
 from .units import get_unit
@@ -39,22 +47,7 @@ MAX_OUTPUTS = 5
 MAX_PURPOSE_CHARS = 2000
 NOTEBOOK_PATH = "m2d.ipynb"
 
-# Model formats whose content can be checked, and how: the first bytes, or a JSON parse.
-OUTPUT_TYPES: dict[str, str] = {
-    ".pt": "zip",  # torch.save's zip container
-    ".pth": "zip",
-    ".npz": "zip",
-    ".npy": "npy",
-    ".json": "json",
-}
-# Formats that hold rows of a table: the raw data would walk out.
-ROW_FORMATS = (".csv", ".tsv", ".parquet", ".xlsx", ".xls", ".txt", ".jsonl", ".feather",
-               ".arrow", ".orc", ".avro", ".pkl", ".pickle", ".db", ".sqlite")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-
-
-class OutputRefused(ValueError):
-    """A produced file failed the return checks; it stays with the owner."""
 
 
 def _check_outputs(outputs: object) -> list[str]:
@@ -84,37 +77,6 @@ def _check_outputs(outputs: object) -> list[str]:
             raise InvalidField(f"{path!r} is declared twice", field)
         checked.append(path)
     return checked
-
-
-def check_output(path: str, data: bytes, max_bytes: int) -> None:
-    """Raise :class:`OutputRefused` unless ``data`` is what its declared type says and small
-    enough to be a model."""
-    if len(data) > max_bytes:
-        raise OutputRefused(f"{len(data)} bytes; the limit is {max_bytes}")
-    kind = OUTPUT_TYPES.get(PurePosixPath(path).suffix.lower())
-    if kind == "zip":
-        if not data.startswith(b"PK\x03\x04"):
-            raise OutputRefused("not a zip container (torch.save / numpy.savez)")
-        try:
-            with zipfile.ZipFile(io.BytesIO(data)) as archive:
-                names = archive.namelist()
-        except zipfile.BadZipFile as e:
-            raise OutputRefused(f"a broken zip container: {e}") from None
-        # torch.save's container holds data.pkl by design; tables have no business inside
-        bad = [n for n in names if PurePosixPath(n).suffix.lower() in ROW_FORMATS
-               and PurePosixPath(n).suffix.lower() not in (".pkl", ".pickle")]
-        if bad:
-            raise OutputRefused(f"it contains table files: {', '.join(bad[:3])}")
-    elif kind == "npy":
-        if not data.startswith(b"\x93NUMPY"):
-            raise OutputRefused("not a .npy array")
-    elif kind == "json":
-        try:
-            json.loads(data)
-        except (UnicodeDecodeError, ValueError) as e:
-            raise OutputRefused(f"not valid JSON: {e}") from None
-    else:
-        raise OutputRefused("not a returnable type")
 
 
 def read_notebook(raw: object) -> tuple[bytes, dict]:
@@ -171,6 +133,7 @@ def submit(session: Session, blobs, caller: Caller, body: dict, notebook: bytes,
                            "products", "product")
     version = catalog.usable_version(product, caller)
     outputs = _check_outputs(body.get("outputs"))
+    schemas = check_output_schemas(body.get("output_schemas"), outputs)
     purpose = body.get("purpose", "")
     if not isinstance(purpose, str) or len(purpose) > MAX_PURPOSE_CHARS:
         raise InvalidField(f"purpose must be text of at most {MAX_PURPOSE_CHARS} characters",
@@ -192,7 +155,8 @@ def submit(session: Session, blobs, caller: Caller, body: dict, notebook: bytes,
         product_id=product.id, version_id=version.id, requester=caller.name,
         requester_unit_id=unit.id, owner_unit_id=product.unit_id, purpose=purpose,
         notebook_sha256=blobs.put(notebook), parameters=json.dumps(parameters, sort_keys=True),
-        outputs=json.dumps(outputs), timeout_seconds=timeout,
+        outputs=json.dumps(outputs), output_schemas=json.dumps(schemas, sort_keys=True),
+        timeout_seconds=timeout,
         entitlement_id=entitlement.id if entitlement else None, status="pending",
         released="{}", withheld="{}")
     session.add(request)
@@ -296,6 +260,7 @@ def finish(session: Session, blobs, run: Run, max_output_bytes: int) -> None:
     produced = json.loads(run.artifacts or "{}")
     released: dict[str, str] = {}
     withheld: dict[str, str] = {}
+    schemas = json.loads(request.output_schemas or "{}")
     if run.status == "succeeded":
         for path in json.loads(request.outputs):
             sha = produced.get(path)
@@ -303,7 +268,7 @@ def finish(session: Session, blobs, run: Run, max_output_bytes: int) -> None:
                 withheld[path] = "the notebook did not write it"
                 continue
             try:
-                check_output(path, blobs.get(sha), max_output_bytes)
+                check_output(path, blobs.get(sha), max_output_bytes, schemas.get(path))
             except OutputRefused as e:
                 withheld[path] = str(e)
                 continue
@@ -349,12 +314,15 @@ def request_json(session: Session, caller: Caller, request: ModelToDataRequest, 
         "requester_unit": session.get(Unit, request.requester_unit_id).slug,
         "owner_unit": session.get(Unit, request.owner_unit_id).slug,
         "purpose": request.purpose, "outputs": json.loads(request.outputs),
+        "output_schemas": json.loads(request.output_schemas or "{}"),
         "parameters": json.loads(request.parameters), "status": request.status,
         "decided_by": request.decided_by, "reason": request.reason,
         "notebook_sha256": request.notebook_sha256,
         "created_at": request.created_at.isoformat() + "Z",
         "run": None if run is None else {
-            "status": run.status, "error": run.error,
+            # the error text is the notebook's to write, and can carry the owner's rows
+            "status": run.status,
+            "error": run.error if owner_side else error_category(run.status, run.error),
             "progress": {"cells_done": run.cells_done, "cells_total": run.cells_total},
             # the executed notebook shows the owner's data: it stays on the owner's side
             "id": run.id if owner_side else None,

@@ -499,6 +499,9 @@ class ModelToDataRequest(Base):
     notebook_sha256: Mapped[str] = mapped_column(String(64), nullable=False)  # a blob
     parameters: Mapped[str] = mapped_column(Text, nullable=False, default="{}")  # JSON
     outputs: Mapped[str] = mapped_column(Text, nullable=False)  # JSON list of declared paths
+    # JSON {path: schema} for each declared .json output (m2d_outputs.check_schema)
+    output_schemas: Mapped[str] = mapped_column(Text, nullable=False, default="{}",
+                                                server_default="{}")
     timeout_seconds: Mapped[int] = mapped_column(Integer, nullable=False)
     entitlement_id: Mapped[int | None] = mapped_column(
         ForeignKey("entitlements.id", name="fk_m2d_requests_entitlement_id"), nullable=True

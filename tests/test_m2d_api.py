@@ -10,6 +10,7 @@ only the owner's publishers decide.
 from __future__ import annotations
 
 import io
+import json
 import secrets
 from urllib.parse import urljoin
 
@@ -40,6 +41,59 @@ def data_product(platform_proc, tmp_path_factory):
             "other_pub": market_as(url, "publisher-b", logins["publisher-b"])}
 
 
+METRICS_SCHEMA = {"type": "object", "properties": {"loss": {"type": "number"},
+                                                   "rows": {"type": "integer"}}}
+
+LEAKS = """\
+import json, os
+import torch
+from pyspark.sql import SparkSession
+spark = SparkSession.builder.getOrCreate()
+spark.catalog.setCurrentDatabase(os.environ["UNIT_DATABASE"])
+customers = spark.table("customers").toPandas()
+os.makedirs("outputs", exist_ok=True)
+torch.save(customers, "outputs/model.pt")  # a pickled DataFrame, not tensors
+with open("outputs/metrics.json", "w") as f:  # the table as JSON, schema or not
+    json.dump({"loss": 0.5, "rows": len(customers), "table": customers.to_json()}, f)
+"""
+
+RAISES = """\
+import os
+from pyspark.sql import SparkSession
+spark = SparkSession.builder.getOrCreate()
+spark.catalog.setCurrentDatabase(os.environ["UNIT_DATABASE"])
+raise ValueError(spark.table("customers").toPandas().to_csv())
+"""
+
+
+def test_model_to_data_egress_carries_no_rows(data_product):
+    """Ways to smuggle the owner's rows out: a pickled DataFrame as model.pt, the table inside
+    a declared JSON file, the table in an error message. Each stays with the owner."""
+    name, sub, pub = data_product["name"], data_product["sub"], data_product["pub"]
+    sub.order(name, "per_use")
+    request = sub.send_model(name, training_notebook(LEAKS),
+                             ["outputs/model.pt", "outputs/metrics.json"],
+                             output_schemas={"outputs/metrics.json": METRICS_SCHEMA})
+    pub.decide_model(request["id"], "approve")
+    done = sub.wait_model(request["id"], timeout=300, poll=0.5)
+    assert done["run"]["status"] == "succeeded", done["run"]["error"]
+    assert done["released"] == {}
+    assert set(done["withheld"]) == {"outputs/model.pt", "outputs/metrics.json"}
+    assert "not only tensors" in done["withheld"]["outputs/model.pt"]
+    assert "schema" in done["withheld"]["outputs/metrics.json"]
+    assert find_canaries(json.dumps(done)) == []
+
+    sub.order(name, "per_use")
+    request = sub.send_model(name, training_notebook(RAISES), ["outputs/model.pt"])
+    pub.decide_model(request["id"], "approve")
+    done = sub.wait_model(request["id"], timeout=300, poll=0.5)
+    assert done["run"]["status"] == "failed"
+    assert "data owner can read the error" in done["run"]["error"]
+    assert find_canaries(json.dumps(done)) == []
+    owner_view = pub.request("GET", f"m2d/{request['id']}")
+    assert find_canaries(owner_view["run"]["error"])  # the owner reads the real text
+
+
 def balance(m: Market) -> str:
     return m.request("GET", f"units/{m.me()['unit']['slug']}/account")["balance"]
 
@@ -53,7 +107,8 @@ def test_model_to_data_returns_only_the_declared_model(data_product, tmp_path):
     sub.order(name, "per_use")
     request = sub.send_model(name, training_notebook(), ["outputs/model.pt",
                                                          "outputs/metrics.json"],
-                             parameters={"epochs": 30}, purpose="theft model on avg kWh")
+                             parameters={"epochs": 30}, purpose="theft model on avg kWh",
+                             output_schemas={"outputs/metrics.json": METRICS_SCHEMA})
     assert request["status"] == "pending" and request["owner_unit"] == "a"
     # the owner reads the code before deciding
     code = pub.http.get(pub.url + f"api/m2d/{request['id']}/notebook")
@@ -110,6 +165,16 @@ def test_model_to_data_refusals_take_no_points(data_product):
         ({"parameters": {"learning_rate": 1}}, "parameters.learning_rate"),
         ({"notebook": {"cells": "nope"}}, "notebook"),
         ({"product": "no-such-product"}, "product"),
+        # a .json output needs a schema of numbers: a string could carry the table
+        ({"outputs": ["outputs/metrics.json"]}, "output_schemas"),
+        ({"outputs": ["outputs/metrics.json"],
+          "output_schemas": {"outputs/metrics.json": {"type": "string"}}},
+         "output_schemas[outputs/metrics.json].type"),
+        ({"outputs": ["outputs/metrics.json"],
+          "output_schemas": {"outputs/metrics.json": {"type": "array",
+                                                      "items": {"type": "number"}}}},
+         "output_schemas[outputs/metrics.json].maxItems"),
+        ({"output_schemas": {"outputs/other.json": {"type": "number"}}}, "output_schemas"),
     ]
     for change, field in cases:
         body = {"product": name, "notebook": training_notebook(), "outputs": ["outputs/model.pt"],
