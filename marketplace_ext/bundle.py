@@ -64,7 +64,7 @@ README = "README.md"
 DEFAULT_NOTEBOOK = "main.ipynb"
 DEFAULTS: dict = {
     "tags": [], "notebook": DEFAULT_NOTEBOOK, "inputs": [], "outputs": [], "requirements": None,
-    "encrypted": False, "views": [], "predict": None,
+    "views": [], "predict": None,
 }
 # Editor and OS droppings: never part of a bundle, never archived, never extracted.
 IGNORED_NAMES = frozenset({".ipynb_checkpoints", "__pycache__", ".DS_Store", "__MACOSX", ".git"})
@@ -917,8 +917,7 @@ def _plan_members(zf: zipfile.ZipFile, limits: BundleLimits) -> list[tuple[zipfi
         if info.is_dir() or IGNORED_NAMES.intersection(name.split("/")):
             continue
         if info.flag_bits & 0x1:
-            report.add("", None, f"{member} is encrypted; upload an unencrypted zip (the "
-                       "manifest's `encrypted` flag is about storage, not the upload)")
+            report.add("", None, f"{member} is encrypted; upload an unencrypted zip")
             continue
         if info.compress_type not in _SUPPORTED_COMPRESSION:
             report.add("", None, f"{member} uses compression method {info.compress_type}; use "

@@ -142,7 +142,7 @@ def test_templates_and_catalogue_validate(path):
     for name, p in loaded.parameters.items():
         assert p["inferred_type_name"].split("[")[0] in b.PARAMETER_TYPES, name
     m = loaded.manifest  # with the defaults applied
-    assert m["encrypted"] is False and m["notebook"] == "main.ipynb" and m["requirements"] is None
+    assert "encrypted" not in m and m["notebook"] == "main.ipynb" and m["requirements"] is None
     assert m["kind"] == (path if path in KINDS else m["kind"])
     if path.startswith("catalogue/"):
         assert m["name"] == path.split("/")[1]
@@ -276,6 +276,8 @@ CASES = {
     "missing title": (_set("title", None), "product.yaml", "title", "missing; expected"),
     "unknown field": (_set("plan", "month"), "product.yaml", "plan",
                       "did you mean 'plans'"),
+    # the flag promised encryption at rest that nothing implemented: it is gone from the format
+    "encrypted flag": (_set("encrypted", True), "product.yaml", "encrypted", "unknown field"),
     "bad name": (_set("name", "Meter Score"), "product.yaml", "name", "slug"),
     "bad kind": (_set("kind", "model"), "product.yaml", "kind",
                  "expected one of: data, tool, application"),
