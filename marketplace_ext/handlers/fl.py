@@ -143,6 +143,9 @@ class UpdatesHandler(APIHandler):
     # a refused request's body up to this size is read and dropped, so the connection (the
     # proxy keeps it alive) stays usable; a larger one is refused before it is read
     DISCARD_LIMIT = 64 * 1024
+    # class defaults: Tornado may answer an error (an unsupported method, a bad path) before
+    # prepare() ran, and write_error reads this
+    _close = False
 
     async def prepare(self):
         self._chunks: list[bytes] = []
@@ -153,7 +156,7 @@ class UpdatesHandler(APIHandler):
         if self.request.method != "POST":
             return
         length = self.request.headers.get("Content-Length", "")
-        announced = int(length) if length.isdigit() else None
+        announced = int(length) if length.isascii() and length.isdigit() else None
         try:
             self._update = self._check(announced)
         except MarketError as e:
