@@ -12,7 +12,6 @@ from ..orm import Version
 from ..units import get_unit
 from .base import BaseHandler
 
-
 #: no inline script or style anywhere: a product card's README is publisher HTML (sanitized by
 #: nh3), and the policy is the second line of defence if the sanitizer misses something
 PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
