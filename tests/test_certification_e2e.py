@@ -142,9 +142,9 @@ def test_witnesses_cosign_and_refuse_rollback_and_fork(bought, platform_proc, tm
         assert cp["final"] == (len(cp["witnesses"]) >= 2)
 
     # more entries, then the witness checks consistency from what it stored
-    sub.request("POST", "orders", json={"product": bought["name"], "plan": "per_use",
-                                        "idempotency_key": f"e2e-more-{time.time_ns()}"})
-    time.sleep(2.5)
+    more = sub.request("POST", "orders", json={"product": bought["name"], "plan": "per_use",
+                                               "idempotency_key": f"e2e-more-{time.time_ns()}"})
+    wait_integrated(sub, more["log_index"])  # a checkpoint the witness has not seen yet
     again = market_cli("witness", "--state", str(wa), env=env)
     assert again.returncode == 0 and "consistent with" in again.stdout, again.stderr
 
