@@ -12,9 +12,23 @@ KERNELS := $(wildcard kernels/*/kernel.json)
 # pip lists index locations it cannot read as warnings; they are noise here
 PIP_QUIET := sed "/^WARNING: Location/d"
 
-.PHONY: install run test lint bench clean
+.PHONY: install sandbox run test lint bench clean
 
-install: $(STAMP) $(CHP)
+install: $(STAMP) $(CHP) sandbox
+
+# product code runs in a bubblewrap sandbox (docs/sandbox.md); Debian's package, installed as root
+sandbox:
+	@command -v bwrap >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "Installing bubblewrap (the sandbox for product code) ..."; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap >/dev/null \
+	      || { apt-get update -q >/dev/null && \
+	           DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap >/dev/null; }; \
+	  else \
+	    echo "bubblewrap (bwrap) is missing: install it as root (apt-get install bubblewrap)," \
+	         "product code cannot run without it" >&2; exit 1; \
+	  fi; }
+	@command -v bwrap >/dev/null
 
 $(STAMP): pyproject.toml $(KERNELS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

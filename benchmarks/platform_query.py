@@ -1,13 +1,16 @@
-"""A warm aggregate over ``consumption_daily`` through Spark Connect, next to what an in-process
-(classic) SparkSession needs to start and answer the same query.
+"""Per-unit servers' start time and memory, and a warm aggregate over ``consumption_daily``
+through Spark Connect next to what an in-process (classic) SparkSession needs for it.
 
-Starts a throw-away Spark Connect server (or uses ``--remote``), loads a synthetic
-``consumption_daily`` into ``unit_<unit>`` unless the table is already there, runs the aggregate
-through :meth:`DataPlatform.query` (the marketplace's interface path: sqlglot checks included),
-then starts ``SparkSession.builder.master("local[2]")`` in this process over the same parquet
-files and runs the same SQL. Prints the figures and their ratio. Not a test: nothing is asserted.
+Starts ``--units`` unit servers in parallel the way the service does (``UnitServers``: each as
+its own account when root, 512m heap, token required) and prints the time until all answer
+and each server's resident memory. Then loads a synthetic ``consumption_daily`` into the first
+unit's server (or uses ``--remote``), runs the aggregate through :meth:`DataPlatform.query`
+(the marketplace's interface path: the SQL guard included), starts
+``SparkSession.builder.master("local[2]")`` in this process over the same parquet files and
+runs the same SQL. Prints the figures and their ratio. Not a test: nothing is asserted.
 
-    .venv/bin/python benchmarks/platform_query.py [--rows 1000000] [--repeat 5]
+    .venv/bin/python benchmarks/platform_query.py [--units 5] [--rows 1000000] [--repeat 5]
+    .venv/bin/python benchmarks/platform_query.py --quick      # small, for tests (2 units)
     .venv/bin/python benchmarks/platform_query.py --remote sc://127.0.0.1:15002 [--reload]
 """
 
@@ -30,8 +33,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from marketplace_ext.launcher import free_port  # noqa: E402
-from marketplace_ext.platform import DataPlatform, SparkConnectServer  # noqa: E402
+from marketplace_ext.platform import DataPlatform  # noqa: E402
+from marketplace_ext.platform.supervisor import UnitServers  # noqa: E402
 
 QUERY = """
 SELECT date_trunc('MONTH', day) AS month,
@@ -77,27 +80,41 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="warm query repetitions")
     parser.add_argument("--master", default="local[2]", help="master of both Spark flavours")
     parser.add_argument("--skip-classic", action="store_true", help="Spark Connect figures only")
+    parser.add_argument("--units", type=int, default=5, help="unit servers to start in parallel")
+    parser.add_argument("--memory", default="512m", help="driver memory of each unit server")
+    parser.add_argument("--quick", action="store_true",
+                        help="small run for tests: 2 units, 20,000 rows, 2 repetitions")
     args = parser.parse_args()
+    if args.quick:
+        args.units, args.rows, args.repeat = min(args.units, 2), 20_000, 2
 
     warnings.simplefilter("ignore", FutureWarning)  # pyspark 4.3 about pandas 3
     logging.basicConfig(level=logging.WARNING)
     tmp = Path(tempfile.mkdtemp(prefix="market-bench-spark-"))
-    server = None
+    tmp.chmod(0o711)  # the unit servers' accounts pass through to their own directories
+    servers = None
     try:
         if args.remote:
+            platform = DataPlatform(default_endpoint=args.remote, var_dir=str(tmp), max_rows=1000)
             remote = args.remote
         else:
-            server = SparkConnectServer(
-                var_dir=str(tmp / "var"), port=free_port(), master=args.master
-            )
+            units = [args.unit] + [f"{args.unit}{i}" for i in range(2, args.units + 1)]
+            servers = UnitServers(var_dir=str(tmp / "platform"), master=args.master,
+                                  driver_memory=args.memory)
             t0 = time.perf_counter()
-            server.start()
-            print(
-                f"server start (until SELECT 1 + SHOW DATABASES): {time.perf_counter() - t0:.1f} s"
-            )
-            remote = server.remote
-
-        platform = DataPlatform(default_endpoint=remote, var_dir=str(tmp), max_rows=1000)
+            servers.start(units)
+            down = servers.wait_up(timeout=600)
+            took = time.perf_counter() - t0
+            if down:
+                raise SystemExit(f"unit servers did not come up: {down}")
+            print(f"start {len(units)} unit servers in parallel ({args.memory} each, until "
+                  f"SELECT 1 + SHOW DATABASES answer on all): {took:.1f} s")
+            for unit, state in sorted(servers.status().items()):
+                rss = (state["rss_bytes"] or 0) / 2**20
+                print(f"  unit {unit}: resident memory {rss:.0f} MB (pid {state['pid']})")
+            platform = DataPlatform(servers=servers, var_dir=str(tmp), max_rows=1000,
+                                    load_chunk_bytes=8 * 2**20)
+            remote = f"unit {args.unit}'s server"
         database = platform.database_for(args.unit)
         table = f"{database}.consumption_daily"
         session = platform.session_for(args.unit)
@@ -145,6 +162,9 @@ def main() -> None:
                 return
             local_path = None
         platform.close()
+        if servers is not None:
+            servers.stop()  # the classic session runs alone, as the Connect query did
+            servers = None
 
         from pyspark.sql import SparkSession
 
@@ -186,8 +206,8 @@ def main() -> None:
         )
         print(f"ratio: classic warm / Spark Connect warm = {classic_warm / connect_warm:.2f}x")
     finally:
-        if server is not None:
-            server.stop()
+        if servers is not None:
+            servers.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -6,6 +6,12 @@
 2. The median latency of repeated `POST api/products/{p}/predict` calls (10 rows) of the tool
    template, answered by its warm kernel, against the bare `papermill` CLI running the same
    tool notebook on the same rows (what a call would cost without a warm kernel).
+3. The sandbox's own start-up: `true` in a sandbox (launcher, prlimit, setpriv, bwrap, the
+   relay process) against a bare `true`.
+
+Runs and remote calls execute in the sandbox (docs/sandbox.md); "bare papermill" is papermill
+and its kernel started directly, unsandboxed (GRID_SANDBOX=1 makes the kernelspec's
+provisioner start the kernel locally), as a user would run it on a laptop.
 
 Not a test: nothing is asserted.
 
@@ -15,13 +21,17 @@ Not a test: nothing is asserted.
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import os
 import secrets
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 import nbformat
@@ -32,6 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _platform import ROOT, market_for, throwaway_platform  # noqa: E402
 
 from marketplace_ext.bundle import new_product  # noqa: E402
+from marketplace_ext.sandbox.limits import Limits  # noqa: E402
+from marketplace_ext.sandbox.spec import INSIDE_ENV, launcher_argv  # noqa: E402
 
 
 def trivial_notebook(path: Path) -> None:
@@ -47,13 +59,40 @@ def trivial_notebook(path: Path) -> None:
 def bare_papermill(notebook: Path, runs: int, *params: str) -> list[float]:
     times = []
     out = notebook.with_name("out.ipynb")
+    env = {**os.environ, INSIDE_ENV: "1"}  # no sandbox: the kernel starts as a local one
     for _ in range(runs):
         t0 = time.perf_counter()
         subprocess.run([str(ROOT / ".venv" / "bin" / "papermill"), str(notebook), str(out),
                         "-k", "grid-python", *params], check=True, capture_output=True,
-                       cwd=notebook.parent)
+                       cwd=notebook.parent, env=env)
         times.append(time.perf_counter() - t0)
     return times
+
+
+def sandbox_start(runs: int) -> tuple[float, float]:
+    """Median seconds of `true` in a sandbox (as gds-run-bench when root) and of a bare
+    `true`."""
+    from marketplace_ext.sandbox.workspace import Workspace, identity
+
+    base = Path(tempfile.mkdtemp(prefix="bench-sbx-"))
+    base.chmod(0o711)
+    space = Workspace(base / "run", *identity("bench"))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("main.ipynb", "{}")
+    space.create(buf.getvalue())
+    space.seal()
+    space.spec(["true"], {}, Limits()).write(space.spec_file)
+    sandboxed, bare = [], []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run(launcher_argv(space.spec_file), check=True)
+        sandboxed.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        subprocess.run(["true"], check=True)
+        bare.append(time.perf_counter() - t0)
+    shutil.rmtree(base, ignore_errors=True)
+    return statistics.median(sandboxed), statistics.median(bare)
 
 
 ROWS = [{"customer_id": f"c{i}", "mean_kwh": 4.0 + i, "cv": 0.05 * i, "zero_share": 0.01 * i,
@@ -74,7 +113,9 @@ def main() -> None:
         name = f"trivial-{secrets.token_hex(3)}"
         bundle = new_product("tool", name, work)
         manifest = yaml.safe_load((bundle / "product.yaml").read_text())
-        manifest.update(plans=[{"type": "per_use", "price": 10}], outputs=[])
+        # a run only: the trivial notebook takes no rows, so it offers no remote call
+        manifest.update(plans=[{"type": "per_use", "price": 10}], outputs=[],
+                        sharing=["remote_run"])
         (bundle / "product.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
         trivial_notebook(bundle / "main.ipynb")
         publisher.publish(bundle)
@@ -84,8 +125,10 @@ def main() -> None:
         for _ in range(args.runs):
             buyer.order(name, "per_use")
             t0 = time.perf_counter()
-            run = buyer.request("POST", "runs", json={"product": name,
-                                                      "parameters": {"x": 2}})
+            # on an uploaded file: the throw-away platform has no Spark server to run on
+            run = buyer.request("POST", "runs", data={"request": json.dumps(
+                {"product": name, "parameters": {"x": 2}})},
+                files={"data": ("meter.csv", b"customer_id,kwh\n1,2.5\n")})
             while run["status"] in ("queued", "running"):
                 time.sleep(0.05)
                 run = buyer.request("GET", f"runs/{run['id']}")
@@ -111,6 +154,7 @@ def main() -> None:
     market, bare = statistics.median(market_times), statistics.median(bare_times)
     warm, cold = statistics.median(call_times[1:]), call_times[0]
     bare_call = statistics.median(bare_calls)
+    in_sandbox, bare_true = sandbox_start(max(args.runs, 10))
     print(f"{args.runs} runs of a two-cell notebook on the grid-python kernel")
     print(f"marketplace run (POST api/runs -> output.html): median {market:6.2f} s")
     print(f"bare papermill CLI, same notebook:               median {bare:6.2f} s")
@@ -120,6 +164,9 @@ def main() -> None:
     print(f"repeated calls (POST .../predict), median:       {warm:9.3f} s")
     print(f"bare papermill CLI on the same rows, median:     {bare_call:9.3f} s")
     print(f"ratio repeated call / bare papermill:            {warm / bare_call:9.3f}")
+    print("sandbox start-up (launcher + prlimit + setpriv + bwrap + relay process)")
+    print(f"`true` in the sandbox, median:                  {in_sandbox:9.3f} s")
+    print(f"bare `true`, median:                             {bare_true:9.3f} s")
 
 
 if __name__ == "__main__":

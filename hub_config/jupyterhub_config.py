@@ -16,7 +16,10 @@ from marketplace_ext.auth import (
     SCOPE_PUBLISH,
     SCOPE_SUBSCRIBE,
 )
+from marketplace_ext.errors import PlatformUnavailable
+from marketplace_ext.hardening import harden_var
 from marketplace_ext.platform import DataPlatform
+from marketplace_ext.platform.supervisor import EndpointsFile
 
 c = get_config()  # noqa: F821 - provided by jupyterhub
 
@@ -24,6 +27,15 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 VAR = Path(os.environ.get("MARKET_VAR_DIR") or ROOT / "var").resolve()
 VAR.mkdir(parents=True, exist_ok=True)
+# var/ is the platform's alone (0711, secrets 0600, directories 0700 unless an account's):
+# applied at every start, before any user's server or product run exists
+harden_var(VAR)
+# what the hub and the service create on their first start would otherwise get the default
+# modes (0644, 0755) until the next start: the hub's database, the blob store, upload area
+if not os.environ.get("MARKET_HUB_DB_URL"):
+    os.close(os.open(VAR / "jupyterhub.sqlite", os.O_WRONLY | os.O_CREAT, 0o600))
+for _private in ("blobs", "tmp"):
+    (VAR / _private).mkdir(mode=0o700, exist_ok=True)
 BIN = Path(sys.executable).parent
 
 
@@ -66,15 +78,27 @@ c.JupyterHub.template_vars = {"announcement_login": "Grid Data Supermarket - new
                               "wait for an operator's authorization."}
 
 # --- notebook servers --------------------------------------------------------------------------
-c.JupyterHub.spawner_class = "simple"
-c.SimpleLocalProcessSpawner.home_dir_template = str(VAR / "users" / "{username}")
+# each hub user's server runs as their own system account jupyter-<name> (created at the first
+# spawn), home <home_root>/jupyter-<name> mode 0700, in the group gds-unit-<unit> of their unit;
+# the hub stays root to start them (docs/accounts.md; KubeSpawner is the scale-out setting)
+c.JupyterHub.spawner_class = "marketplace_ext.spawner.GridSpawner"
+c.GridSpawner.home_root = env("MARKET_USER_HOME_ROOT", "/home")
+# per-user limits (cgroup v2 where the machine has it, else rlimits and nice; see the help of
+# GridSpawner.mem_limit / cpu_limit / proc_limit); per-user exceptions: c.Spawner.pre_spawn_hook
+c.GridSpawner.mem_limit = env("MARKET_USER_MEM_LIMIT", "8G")
+c.GridSpawner.cpu_limit = float(env("MARKET_USER_CPU_LIMIT", "1.0"))
+c.GridSpawner.proc_limit = int(env("MARKET_USER_PROC_LIMIT", "1024"))
 c.Spawner.cmd = [str(BIN / "jupyterhub-singleuser")]
 c.Spawner.default_url = "/lab"
 c.Spawner.http_timeout = 60
 c.Spawner.start_timeout = 90
-if os.geteuid() == 0:
-    # sessions and CI run as root; Jupyter Server refuses to start as root without this
-    c.Spawner.args = ["--allow-root"]
+# nothing of the hub's own environment but these (the service's MARKET_* settings and the
+# proxy's token stay out); a server gets its own token and its unit's SPARK_REMOTE below
+c.Spawner.env_keep = ["JUPYTERHUB_SINGLEUSER_APP", "LANG", "LC_ALL", "PATH"]
+# users' kernels start in the sandbox (kernels/grid-python: own PID and network namespaces, only
+# the unit's Spark endpoint reachable); the plain python3 kernelspec would bypass it
+c.Spawner.args = ["--KernelSpecManager.allowed_kernelspecs=grid-python",
+                  "--MultiKernelManager.default_kernel_name=grid-python"]
 
 MARKETPLACE_URL = f"{PUBLIC_URL.rstrip('/')}/services/marketplace/"
 
@@ -84,18 +108,28 @@ def unit_of(spawner) -> str:
     return units[0] if units else ""
 
 
-# each unit's data platform endpoint: MARKET_SPARK_ENDPOINTS='{"a": "sc://host:15002"}' for
-# units with their own Spark Connect server; the rest share MARKET_SPARK_REMOTE (embedded)
+# each unit's data platform, URL with token: a remote endpoint from MARKET_SPARK_ENDPOINTS
+# ('{"a": "sc://spark-a.example:15002/;token=..."}', TLS), else the unit's own embedded server,
+# whose port and token the marketplace service keeps in var/platform/unit_servers.json (0600,
+# read at every spawn, so units created later work too). MARKET_SPARK_REMOTE instead puts every
+# unit on one shared server (development and tests only: no isolation between units).
 DATA_PLATFORM = DataPlatform(
     endpoints=json.loads(env("MARKET_SPARK_ENDPOINTS", "{}")),
     default_endpoint=env("MARKET_SPARK_REMOTE", "sc://127.0.0.1:15002"),
+    servers=None if os.environ.get("MARKET_SPARK_REMOTE") else EndpointsFile(VAR / "platform"),
 )
 
 
 def spark_remote_of(spawner) -> str:
+    """The user's own unit's endpoint and token, nothing else; a user in no unit gets none."""
     unit = unit_of(spawner)
-    # a user in no unit gets no platform: the embedded default isolates units by database only
-    return DATA_PLATFORM.spark_remote_for(unit) if unit else ""
+    if not unit:
+        return ""
+    try:
+        return DATA_PLATFORM.spark_remote_for(unit)
+    except PlatformUnavailable as e:  # the unit's server was never started (yet)
+        spawner.log.warning("%s: %s has no SPARK_REMOTE", e.message, spawner.user.name)
+        return ""
 
 
 def database_of(spawner) -> str:

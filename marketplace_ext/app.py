@@ -35,8 +35,10 @@ from .handlers import default_handlers
 from .hubapi import HubAPI
 from .orm import Version, make_engine, make_session_factory, write_transaction
 from .platform import DataPlatform
+from .platform.supervisor import UnitServers
 from .predict import PredictPool
 from .runner import Runner
+from .sandbox.config import SandboxConfig
 from .signing import UnitSigner
 from .units import UnitDirectory
 
@@ -282,7 +284,7 @@ class MarketplaceApp(Application):
         )
         self.units = UnitDirectory(
             self.session_factory, self.hub,
-            on_created=lambda s, unit, actor: points.open_account(s, unit, self.economy, actor),
+            on_created=self._unit_created,
         )
         with self.session_factory() as session:
             write_transaction(session)
@@ -298,25 +300,38 @@ class MarketplaceApp(Application):
         self.download_links = DownloadLinks(read_or_create_secret(var / "download_link_key"))
         self.tlog = TransparencyLog(self.log_origin, Path(self.log_key_file),
                                     self.log_witnesses, self.log_quorum)
-        # units' data platform endpoints: the DataPlatform traits, or the launcher's environment
+        # Units' data platforms: a remote endpoint (DataPlatform.endpoints, with its token),
+        # else the unit's own embedded Spark Connect server, which this service supervises
+        # (it knows every unit, also those created later). MARKET_SPARK_REMOTE instead puts
+        # every unit on one shared server: development and tests only, units then share it.
+        shared = os.environ.get("MARKET_SPARK_REMOTE")
+        self.unit_servers = None
+        if not shared:
+            memory = os.environ.get("MARKET_SPARK_MEMORY")
+            self.unit_servers = UnitServers(parent=self, var_dir=str(var / "platform"),
+                                            **({"driver_memory": memory} if memory else {}))
         self.data_platform = DataPlatform(
-            parent=self, var_dir=str(var / "platform"),
-            **({"default_endpoint": os.environ["MARKET_SPARK_REMOTE"]}
-               if os.environ.get("MARKET_SPARK_REMOTE") else {}),
+            parent=self, var_dir=str(var / "platform"), servers=self.unit_servers,
+            **({"default_endpoint": shared} if shared else {}),
         )
         self._version_bundle = remote_run.bundle_for(self.blobs)
-        self.envs = EnvironmentBuilder(Path(self.envs_dir), pip_timeout=self.env_pip_timeout)
+        # product code (runs, remote calls, environment builds) runs sandboxed with these limits
+        self.sandbox_config = SandboxConfig(parent=self)
+        limits = self.sandbox_config.limits()
+        self.envs = EnvironmentBuilder(Path(self.envs_dir), pip_timeout=self.env_pip_timeout,
+                                       limits=limits)
         # one build at a time: pip on two cores is slow enough once
         self.env_builds = ThreadPoolExecutor(1, thread_name_prefix="env-build")
         self.runner = Runner(
             self.session_factory, self.blobs, var / "runs", max_workers=self.run_workers,
             bundle_for=self._bundle_for, env_for=self._run_env,
             kernel_for=product_envs.kernel_for(self.envs), on_finished=self._run_finished,
+            limits=limits, platform_down=self.data_platform.unit_down,
         )
         self.predictor = PredictPool(
             var / "predict", max_workers=self.predict_workers,
             idle_timeout=self.predict_idle_timeout, call_timeout=self.predict_timeout,
-            max_rows=self.predict_max_rows)
+            max_rows=self.predict_max_rows, limits=limits)
         self.bundle_limits = BundleLimits(
             max_file_bytes=self.max_file_bytes, max_total_bytes=self.max_bundle_bytes,
             max_files=self.max_bundle_files, price_min=self.price_min, price_max=self.price_max,
@@ -329,6 +344,20 @@ class MarketplaceApp(Application):
         )
         self.fl = Coordinator(self.session_factory, self.blobs, self.fl_tick_interval)
         self.tornado_app = self.make_tornado_app()
+
+    def _unit_created(self, session, unit, actor) -> None:
+        points.open_account(session, unit, self.economy, actor)
+        if self.unit_servers is not None and unit.slug not in self.data_platform.endpoints:
+            self.unit_servers.ensure(unit.slug)  # starts in the background
+
+    def _start_unit_servers(self) -> None:
+        if self.unit_servers is None:
+            return
+        from .orm import Unit
+
+        with self.session_factory() as session:
+            slugs = [slug for (slug,) in session.query(Unit.slug)]
+        self.unit_servers.start([s for s in slugs if s not in self.data_platform.endpoints])
 
     def _bundle_for(self, session, run):
         if run.mode == "m2d":
@@ -353,7 +382,7 @@ class MarketplaceApp(Application):
                **self.envs.jupyter_path_env(os.environ.get("JUPYTER_PATH"))}
         return await self.predictor.predict(
             plan.bundle_sha256, lambda: self.blobs.get(plan.bundle_sha256), plan.rows, env,
-            kernel_name=status.kernel_name if status else None)
+            kernel_name=status.kernel_name if status else None, unit=plan.unit)
 
     def build_environment(self, requirements: str) -> None:
         """Build a product environment in the background; its status shows on the review
@@ -450,6 +479,8 @@ class MarketplaceApp(Application):
         reconcile = asyncio.create_task(self.reconcile_loop())
         integrate = asyncio.create_task(self.log_loop())
         fl_rounds = asyncio.create_task(self.fl.loop())
+        # the units' Spark servers come up in the background (a minute on two cores)
+        await loop.run_in_executor(None, self._start_unit_servers)
         await self.runner.start()
         try:
             await stop.wait()
@@ -459,6 +490,8 @@ class MarketplaceApp(Application):
             integrate.cancel()
             fl_rounds.cancel()
             await self.runner.stop()
+            if self.unit_servers is not None:
+                await loop.run_in_executor(None, self.unit_servers.stop)
             await self.predictor.shutdown()
             server.stop()
             await server.close_all_connections()

@@ -273,9 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, default=float(os.environ.get("MARKET_DEMO_SCALE", 1)),
                    help="fraction of the 5,566 households (default 1; tests use 0.01)")
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--remote", default=os.environ.get("MARKET_SPARK_REMOTE",
-                                                      "sc://127.0.0.1:15002"),
-                   help="the Spark Connect endpoint (default: $MARKET_SPARK_REMOTE)")
+    p.add_argument("--remote", default=os.environ.get("MARKET_SPARK_REMOTE"),
+                   help="""a shared Spark Connect endpoint (default: $MARKET_SPARK_REMOTE; unset:
+                   each unit's own server, found in <var-dir>/platform)""")
     p.add_argument("--data", type=Path, default=None,
                    help="the LCL data directory (default: $MARKET_LCL_DATA or ../shared/...)")
     p.set_defaults(func=cmd_demo_data)

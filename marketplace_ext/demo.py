@@ -142,31 +142,51 @@ def data_marker(var_dir: Path) -> Path:
     return Path(var_dir) / "demo_data.json"
 
 
-def load_demo_data(var_dir: Path, remote: str, scale: float = 1.0, seed: int = 7,
-                   data_dir: Path | None = None, log=print) -> dict:
+def load_demo_data(var_dir: Path, remote: str | None, scale: float = 1.0, seed: int = 7,
+                   data_dir: Path | None = None, log=print,
+                   endpoints: dict[str, str] | None = None) -> dict:
     """Build units A-E's business tables from the London smart-meter readings and load them
-    into each unit's Hive database on the platform at ``remote``; records what it loaded in
-    ``var/demo_data.json`` so `make run` does it once."""
+    into each unit's Hive database: on the unit's own server (the service's, found in
+    ``var/platform``) or, with *remote*, on that shared server. Records what it loaded in
+    ``var/demo_data.json`` (no tokens) so `make run` does it once. *endpoints* are units'
+    remote servers ($MARKET_SPARK_ENDPOINTS), which win over both."""
     import time
+    from concurrent.futures import ThreadPoolExecutor
 
     from . import griddata
     from .platform import DataPlatform
+    from .platform.supervisor import EndpointsFile
+    from .platform.tls import redact_url
 
     data_dir = Path(data_dir) if data_dir else griddata.default_data_dir()
     started = time.monotonic()
     log(f"Building the demo units' tables from {data_dir} (scale {scale}) ...")
     tables = griddata.build_unit_tables(data_dir, units=tuple(DEMO_UNITS), scale=scale,
                                         seed=seed)
-    platform = DataPlatform(default_endpoint=remote, var_dir=str(var_dir))
+    if remote:
+        platform = DataPlatform(default_endpoint=remote, var_dir=str(var_dir),
+                                endpoints=endpoints or {})
+    else:
+        # Each unit's server has a small heap (512m): smaller batches than the shared default.
+        platform = DataPlatform(servers=EndpointsFile(Path(var_dir) / "platform"),
+                                endpoints=endpoints or {}, var_dir=str(var_dir),
+                                load_chunk_bytes=8 * 2**20)
     loaded = {}
+
+    def load(unit: str) -> None:
+        counts = platform.load_unit_tables(unit, tables[unit])
+        loaded[unit] = counts
+        log(f"  unit_{unit}: " + ", ".join(f"{t} {n:,}" for t, n in sorted(counts.items())))
+
     try:
-        for unit, frames in tables.items():
-            counts = platform.load_unit_tables(unit, frames)
-            loaded[unit] = counts
-            log(f"  unit_{unit}: " + ", ".join(f"{t} {n:,}" for t, n in sorted(counts.items())))
+        # Units with their own servers load side by side (one per core).
+        with ThreadPoolExecutor(1 if remote else 2) as pool:
+            for future in [pool.submit(load, unit) for unit in tables]:
+                future.result()
     finally:
         platform.close()
-    record = {"scale": scale, "seed": seed, "remote": remote, "tables": loaded,
+    where = redact_url(remote) if remote else "per-unit servers"
+    record = {"scale": scale, "seed": seed, "remote": where, "tables": loaded,
               "seconds": round(time.monotonic() - started, 1)}
     data_marker(var_dir).write_text(json.dumps(record, indent=1))
     return record

@@ -9,6 +9,14 @@ paths. Packages come from the index the operator configured for pip, as binary w
 (``--only-binary=:all:``): an sdist would run its ``setup.py`` at build time, in the service's
 account, before any review of what it does.
 
+The build runs in the sandbox (:mod:`marketplace_ext.sandbox`), as the account ``gds-envbuild``
+(nobody's user, no unit's), seeing only the base interpreter, the new environment (read-write),
+a /tmp of its own and the local package index pip is configured with. Unlike a run it keeps the
+host's network, because pip needs the package index; wheels only still means nothing of a
+package runs while it is installed, but the final kernel check imports it, and a wheel's
+``.pth`` file runs then, sandboxed. The finished environment is handed to root: runs see it
+read-only.
+
 An environment inherits the service's own packages (pandas, pyspark, torch, ipykernel...) and
 installs only what they lack or pin differently. ``venv --system-site-packages`` cannot do this
 when the service itself runs in a virtual environment (the new venv would see the *interpreter's*
@@ -19,7 +27,7 @@ installed and skips them.
 
 Layout under ``root``::
 
-    envs/<digest>/venv/              the virtual environment
+    envs/<digest>/venv/              the virtual environment (built as gds-envbuild, then root's)
     envs/<digest>/requirements.txt   the normalised requirements (a record; pip gets argv)
     envs/<digest>/build.log          every command of the last build and its output
     envs/<digest>/state.json         ready | failed, written last and atomically
@@ -58,6 +66,9 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from .errors import InvalidField
+from .sandbox.files import account_ids, give, owned_dir
+from .sandbox.limits import Limits
+from .sandbox.spec import SandboxSpec, launcher_argv
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +82,8 @@ STEP_TIMEOUT = 120.0
 LOG_TAIL_LINES = 30
 LOG_TAIL_CHARS = 4000
 PTH_NAME = "zz_grid_market_base.pth"  # processed after the env's own .pth files
+BUILD_ACCOUNT = "gds-envbuild"  # runs pip: nobody's user account, no unit's
+PROVISIONER = "grid-sandbox-provisioner"  # kernels of an environment start in the sandbox
 # the service's secrets, as marketplace_ext.runner strips them from a kernel's environment
 # (repeated, not imported: bundle validation may use this module without the runner's
 # database imports; tests/test_envs.py keeps the two in step)
@@ -222,6 +235,28 @@ def _clean_env() -> dict[str, str]:
     return env
 
 
+_pip_paths: list[str] | None = None
+
+
+def _pip_local_paths() -> list[str]:
+    """The local paths pip is configured with (``find-links``, ``file://`` indexes, a
+    constraints file), which the build's sandbox must see: from ``pip config list`` and the
+    ``PIP_*`` environment."""
+    global _pip_paths
+    if _pip_paths is None:
+        text = " ".join(v for k, v in os.environ.items() if k.startswith("PIP_"))
+        try:
+            text += " " + subprocess.run(
+                [sys.executable, "-m", "pip", "config", "list"], capture_output=True,
+                text=True, timeout=STEP_TIMEOUT, env=_clean_env()).stdout
+        except (OSError, subprocess.SubprocessError):
+            pass
+        found = re.findall(r"(?:file://)?(/[^\s'\"]+)", text)
+        _pip_paths = [p for p in dict.fromkeys(found)
+                      if os.path.exists(p) and not p.startswith(("/usr/", "/etc/"))]
+    return _pip_paths
+
+
 def _write_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
@@ -259,7 +294,8 @@ class EnvironmentBuilder:
     """
 
     def __init__(self, root: Path, *, base_python: str = sys.executable,
-                 pip_timeout: float = 900, kernel_prefix: str = "grid-env-"):
+                 pip_timeout: float = 900, kernel_prefix: str = "grid-env-",
+                 sandbox: bool = True, limits: Limits | None = None):
         if not KERNEL_NAME_RE.match(kernel_prefix):
             raise ValueError(f"kernel_prefix {kernel_prefix!r} must be lower-case letters, "
                              "digits, '.', '_' or '-' (a kernelspec name)")
@@ -271,6 +307,8 @@ class EnvironmentBuilder:
         self.kernels_dir = self.jupyter_dir / "kernels"
         self._base: dict | None = None
         self.builds_run = 0  # builds this object actually ran (not cached or reused): for tests
+        self.sandbox = sandbox  # False: steps run as the service (tests of the build only)
+        self.limits = limits or Limits()
 
     # --- names and paths
 
@@ -430,6 +468,9 @@ class EnvironmentBuilder:
         shutil.rmtree(kernel_dir, ignore_errors=True)
         shutil.rmtree(env_dir, ignore_errors=True)
         env_dir.mkdir(parents=True)
+        # the sandbox's account passes through (bwrap mounts the venv as it), lists nothing
+        for path in (self.root, self.root / "envs", env_dir):
+            os.chmod(path, 0o711)
         (env_dir / "requirements.txt").write_text("".join(f"{r}\n" for r in reqs), "utf-8")
         logfile = env_dir / "build.log"
         started, t0 = datetime.now(UTC), time.monotonic()
@@ -442,6 +483,8 @@ class EnvironmentBuilder:
                           f"{started.isoformat()}\n".encode())
                 self._make_env(digest, reqs, out)
             self._install_kernelspec(digest)
+            # built as the build account; runs (other accounts) only read it
+            give(env_dir / "venv", (0, 0) if os.geteuid() == 0 else None)
             record["state"], error = "ready", None
         except _StepFailed as e:
             record["state"], error = "failed", str(e)
@@ -463,15 +506,21 @@ class EnvironmentBuilder:
                  status.state, record["seconds"], f": {error}" if error else "")
         return status
 
-    def _run(self, argv: list[str], out: BinaryIO, timeout: float, what: str) -> None:
-        """Run one step in the log's directory with its output appended to the log;
+    def _run(self, argv: list[str], out: BinaryIO, timeout: float, what: str, *,
+             network: bool = False) -> None:
+        """Run one step, in the sandbox, with its output appended to the log;
         :class:`_StepFailed` on failure. Its own session, so a timeout kills whatever it
-        started too."""
+        started too (the sandbox dies with its launcher)."""
         out.write(f"$ {shlex.join(argv)}\n".encode())
         out.flush()
         logfile = Path(out.name)
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, env=_clean_env(), cwd=logfile.parent,
+        env = _clean_env()
+        command = argv
+        if self.sandbox:
+            command = self._sandboxed(argv, logfile.parent, network)
+            env["HOME"] = "/tmp"  # pip's cache: the build's own /tmp, gone with it
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, env=env, cwd=logfile.parent,
                                 start_new_session=True)
         try:
             code = proc.wait(timeout)
@@ -493,6 +542,32 @@ class EnvironmentBuilder:
                            "published only as a source distribution is not found either)")
             raise _StepFailed(f"{what} failed (exit status {code}): {detail}")
 
+    def _sandboxed(self, argv: list[str], env_dir: Path, network: bool) -> list[str]:
+        """``argv`` wrapped in the sandbox: the venv read-write (the working directory),
+        ``env_dir/tmp`` as /tmp, the base interpreter's environment and pip's local indexes
+        read-only; the host's network only for ``network`` (pip)."""
+        account = None
+        if os.geteuid() == 0:
+            from .accounts import ensure_account
+
+            account = ensure_account(BUILD_ACCOUNT).name
+        ids = account_ids(account)
+        venv, tmp = env_dir / "venv", env_dir / "tmp"
+        for path in (venv, tmp):
+            if not path.exists():
+                owned_dir(path, ids, 0o755 if path == venv else 0o700)
+        base = Path(self.base_python).parent.parent
+        read_only = [str(base)] if not str(base).startswith(("/usr/", sys.prefix)) else []
+        if network:
+            read_only += _pip_local_paths()
+        spec = SandboxSpec(
+            command=argv, workdir=str(venv), account=account, tmp_dir=str(tmp),
+            binds=[(p, p, False) for p in dict.fromkeys(read_only)], limits=self.limits,
+            network=network)
+        spec_file = env_dir / "sandbox.json"
+        spec.write(spec_file)
+        return launcher_argv(spec_file)
+
     def _make_env(self, digest: str, reqs: list[str], out: BinaryIO) -> None:
         venv = self.env_dir(digest) / "venv"
         # no pip in the venv: the base's pip is on its path (below) and ensurepip costs seconds
@@ -512,7 +587,7 @@ class EnvironmentBuilder:
             # requirements as arguments, not "-r file": pip parses no options or ${VARS} there
             self._run([python, "-m", "pip", "install", "--no-input", "--disable-pip-version-check",
                        "--only-binary=:all:", "--no-warn-script-location", "--progress-bar",
-                       "off", "--", *reqs], out, self.pip_timeout, "pip install")
+                       "off", "--", *reqs], out, self.pip_timeout, "pip install", network=True)
         # a pinned pyzmq, tornado or traitlets could leave an environment that cannot start a
         # kernel: better said on the review page than by every run
         self._run([python, "-c", "import ipykernel.kernelapp"], out, STEP_TIMEOUT,
@@ -525,12 +600,18 @@ class EnvironmentBuilder:
                      "{connection_file}"],
             "display_name": f"Python 3 (product environment {digest[:12]})",
             "language": "python",
-            "metadata": {"debugger": True, "grid_market_env": digest},
+            "interrupt_mode": "message",
+            "metadata": {"debugger": True, "grid_market_env": digest,
+                         "kernel_provisioner": {"provisioner_name": PROVISIONER}},
         }
         self.kernels_dir.mkdir(parents=True, exist_ok=True)
+        for path in (self.root / "share", self.jupyter_dir, self.kernels_dir):
+            os.chmod(path, 0o711)
         tmp = Path(tempfile.mkdtemp(dir=self.kernels_dir, prefix=f".{name}."))
         try:
             (tmp / "kernel.json").write_text(json.dumps(spec, indent=1), "utf-8")
+            os.chmod(tmp / "kernel.json", 0o644)
+            os.chmod(tmp, 0o755)  # a run's sandbox reads it
             shutil.rmtree(target, ignore_errors=True)
             os.replace(tmp, target)
         except BaseException:

@@ -68,3 +68,11 @@ class UpstreamUnavailable(MarketError):
 
     status = 502
     code = "upstream_unavailable"
+
+
+class PlatformUnavailable(UpstreamUnavailable):
+    """A unit's data platform is down, restarting or unreachable; nothing was changed or
+    charged. The message names the unit (never the endpoint's token)."""
+
+    status = 503
+    code = "platform_unavailable"

@@ -1,13 +1,16 @@
 """``market run``: start the whole platform in the foreground and stop all of it on Ctrl-C.
 
 The hub starts its proxy, the marketplace service and notebook servers; on SIGTERM it stops
-them again (``cleanup_servers``, ``cleanup_proxy``). The launcher only has to start the hub,
-wait until it answers, seed the demo once, and make sure nothing it started outlives it.
+them again (``cleanup_servers``, ``cleanup_proxy``). The service starts each unit's own Spark
+Connect server (``platform.supervisor``) and stops them when it stops. The launcher only has
+to start the hub, wait until it answers, seed the demo once (loading each demo unit's tables
+into that unit's server), and make sure nothing it started outlives it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -127,8 +130,12 @@ def kill_pidfile(path: Path) -> None:
 
 
 class Platform:
-    """The processes of one running platform: the data platform's Spark Connect server (unless
-    ``MARKET_SPARK_REMOTE`` names one already running), then the hub and what the hub starts."""
+    """The processes of one running platform: the hub and what the hub starts (the service,
+    which starts the units' Spark servers).
+
+    ``MARKET_SPARK_REMOTE`` instead names one running server that every unit shares, and
+    ``MARKET_SPARK_SHARED=1`` has the launcher start such a shared server itself: development
+    and tests only, units are then not isolated from each other."""
 
     def __init__(self, var_dir: Path, port: int = 8000, ip: str = "127.0.0.1",
                  env: dict | None = None, log=print):
@@ -143,13 +150,40 @@ class Platform:
         self.spark = None
 
     @property
-    def spark_remote(self) -> str:
-        return self.env["MARKET_SPARK_REMOTE"]
+    def spark_remote(self) -> str | None:
+        """The shared server's URL, or None when every unit has its own server."""
+        return self.env.get("MARKET_SPARK_REMOTE") or None
+
+    @property
+    def platform_dir(self) -> Path:
+        """Where the service keeps the unit servers' state, ports and tokens."""
+        return self.var_dir / "platform"
+
+    def wait_for_unit_platforms(self, units, timeout: float = 600.0) -> dict[str, str]:
+        """Block until the service's servers of *units* are up; {unit: reason} for the rest.
+        Nothing to wait for with a shared server."""
+        if self.spark_remote:
+            return {}
+        from .platform.supervisor import EndpointsFile
+
+        servers = EndpointsFile(self.platform_dir)
+        remote = json.loads(self.env.get("MARKET_SPARK_ENDPOINTS") or "{}")
+        units = [u for u in units if u not in remote]  # those have no server of ours
+        deadline = time.monotonic() + timeout
+        while True:
+            down = {u: r for u in units if (r := servers.unit_down(u)) is not None}
+            if not down or time.monotonic() > deadline:
+                return down
+            if self.hub is not None and self.hub.poll() is not None:
+                raise LaunchError("JupyterHub exited while the units' data platforms started")
+            time.sleep(0.5)
 
     def start_spark(self) -> None:
         if self.env.get("MARKET_SPARK_REMOTE"):
-            self.log(f"Using the data platform at {self.env['MARKET_SPARK_REMOTE']}")
+            self.log(f"Using the shared data platform at {self.env['MARKET_SPARK_REMOTE']}")
             return
+        if self.env.get("MARKET_SPARK_SHARED") != "1":
+            return  # the service starts one server per unit
         from .platform import SparkConnectServer
 
         self.spark = SparkConnectServer(
@@ -228,6 +262,7 @@ def throwaway_platform(**env_extra: str) -> Iterator[tuple[Platform, dict[str, s
     and experiments; yields (platform, {user: password}). Unless ``MARKET_SPARK_REMOTE`` is
     passed, no Spark server is started (the endpoint is an unused port)."""
     var = Path(tempfile.mkdtemp(prefix="market-throwaway-")) / "var"
+    var.parent.chmod(0o711)  # sandbox and server accounts pass through to their directories
     env_extra.setdefault("MARKET_SPARK_REMOTE", f"sc://127.0.0.1:{free_port()}")
     env = dict(os.environ, MARKET_HUB_API_PORT=str(free_port()),
                MARKET_PROXY_API_PORT=str(free_port()), MARKET_SERVICE_PORT=str(free_port()),
@@ -255,8 +290,16 @@ def load_demo_data(platform: Platform) -> None:
               "(set MARKET_LCL_DATA, then `market demo data`)", file=sys.stderr)
         return
     scale = float(platform.env.get("MARKET_DEMO_SCALE") or 1.0)
+    if not platform.spark_remote:
+        print("Waiting for the demo units' data platforms (one Spark server each) ...")
+        down = platform.wait_for_unit_platforms(list(demo.DEMO_UNITS))
+        if down:
+            print("warning: not loading the demo tables; " + "; ".join(down.values()),
+                  file=sys.stderr)
+            return
     demo.load_demo_data(platform.var_dir, platform.spark_remote, scale=scale,
-                        data_dir=data_dir)
+                        data_dir=data_dir,
+                        endpoints=json.loads(platform.env.get("MARKET_SPARK_ENDPOINTS") or "{}"))
 
 
 def run(var_dir: Path, port: int = 8000, seed: bool = True) -> int:

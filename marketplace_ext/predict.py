@@ -4,16 +4,20 @@
 the posted rows and answers with its ``outputs/predictions.json``. Starting a kernel and
 importing pandas costs seconds; the cells themselves usually take milliseconds. So
 :class:`PredictPool` keeps one *worker* per tool version: the version's bundle unpacked into a
-directory of its own and a kernel started there (cwd = the bundle, environment stripped of the
-service's secrets like a run's), running nothing until the first call. Each call:
+run directory of its own (:class:`~.sandbox.workspace.Workspace`) and a kernel started in the
+sandbox there, as the calling unit's sandbox account (the kernelspec's provisioner,
+:mod:`marketplace_ext.provisioner`, does that; a kernelspec without it is refused), with cwd
+``work/`` (the bundle read-only in it), an environment stripped of the service's secrets like a
+run's, no network but the relay to the unit's data platform, and the pool's ``limits``. It runs
+nothing until the first call. Each call:
 
-1. empties ``outputs/`` (a stale answer can never be returned) and writes the rows to
-   ``.market-run/rows.json``;
+1. in the kernel (the service writes nothing into the sandbox's directory): back to ``work/``,
+   an empty ``outputs/`` (a stale answer can never be returned), the rows as a string;
 2. executes the notebook's code cells one by one in the warm kernel, the ``parameters`` cell
    followed by an injected cell that sets ``rows`` (and ``output_dir = "outputs"`` when the
    notebook declares it, as a run would), like papermill's injected parameters. The other
    parameters keep their defaults: the parameters cell itself runs again on every call;
-3. reads ``outputs/predictions.json``, which must hold a JSON array.
+3. reads ``outputs/predictions.json`` (no link followed), which must hold a JSON array.
 
 Imports stay cached in the kernel, so a repeated call costs only the cells. Calls to one worker
 are serialized. A cell that raises is a :class:`PredictError` with the exception's name and
@@ -32,8 +36,8 @@ their own and never share a kernel's memory. At most ``max_workers`` workers exi
 recently used idle one is stopped to make room (a caller waits when all of them are busy), and
 workers idle for ``idle_timeout`` seconds are stopped. Every process of a worker carries the
 runner's marker (``GRID_MARKET_RUN=<worker directory>``) and is killed with
-:func:`marketplace_ext.runner.kill_run_processes`. One pool per ``work_root``: on first use the
-pool kills and removes whatever a previous service left there.
+:func:`marketplace_ext.sandbox.procs.kill_run_processes`. One pool per ``work_root``: on first
+use the pool kills and removes whatever a previous service left there.
 
 Nothing here blocks the event loop: the kernel is driven with jupyter_client's asyncio client,
 and file work, bundle loading and process sweeps run in threads.
@@ -48,9 +52,7 @@ import itertools
 import json
 import logging
 import os
-import re
 import shutil
-import stat
 import subprocess
 import time
 from collections import OrderedDict
@@ -59,235 +61,49 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty
 
-import nbformat
-import yaml
-
-from .errors import InvalidField, MarketError
-from .runner import (
-    CONTROL_DIR,
-    OUTPUT_DIR,
-    _inside,
-    _kernel_env,
-    _start_time,
-    _tail,
-    _unpack_bundle,
-    kill_run_processes,
-    processes_of,
+from .errors import MarketError
+from .predict_program import (
+    InvalidRows,
+    PredictError,
+    PredictTimeout,
+    PredictUnavailable,
+    Program,
+    check_rows,
+    encode_rows,
+    entry_point_cell,
+    prelude,
+    read_predictions,
+    read_program,
+    rows_cell,
+)
+from .provisioner import SPEC_ENV
+from .sandbox import usage
+from .sandbox.limits import Limits
+from .sandbox.procs import kill_run_processes, processes_of, start_time
+from .sandbox.workspace import (
+    Workspace,
+    identity,
+    kernel_paths,
+    prepare_root,
+    sandbox_env,
 )
 
 log = logging.getLogger(__name__)
 
-PREDICTIONS = f"{OUTPUT_DIR}/predictions.json"
-ROWS_FILE = f"{CONTROL_DIR}/rows.json"
-ENTRY_POINT_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-# a line of the parameters cell that binds a name: ``name = ...`` or ``name: type = ...``
-_PARAMETER_LINE = re.compile(r"^([A-Za-z_]\w*)\s*(?::[^=]*)?=(?!=)")
+PROVISIONER = "grid-sandbox-provisioner"
 _MAX_MESSAGE = 2000
 _POLL = 0.5  # seconds between liveness checks while a cell runs
-
-
-# --- errors -------------------------------------------------------------------------------------
-
-
-class InvalidRows(InvalidField, ValueError):
-    """The posted rows are not a non-empty list of at most ``max_rows`` JSON objects."""
-
-    def __init__(self, message: str):
-        super().__init__(message, "rows")
-
-
-class PredictError(MarketError):
-    """The prediction failed: a cell raised (``ename``/``evalue`` hold the notebook's
-    exception), the kernel died, or the notebook wrote no valid ``outputs/predictions.json``."""
-
-    status = 422
-    code = "predict_failed"
-    blames_rows = True  # the rows are what the notebook failed on, so ``field`` is "rows"
-
-    def __init__(self, message: str, *, ename: str | None = None, evalue: str | None = None,
-                 cell: int | None = None):
-        super().__init__(message, "rows" if self.blames_rows else None)
-        self.ename, self.evalue, self.cell = ename, evalue, cell
-
-
-class PredictTimeout(PredictError):
-    """A call ran longer than ``call_timeout``; its kernel was killed."""
-
-    status = 504
-    code = "predict_timeout"
-    blames_rows = False
-
-
-class PredictUnavailable(PredictError):
-    """No worker can serve the version: its kernel or bundle did not start, or the pool is shut
-    down."""
-
-    status = 503
-    code = "predict_unavailable"
-    blames_rows = False
-
-
-# --- rows ---------------------------------------------------------------------------------------
-
-
-def _kind(value: object) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-            list: "a list", dict: "an object", type(None): "null"}.get(type(value),
-                                                                       type(value).__name__)
-
-
-def check_rows(rows: object, max_rows: int) -> None:
-    """Raise :class:`InvalidRows` unless ``rows`` is a list of 1 to ``max_rows`` dicts with
-    string keys (JSON-serializability is checked when the rows are encoded)."""
-    if not isinstance(rows, list):
-        raise InvalidRows(f"rows must be a list of JSON objects, not {_kind(rows)}")
-    if not rows:
-        raise InvalidRows("rows must hold at least one row")
-    if len(rows) > max_rows:
-        raise InvalidRows(f"at most {max_rows} rows per call; got {len(rows)}")
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise InvalidRows(f"rows[{i}] must be a JSON object, not {_kind(row)}")
-        if not all(isinstance(k, str) for k in row):
-            raise InvalidRows(f"rows[{i}] has a key that is not a string")
-
-
-def _encode_rows(rows: list[dict]) -> str:
-    try:
-        return json.dumps(rows, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as e:  # NaN, datetime, set... from a Python caller
-        raise InvalidRows(f"rows must hold only JSON values: {e}") from e
-
-
-# --- the worker's program -----------------------------------------------------------------------
-
-
-def _declared(source: str) -> set[str]:
-    """Names bound at the top level of a parameters cell (papermill's convention: one
-    assignment per line)."""
-    return {m.group(1) for line in source.splitlines() if (m := _PARAMETER_LINE.match(line))}
-
-
-@dataclass(frozen=True)
-class _Program:
-    """What a call executes: ``cells`` as (code cell number, source); the injected cell follows
-    the cell numbered ``inject_after``. ``entry_point`` replaces the notebook when set."""
-
-    cells: tuple[tuple[int, str], ...] = ()
-    inject_after: int = 0
-    set_output_dir: bool = False
-    entry_point: str | None = None
-
-
-def _read_program(root: Path) -> _Program:
-    """The call program of the bundle unpacked at ``root`` (blocking: run in a thread)."""
-    try:
-        manifest = yaml.safe_load((root / "product.yaml").read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise PredictUnavailable(f"the bundle's product.yaml is unreadable: {e}") from e
-    if not isinstance(manifest, dict):
-        raise PredictUnavailable("the bundle's product.yaml is not a mapping")
-    entry_point = manifest.get("predict")
-    if entry_point is not None:
-        if not isinstance(entry_point, str) or not ENTRY_POINT_RE.match(entry_point):
-            raise PredictUnavailable(f"the manifest's predict entry point {entry_point!r} is not "
-                                     "'module:function'")
-        return _Program(entry_point=entry_point)
-    name = manifest.get("notebook") or "main.ipynb"
-    path = _inside(name, root) if isinstance(name, str) else None
-    if path is None or not path.is_file():
-        raise PredictUnavailable(f"the bundle has no notebook {name!r}")
-    try:
-        nb = nbformat.read(path, as_version=4)
-    except Exception as e:  # nbformat raises several unrelated types for a broken file
-        raise PredictUnavailable(f"the notebook {name!r} is unreadable: {e}") from e
-    cells, inject_after, declared = [], 0, set()
-    for cell in nb.cells:
-        if cell.cell_type != "code":
-            continue
-        cells.append((len(cells) + 1, cell.source))
-        if not inject_after and "parameters" in cell.get("metadata", {}).get("tags", []):
-            inject_after, declared = len(cells), _declared(cell.source)
-    if not inject_after:
-        raise PredictError(f"the notebook {name!r} has no code cell tagged 'parameters'")
-    if "rows" not in declared:
-        raise PredictError(f"the notebook {name!r} does not declare 'rows' in its parameters "
-                           "cell; a remote call sets it to the posted rows")
-    return _Program(tuple(cells), inject_after, "output_dir" in declared)
-
-
-def _prelude(directory: Path) -> str:
-    # a cell may have changed directory in an earlier call; relative paths mean the bundle
-    return f"__import__('os').chdir({str(directory)!r})"
-
-
-def _rows_cell(directory: Path, program: _Program) -> str:
-    rows_path = str(directory / ROWS_FILE)
-    code = (f"rows = __import__('json').loads(__import__('pathlib').Path({rows_path!r})"
-            ".read_text(encoding='utf-8'))")
-    if program.set_output_dir:
-        code += f"\noutput_dir = {OUTPUT_DIR!r}"
-    return code
-
-
-def _entry_point_cell(directory: Path, entry_point: str) -> str:
-    module, function = entry_point.split(":")
-    return f"""\
-def __market_predict():
-    import importlib, json, pathlib, sys
-    here = {str(directory)!r}
-    if here not in sys.path:
-        sys.path.insert(0, here)
-    rows = json.loads(pathlib.Path({str(directory / ROWS_FILE)!r}).read_text(encoding="utf-8"))
-    result = getattr(importlib.import_module({module!r}), {function!r})(rows)
-
-    def plain(value):
-        if hasattr(value, "tolist"):
-            return value.tolist()
-        raise TypeError(f"{{type(value).__name__}} is not JSON serializable")
-
-    pathlib.Path({PREDICTIONS!r}).write_text(json.dumps(result, default=plain))
-__market_predict()"""
 
 
 # --- files --------------------------------------------------------------------------------------
 
 
-def _prepare_call(directory: Path, rows_json: str) -> None:
-    out = directory / OUTPUT_DIR
-    if out.is_symlink() or out.is_file():
-        out.unlink()
-    else:
-        shutil.rmtree(out, ignore_errors=True)
-    out.mkdir()
-    (directory / ROWS_FILE).write_text(rows_json, encoding="utf-8")
-
-
-def _read_predictions(directory: Path, max_bytes: int) -> list:
-    path = _inside(PREDICTIONS, directory)  # refuses outputs/ linked out of the directory
-    if path is None:
-        raise PredictError(f"{OUTPUT_DIR}/ is not a directory of the bundle")
+def _tail(path: Path, lines: int = 5, limit: int = 2000) -> str:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        raise PredictError(f"the notebook wrote no {PREDICTIONS}") from None
-    except OSError as e:
-        raise PredictError(f"{PREDICTIONS} is not a readable file ({e.strerror})") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise PredictError(f"{PREDICTIONS} is not a regular file")
-        if st.st_size > max_bytes:
-            raise PredictError(f"{PREDICTIONS} is {st.st_size} bytes; at most {max_bytes} are "
-                               "returned")
-        data = f.read(max_bytes + 1)
-    try:
-        value = json.loads(data)
-    except ValueError as e:
-        raise PredictError(f"{PREDICTIONS} is not valid JSON: {e}") from None
-    if not isinstance(value, list):
-        raise PredictError(f"{PREDICTIONS} must hold a JSON array, not {_kind(value)}")
-    return value
+        text = path.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return ""
+    return " | ".join(text.splitlines()[-lines:])[-limit:]
 
 
 def _sweep(directory: Path, known: dict[int, int | None]) -> None:
@@ -296,13 +112,15 @@ def _sweep(directory: Path, known: dict[int, int | None]) -> None:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def _recover(work_root: Path) -> None:
-    """Kill and remove the workers a previous service left under ``work_root``."""
-    work_root.mkdir(parents=True, exist_ok=True)
+def _recover(work_root: Path) -> str | None:
+    """Kill and remove the workers a previous service left under ``work_root``; what keeps
+    the sandbox accounts from reaching it, if anything."""
+    problem = prepare_root(work_root)
     for directory in work_root.glob("w-*"):
         if processes_of(directory):
             log.warning("killing predict worker processes left in %s", directory)
         _sweep(directory, {})
+    return problem
 
 
 # --- the pool -----------------------------------------------------------------------------------
@@ -324,13 +142,14 @@ class WorkerInfo:
 class _Worker:
     version_key: str
     env: dict[str, str]
+    unit: str | None = None  # whose sandbox account the kernel runs as
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     users: int = 0  # calls holding or waiting for the worker: never evicted while > 0
     last_used: float = field(default_factory=time.monotonic)
     calls: int = 0
     closed: bool = False
     directory: Path | None = None
-    program: _Program | None = None
+    program: Program | None = None
     km: object | None = None  # jupyter_client AsyncKernelManager
     kc: object | None = None  # its AsyncKernelClient
     pid: int | None = None
@@ -351,7 +170,8 @@ class PredictPool:
 
     def __init__(self, work_root: Path, *, kernel_name: str = "grid-python", max_workers: int = 4,
                  idle_timeout: float = 600, call_timeout: float = 60, max_rows: int = 10_000,
-                 start_timeout: float = 60, max_output_bytes: int = 16 * 2**20):
+                 start_timeout: float = 60, max_output_bytes: int = 16 * 2**20,
+                 limits: Limits | None = None):
         if max_workers < 1:
             raise ValueError("max_workers must be at least 1")
         if min(idle_timeout, call_timeout, start_timeout) <= 0 or max_rows < 1:
@@ -364,6 +184,7 @@ class PredictPool:
         self.max_rows = max_rows
         self.start_timeout = start_timeout
         self.max_output_bytes = max_output_bytes
+        self.limits = limits or Limits()
         self._workers: OrderedDict[tuple[str, str], _Worker] = OrderedDict()  # LRU first
         self._changed = asyncio.Condition()
         self._started: asyncio.Task | None = None
@@ -377,14 +198,15 @@ class PredictPool:
 
     async def predict(self, version_key: str, bundle_bytes_loader: Callable[[], bytes],
                       rows: list[dict], env: dict[str, str], *,
-                      kernel_name: str | None = None) -> list:
+                      kernel_name: str | None = None, unit: str | None = None) -> list:
         """Run the version's prediction on ``rows`` in its warm worker and return the parsed
         ``outputs/predictions.json``.
 
         ``version_key`` identifies the version (its bundle digest); ``bundle_bytes_loader``
         returns its canonical bundle and is called, in a thread, only when a worker starts;
         ``env`` is merged over the service's environment stripped of its secrets, as for a run;
-        ``kernel_name`` overrides the pool's kernelspec (a product's own environment).
+        ``kernel_name`` overrides the pool's kernelspec (a product's own environment);
+        ``unit``: the kernel runs in that unit's sandbox (account ``gds-run-<unit>``).
 
         Raises :class:`InvalidRows` (bad rows; no kernel is touched), :class:`PredictError`
         (the notebook raised or wrote no valid predictions), :class:`PredictTimeout` and
@@ -395,10 +217,11 @@ class PredictPool:
         if not isinstance(version_key, str) or not version_key:
             raise ValueError("version_key must be a non-empty string")
         check_rows(rows, self.max_rows)
-        rows_json = await asyncio.to_thread(_encode_rows, rows)
+        rows_json = await asyncio.to_thread(encode_rows, rows)
         env = {str(k): str(v) for k, v in (env or {}).items()}
         await self._start()
-        worker = await self._acquire((version_key, _fingerprint(env)), version_key, env)
+        worker = await self._acquire((version_key, _fingerprint({**env, "": unit or ""})),
+                                     version_key, env, unit)
         # shielded: a caller that goes away must not leave the kernel half way through the
         # notebook; the call finishes (within call_timeout) and its answer is dropped
         task = asyncio.ensure_future(self._serve(worker, bundle_bytes_loader,
@@ -463,10 +286,12 @@ class PredictPool:
             # one pool per work root: what is left there belongs to a previous service
             self._started = asyncio.ensure_future(asyncio.to_thread(_recover, self.work_root))
             self._reaper = asyncio.create_task(self._reap(), name="predict-reaper")
-        await asyncio.shield(self._started)
+        problem = await asyncio.shield(self._started)
+        if problem:
+            raise PredictUnavailable(problem)
 
     async def _acquire(self, key: tuple[str, str], version_key: str,
-                       env: dict[str, str]) -> _Worker:
+                       env: dict[str, str], unit: str | None = None) -> _Worker:
         """The worker for ``key``, counted as used; makes room by stopping the least recently
         used idle worker, and waits while every worker is busy."""
         async with self._changed:
@@ -485,7 +310,7 @@ class PredictPool:
                         await self._changed.wait()
                         continue
                     victim = self._workers.pop(victim_key)
-                worker = _Worker(version_key, env, users=1)
+                worker = _Worker(version_key, env, unit, users=1)
                 self._workers[key] = worker
                 break
         if victim is not None:
@@ -529,16 +354,21 @@ class PredictPool:
         directory = self.work_root / f"w-{tag}-{next(self._serial)}"
         worker.directory = directory
 
-        def prepare() -> _Program:
+        def prepare() -> tuple[Program, Workspace, dict[str, str]]:
             data = loader()
-            shutil.rmtree(directory, ignore_errors=True)
-            directory.mkdir(parents=True)
-            _unpack_bundle(data, directory)
-            (directory / CONTROL_DIR / "runtime").mkdir(parents=True, exist_ok=True)
-            return _read_program(directory)
+            space = Workspace(directory, *identity(worker.unit))
+            space.create(data)
+            program = read_program(space.bundle)
+            space.seal()
+            env = sandbox_env(worker.env, directory, space.control / "runtime")
+            # the provisioner (selected by the kernelspec) reads the sandbox from this template
+            template = space.spec([], env, self.limits, kernel_paths(kernel_name, env))
+            template.write(directory / "sandbox.json")
+            env[SPEC_ENV] = str(directory / "sandbox.json")
+            return program, space, env
 
         try:
-            worker.program = await asyncio.to_thread(prepare)
+            worker.program, space, env = await asyncio.to_thread(prepare)
         except Exception as e:
             if worker.closed:  # shut down while unpacking: the directory was removed under it
                 raise PredictUnavailable("the prediction pool is shut down") from None
@@ -548,21 +378,26 @@ class PredictPool:
                           worker.version_key)
             raise PredictUnavailable(f"the version's bundle could not be prepared: "
                                      f"{type(e).__name__}: {e}") from e
-        env = _kernel_env(worker.env, directory)
         km = AsyncKernelManager(kernel_name=kernel_name,
-                                connection_file=str(directory / CONTROL_DIR / "kernel.json"))
+                                connection_file=str(space.control / "kernel.json"),
+                                kernel_spec_manager=_spec_manager(env))
         worker.km = km
-        kernel_log = directory / CONTROL_DIR / "kernel.log"
+        # in the run directory (root's), not work/: the sandboxed kernel could swap a file there
+        kernel_log = directory / "kernel.log"
         t0 = time.monotonic()
         try:
+            provisioner = (km.kernel_spec.metadata or {}).get("kernel_provisioner", {})
+            if provisioner.get("provisioner_name") != PROVISIONER:
+                raise PredictUnavailable(f"the kernelspec {kernel_name!r} does not start its "
+                                         f"kernels in the sandbox ({PROVISIONER})")
             # the kernel's own output (and its children's) goes to the worker's log, not the
             # service's
             with open(kernel_log, "ab") as out:
-                await asyncio.wait_for(km.start_kernel(cwd=str(directory), env=env, stdout=out,
+                await asyncio.wait_for(km.start_kernel(cwd=str(space.work), env=env, stdout=out,
                                                        stderr=subprocess.STDOUT),
                                        self.start_timeout)
             worker.pid = km.provisioner.pid
-            worker.known = {worker.pid: _start_time(worker.pid)}
+            worker.known = {worker.pid: start_time(worker.pid)}
             if worker.closed:  # shut down while the kernel started: its sweep may have missed it
                 raise PredictUnavailable("the prediction pool is shut down")
             kc = km.client()
@@ -625,19 +460,26 @@ class PredictPool:
     async def _call(self, worker: _Worker, rows_json: str) -> list:
         directory, program = worker.directory, worker.program
         assert directory is not None and program is not None
-        await asyncio.to_thread(_prepare_call, directory, rows_json)
+        work = directory / "work"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.call_timeout
-        await self._execute(worker, 0, _prelude(directory), deadline)
+        await self._execute(worker, 0, prelude(work, rows_json), deadline)
         if program.entry_point is not None:
-            await self._execute(worker, 0, _entry_point_cell(directory, program.entry_point),
+            await self._execute(worker, 0, entry_point_cell(work, program.entry_point),
                                 deadline)
         else:
             for number, source in program.cells:
                 await self._execute(worker, number, source, deadline)
                 if number == program.inject_after:
-                    await self._execute(worker, 0, _rows_cell(directory, program), deadline)
-        return await asyncio.to_thread(_read_predictions, directory, self.max_output_bytes)
+                    await self._execute(worker, 0, rows_cell(program), deadline)
+        if self.limits.disk_bytes:  # what the kernel keeps in work/ and /tmp between calls
+            stored = await asyncio.to_thread(usage.disk_usage, (work, directory / "tmp"),
+                                             self.limits.disk_bytes)
+            over = usage.exceeded(usage.Usage(disk_bytes=stored), self.limits, "call")
+            if over:
+                await self._stop_worker(worker)
+                raise PredictError(f"{over}; its kernel was stopped")
+        return await asyncio.to_thread(read_predictions, work, self.max_output_bytes)
 
     async def _execute(self, worker: _Worker, number: int, code: str, deadline: float) -> None:
         """Execute ``code`` in the worker's kernel; raise on an error, a timeout, a death."""
@@ -687,10 +529,13 @@ class PredictPool:
         if status == "ok":
             return
         ename = str(content.get("ename") or "Error")
-        evalue = _scrub(str(content.get("evalue") or ""), directory=worker.directory)
+        evalue = _scrub(str(content.get("evalue") or ""),
+                        directory=worker.directory / "work" if worker.directory else None)
         where = f" (code cell {number})" if number else ""
         if status == "error":
             text = f"{ename}: {evalue}" if evalue else ename
+            # MemoryError, EAGAIN from fork, "File too large": the sandbox's rlimits
+            text = usage.explain(text, None, self.limits, "call") or text
             raise PredictError(f"{text}{where}"[:_MAX_MESSAGE], ename=ename, evalue=evalue,
                                cell=number or None)
         raise PredictError(f"the kernel answered {status!r}{where}", cell=number or None)
@@ -720,6 +565,17 @@ def _scrub(text: str, directory: Path | None) -> str:
     if directory is not None:
         text = text.replace(str(directory) + os.sep, "").replace(str(directory), ".")
     return text
+
+
+def _spec_manager(env: dict[str, str]):
+    """Kernelspecs as the kernel's environment finds them (its JUPYTER_PATH names product
+    environments' kernels), not the service's."""
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_core.paths import jupyter_path
+
+    extra = [os.path.join(p, "kernels") for p in env.get("JUPYTER_PATH", "").split(os.pathsep)
+             if p]
+    return KernelSpecManager(kernel_dirs=[*extra, *jupyter_path("kernels")])
 
 
 def _first_line(exc: BaseException) -> str:

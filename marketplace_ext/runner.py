@@ -1,397 +1,106 @@
-"""The compute layer: a run queue persisted in the ``runs`` table and a bounded pool of papermill
-executions that never blocks the service's event loop.
+"""The compute layer: a run queue persisted in the ``runs`` table and a bounded pool of
+sandboxed papermill executions that never blocks the service's event loop.
 
 A run goes ``queued`` → ``running`` → ``succeeded`` | ``failed`` | ``cancelled``. The HTTP layer
-validates parameters (:func:`validate_parameters`), queues a run in its own transaction
-(:func:`queue_run`), commits and calls :meth:`Runner.kick`; the :class:`Runner` claims queued
-runs oldest first, at most ``max_workers`` at once, and executes each one:
+validates parameters (:mod:`.parameters`), queues a run (:mod:`.run_queue`), commits and calls
+:meth:`Runner.kick`; the :class:`Runner` claims queued runs oldest first, at most
+``max_workers`` at once, and executes each one:
 
-1. a fresh working directory ``<work_root>/run-<id>/`` holding the unpacked bundle, an empty
-   ``outputs/``, for an uploaded file ``inputs/<data_name>``, and ``.market-run/`` (the runner's
-   own files: job description, executed notebook, HTML, log, the kernel's connection file);
-2. ``python -P -m marketplace_ext.run_notebook`` in a session of its own, cwd = the working
-   directory, which runs papermill with the version's kernel and renders the HTML;
-3. while it runs: progress (code cells done / code cells in all) read from the executed notebook
-   papermill saves after every cell, the run's timeout, and cancellation;
-4. at the end: the executed notebook (kept for failures too: papermill's error cell is in it)
-   and its HTML go to the blob store, on success the declared outputs become artifacts, and the
-   final status is recorded together with ``on_finished`` (refunds, certification) in one write
-   transaction. Then every process of the run is killed and the working directory removed.
+1. a fresh run directory ``<work_root>/run-<id>/`` (:class:`~.sandbox.workspace.Workspace`):
+   the bundle and an uploaded file (``inputs/<data_name>``) read-only, the working directory
+   ``work/`` owned by the unit's sandbox account (``gds-run-<unit>``) with ``outputs/`` and
+   ``.market-run/`` (job, executed notebook, HTML, result, the kernel's sockets);
+2. ``python -P -m marketplace_ext.run_notebook`` in the sandbox (:mod:`.sandbox`: the unit's
+   account, own namespaces, only the run's files visible, no network but the relay to the
+   unit's data platform, rlimits), cwd ``work/``: papermill, the kernel and the HTML rendering
+   all run in there;
+3. while it runs: progress (code cells done / in all, from the notebook papermill saves after
+   every cell), the timeout, cancellation, the sandbox's usage against its ``limits`` (a run
+   over one is killed and fails naming it) and, for a run on its unit's platform,
+   ``platform_down(unit)``: a run whose platform is down fails, naming it;
+4. at the end: the executed notebook (kept for failures too) and its HTML go to the blob store,
+   on success the declared outputs become artifacts (:mod:`.run_results`: nothing in ``work/``
+   is read through a link), and the final status is recorded with ``on_finished`` (refunds,
+   certification) in one write transaction. Then every process of the run is killed and the
+   run directory removed.
 
-Parameter conventions (what a notebook may declare in its ``parameters`` cell):
+Parameter conventions (a notebook's ``parameters`` cell): the user's parameters, validated
+before the run is queued (missing ones keep the notebook's defaults); context parameters,
+injected only when declared and never set by a user: ``run_id``, ``unit`` (the caller's unit
+slug or ""), ``output_dir`` (``"outputs"``), ``input_path`` (the absolute path of an uploaded
+file, else ""). The data side travels in the kernel's environment: ``env_for`` (e.g.
+``SPARK_REMOTE`` of the caller's unit) over the service's environment without its secrets.
 
-- the user's parameters: validated against papermill's inspection of the notebook, names and
-  inferred types, before the run is queued; missing ones keep the notebook's defaults;
-- context parameters, injected only when the notebook declares them, and reserved (a user can
-  not set them): ``run_id`` (int), ``unit`` (the caller's unit slug, "" without one),
-  ``output_dir`` (``"outputs"``, relative to the working directory: declared outputs are
-  written there), ``input_path`` (for an uploaded file: the absolute path of
-  ``inputs/<data_name>``; ``""`` for a run on the platform). A notebook that does not declare
-  ``input_path`` still finds an upload under ``inputs/``;
-- the data side travels in the kernel's environment: ``env_for`` (e.g. ``SPARK_REMOTE`` of the
-  caller's unit) is merged over the service's environment, from which the service's own secrets
-  (``JUPYTERHUB_*``, ``MARKET_*``, ``CONFIGPROXY_*`` and names containing TOKEN, SECRET or
-  PASSWORD) are removed first: a product notebook is another unit's code.
-
-Killing: every process of a run carries ``GRID_MARKET_RUN=<working directory>`` in its
-environment. The kernel runs in a session of its own (jupyter_client starts it so), so neither a
-process-group kill nor the tree under the runner process is enough once the runner process has
-died; :func:`kill_run_processes` stops (SIGSTOP) the tree under the runner process, everything
-carrying the marker and the pids seen earlier, until no new one appears, then SIGKILLs them all
-and waits until they are gone. The same sweep runs after every run, whatever its end, and at
-start-up for runs a crashed service left ``running`` (those are failed with "service
-restarted"). Recovery assumes one runner per database and work root (the embedded default);
-several hosts would need a lease per run.
+Killing: the sandbox's PID namespace ends every process in it when its launcher dies;
+:func:`~.sandbox.procs.kill_run_processes` also sweeps everything carrying the run's marker
+(``GRID_MARKET_RUN=<run directory>``), after every run and at start-up for runs a crashed
+service left ``running`` (failed with "service restarted"). Recovery assumes one runner per
+database and work root (the embedded default); several hosts would need a lease per run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
 import logging
-import os
-import re
 import shutil
-import signal
-import stat
 import subprocess
 import sys
 import time
-import zipfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .blobs import SHA256_RE, BlobStore
-from .envs import without_secrets
-from .errors import Conflict, InvalidField, MarketError, NotFound
-from .launcher import descendants, pid_alive
+from .blobs import BlobStore
+from .errors import Conflict, MarketError, NotFound
 from .orm import Run, Unit, utcnow, write_transaction
+from .parameters import CONTEXT_PARAMETERS, validate_parameters
+from .run_queue import DATA_KINDS, MAX_TIMEOUT_SECONDS, RunRequest, queue_run
+from .run_results import (
+    MAX_NOTEBOOK_BYTES,
+    collect_outputs,
+    exists_inside,
+    json_object,
+    notebook_progress,
+    read_progress,
+    tail,
+)
+from .sandbox import files, usage
+from .sandbox.limits import Limits
+from .sandbox.procs import MARKER_ENV, descendants, kill_run_processes, processes_of, start_time
+from .sandbox.spec import launcher_argv
+from .sandbox.workspace import (
+    CONTROL_DIR,
+    INPUT_DIR,
+    OUTPUT_DIR,
+    Workspace,
+    identity,
+    inside,
+    kernel_paths,
+    prepare_root,
+    sandbox_env,
+)
 
 log = logging.getLogger(__name__)
 
+# the names other modules import from here
+__all__ = ["CONTEXT_PARAMETERS", "CONTROL_DIR", "DATA_KINDS", "INPUT_DIR", "MARKER_ENV",
+           "MAX_TIMEOUT_SECONDS", "OUTPUT_DIR", "RunRequest", "Runner", "kill_run_processes",
+           "notebook_progress", "processes_of", "queue_run", "validate_parameters"]
+
 STATUSES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
-DATA_KINDS: tuple[str, ...] = ("platform", "upload")
-# set by the marketplace when the notebook declares them; never by the user
-CONTEXT_PARAMETERS: tuple[str, ...] = ("run_id", "unit", "output_dir", "input_path")
-OUTPUT_DIR = "outputs"
-INPUT_DIR = "inputs"
-CONTROL_DIR = ".market-run"
-MARKER_ENV = "GRID_MARKET_RUN"
-MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
 RENDER_TIMEOUT = 120.0
 
 BundleFor = Callable[[Session, Run], tuple[bytes, str, list[str]]]
 EnvFor = Callable[[Session, Run], dict[str, str]]
 OnFinished = Callable[[Session, Run], None]
-
-
-# --- parameters --------------------------------------------------------------------------------
-
-_BASE_TYPES: dict[str, tuple[type, ...]] = {
-    "str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "list": (list,),
-    "dict": (dict,),
-}
-_TYPING_ALIASES = {"List": "list", "Dict": "dict", "Str": "str"}
-
-
-def _split_top(text: str, sep: str) -> list[str]:
-    """``text`` split at ``sep`` outside brackets."""
-    parts, depth, start = [], 0, 0
-    for i, ch in enumerate(text):
-        if ch == "[":
-            depth += 1
-        elif ch == "]":
-            depth -= 1
-        elif ch == sep and depth == 0:
-            parts.append(text[start:i].strip())
-            start = i + 1
-    parts.append(text[start:].strip())
-    return parts
-
-
-def _describe_value(value: object) -> str:
-    if value is None:
-        return "null"
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-            list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
-
-
-def _type_problem(declared: str, value: object) -> str | None:
-    """Why ``value`` (from JSON) does not fit papermill's ``inferred_type_name``, or None.
-    Unknown type names accept anything: the bundle's validation refused them at publication."""
-    declared = declared.strip()
-    if declared in ("", "None", "Any", "typing.Any", "object"):
-        return None  # no annotation: papermill could not infer a type
-    union = _split_top(declared, "|")
-    if len(union) == 1 and declared.startswith("Optional[") and declared.endswith("]"):
-        union = [declared[len("Optional["):-1], "None"]
-    if len(union) > 1:
-        if any((value is None) if part == "None" else _type_problem(part, value) is None
-               for part in union):
-            return None
-        return f"is {_describe_value(value)}, not {declared}"
-    base, _, args = declared.partition("[")
-    base = _TYPING_ALIASES.get(base.strip(), base.strip())
-    expected = _BASE_TYPES.get(base)
-    if expected is None:
-        return None
-    if not isinstance(value, expected) or (isinstance(value, bool) and base != "bool"):
-        return f"is {_describe_value(value)}, not {declared}"
-    if args.endswith("]"):
-        inner = _split_top(args[:-1], ",")
-        if base == "list" and len(inner) == 1:
-            for i, item in enumerate(value):  # type: ignore[arg-type]
-                why = _type_problem(inner[0], item)
-                if why:
-                    return f"item {i} {why}"
-        if base == "dict" and len(inner) == 2:
-            for key, item in value.items():  # type: ignore[union-attr]
-                why = _type_problem(inner[1], item)
-                if why:
-                    return f"value of {key!r} {why}"
-    return None
-
-
-def validate_parameters(spec: dict, given: object) -> dict:
-    """Check ``given`` (a run request's parameters, decoded JSON) against ``spec``, a version's
-    papermill inspection ``{name: {"name", "inferred_type_name", "default", "help"}}``.
-
-    Returns the given parameters (a new dict; parameters not given keep the notebook's
-    defaults and are not included). Raises :class:`InvalidField` with ``field =
-    "parameters.<name>"`` for an unknown name, a reserved context name or a value of the wrong
-    type (``int`` takes integers but not booleans, ``float`` integers or numbers, ``list[str]``
-    checks its items), and ``field = "parameters"`` when ``given`` is not an object.
-    """
-    if given is None:
-        return {}
-    if not isinstance(given, dict):
-        raise InvalidField(f"parameters must be a JSON object of name: value, not "
-                           f"{_describe_value(given)}", "parameters")
-    out: dict = {}
-    for name, value in given.items():
-        fld = f"parameters.{name}"
-        if not isinstance(name, str):
-            raise InvalidField("parameter names must be strings", "parameters")
-        if name not in spec:
-            known = ", ".join(sorted(spec)) or "none"
-            raise InvalidField(f"unknown parameter {name!r}; this version takes: {known}", fld)
-        if name in CONTEXT_PARAMETERS:
-            raise InvalidField(f"parameter {name!r} is set by the marketplace, not by the caller",
-                               fld)
-        declared = str(spec[name].get("inferred_type_name") or "None")
-        if value is None and str(spec[name].get("default", "")).strip() == "None":
-            out[name] = None
-            continue
-        why = _type_problem(declared, value)
-        if why:
-            raise InvalidField(f"parameter {name!r} must be {declared}: it {why}", fld)
-        out[name] = value
-    return out
-
-
-# --- queueing ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RunRequest:
-    """What a caller asks to run. ``parameters`` should come from :func:`validate_parameters`;
-    an uploaded file is a blob (``data_sha256``) with the name it gets under ``inputs/``."""
-
-    product_id: int
-    version_id: int
-    unit_id: int | None
-    user: str
-    mode: str
-    parameters: dict
-    timeout_seconds: int
-    entitlement_id: int | None = None
-    data_kind: str = "platform"
-    data_sha256: str | None = None
-    data_name: str | None = None
-
-
-def _file_name_problem(name: object) -> str | None:
-    if not isinstance(name, str) or not name:
-        return "must be a non-empty file name"
-    if "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
-        return "must be a plain file name (no directories, not starting with '.')"
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        return "must not contain control characters"
-    if len(name.encode()) > 255:
-        return "is longer than 255 bytes"
-    return None
-
-
-def queue_run(session: Session, request: RunRequest) -> Run:
-    """Insert ``request`` as a ``queued`` run in the caller's transaction (nothing is
-    committed); the caller commits and then calls :meth:`Runner.kick`."""
-    if request.data_kind not in DATA_KINDS:
-        raise InvalidField(f"data must be one of {', '.join(DATA_KINDS)}", "data")
-    if request.data_kind == "upload":
-        if not isinstance(request.data_sha256, str) or not SHA256_RE.match(request.data_sha256):
-            raise InvalidField("an uploaded file needs its sha256", "data.sha256")
-        why = _file_name_problem(request.data_name)
-        if why:
-            raise InvalidField(f"the uploaded file's name {why}", "data.name")
-    elif request.data_sha256 is not None or request.data_name is not None:
-        raise InvalidField("only an upload carries a file", "data")
-    if (not isinstance(request.timeout_seconds, int) or isinstance(request.timeout_seconds, bool)
-            or not 1 <= request.timeout_seconds <= MAX_TIMEOUT_SECONDS):
-        raise InvalidField(f"timeout_seconds must be an integer from 1 to {MAX_TIMEOUT_SECONDS}",
-                           "timeout_seconds")
-    if not isinstance(request.parameters, dict):
-        raise InvalidField("parameters must be a JSON object", "parameters")
-    try:
-        parameters = json.dumps(request.parameters, sort_keys=True, allow_nan=False)
-    except (TypeError, ValueError) as e:
-        raise InvalidField(f"parameters must be JSON values: {e}", "parameters") from e
-    run = Run(
-        product_id=request.product_id, version_id=request.version_id, unit_id=request.unit_id,
-        user=request.user, mode=request.mode, entitlement_id=request.entitlement_id,
-        status="queued", parameters=parameters, data_kind=request.data_kind,
-        data_sha256=request.data_sha256, data_name=request.data_name,
-        timeout_seconds=request.timeout_seconds, cancel_requested=False, cells_done=0,
-        cells_total=0, artifacts="{}",
-    )
-    session.add(run)
-    session.flush()
-    return run
-
-
-# --- processes ---------------------------------------------------------------------------------
-
-
-def _start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (with the pid, its identity)."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def processes_of(workdir: Path) -> set[int]:
-    """Live processes whose environment carries the marker of the run in ``workdir``."""
-    entry = f"{MARKER_ENV}={Path(workdir)}".encode()
-    found: set[int] = set()
-    me = os.getpid()
-    for environ in Path("/proc").glob("[0-9]*/environ"):
-        try:
-            data = environ.read_bytes()
-        except OSError:
-            continue
-        if entry in data.split(b"\0"):
-            pid = int(environ.parent.name)
-            if pid != me and pid_alive(pid):
-                found.add(pid)
-    return found
-
-
-def kill_run_processes(root: int | None, workdir: Path, known: dict[int, int | None] | None = None,
-                       wait: float = 10.0) -> set[int]:
-    """Kill every process of the run in ``workdir``: the tree under ``root`` (the runner
-    process), anything carrying the run's marker, and the ``known`` pids (pid → start time seen
-    earlier, so a reused pid is left alone). Everything is stopped first, until no new process
-    appears, so nothing can fork past the kill. Returns the pids killed."""
-    stopped: set[int] = set()
-    for _ in range(50):
-        found = processes_of(workdir)
-        if root is not None:
-            if pid_alive(root):
-                found.add(root)
-            found |= descendants(root)
-        for pid, started in (known or {}).items():
-            if pid_alive(pid) and _start_time(pid) == started:
-                found.add(pid)
-        for pid in list(found):
-            found |= descendants(pid)
-        new = {pid for pid in found - stopped if pid != os.getpid()}
-        if not new:
-            break
-        for pid in new:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGSTOP)
-        stopped |= new
-    for pid in stopped:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline and any(pid_alive(pid) for pid in stopped):
-        time.sleep(0.02)
-    left = {pid for pid in stopped if pid_alive(pid)}
-    if left:
-        log.error("processes %s of %s survived SIGKILL", sorted(left), workdir)
-    return stopped
-
-
-def _kernel_env(extra: dict[str, str], workdir: Path) -> dict[str, str]:
-    # the service's secrets stay out of a product kernel's environment (env_for may add back
-    # what a product really needs)
-    env = without_secrets(dict(os.environ))
-    env.update({str(k): str(v) for k, v in extra.items()})
-    env[MARKER_ENV] = str(workdir)
-    # the kernel's connection file lives and dies with the run
-    env["JUPYTER_RUNTIME_DIR"] = str(workdir / CONTROL_DIR / "runtime")
-    return env
-
-
-# --- files -------------------------------------------------------------------------------------
-
-
-def _unpack_bundle(data: bytes, dest: Path) -> None:
-    """Unpack a canonical bundle archive into ``dest``: trusted (it passed validation at
-    publication) but still refused if a member would land outside ``dest`` or is a link."""
-    with zipfile.ZipFile(io.BytesIO(data)) as zf:
-        for info in zf.infolist():
-            name = info.filename
-            parts = PurePosixPath(name).parts
-            if (not parts or name.startswith("/") or "\\" in name or ".." in parts
-                    or re.match(r"^[A-Za-z]:", name) or "\x00" in name):
-                raise ValueError(f"bundle member {name!r} would leave the working directory")
-            if stat.S_ISLNK(info.external_attr >> 16):
-                raise ValueError(f"bundle member {name!r} is a symbolic link")
-            target = dest.joinpath(*parts)
-            if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-            with os.fdopen(fd, "wb") as out, zf.open(info) as src:
-                shutil.copyfileobj(src, out, 2**16)
-
-
-def _inside(path: str, root: Path) -> Path | None:
-    """``root/path`` if ``path`` is relative and stays inside ``root`` (links resolved)."""
-    p = PurePosixPath(path)
-    if not path or p.is_absolute() or ".." in p.parts or "\\" in path:
-        return None
-    full = root.joinpath(*p.parts)
-    try:
-        full.resolve().relative_to(root.resolve())
-    except ValueError:
-        return None
-    return full
-
-
-def notebook_progress(path: Path) -> tuple[int, int] | None:
-    """(code cells executed, code cells in all) of papermill's output notebook, or None while
-    it is absent or half written."""
-    try:
-        nb = json.loads(path.read_bytes())
-        cells = [c for c in nb["cells"] if c.get("cell_type") == "code"]
-        done = sum(1 for c in cells
-                   if c.get("metadata", {}).get("papermill", {}).get("status")
-                   in ("completed", "failed"))
-        return done, len(cells)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
+PlatformDown = Callable[[str], "str | None"]
 
 
 # --- the runner --------------------------------------------------------------------------------
@@ -400,14 +109,16 @@ def notebook_progress(path: Path) -> tuple[int, int] | None:
 @dataclass
 class _Job:
     run_id: int
-    workdir: Path
+    workdir: Path  # the run directory (the marker); the sandbox's cwd is workdir/work
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-    abort: str | None = None  # "cancelled" | "service stopped"
-    pid: int | None = None
+    abort: str | None = None  # "cancelled" | "service stopped" | a limit's message
+    pid: int | None = None  # the sandbox's launcher
     known: dict[int, int | None] = field(default_factory=dict)  # pid -> start time
     progress: tuple[int, int] | None = None
     nb_signature: tuple[int, int] | None = None
     task: asyncio.Task | None = None
+    peak: usage.Usage = field(default_factory=usage.Usage)
+    platform_checked: float = 0.0
 
 
 @dataclass
@@ -415,6 +126,9 @@ class _Prepared:
     outputs: list[str]
     env: dict[str, str]
     timeout: int
+    space: Workspace
+    read_only: list[str]
+    platform_unit: str | None  # the unit whose data platform the run uses
 
 
 class Runner:
@@ -427,13 +141,20 @@ class Runner:
     it (it must not commit). ``kernel_for(session, run)``, optional, names the kernelspec of a
     run (a product's own environment) instead of ``kernel_name`` when it returns one. All are
     called in a worker thread, never on the event loop.
+
+    ``limits`` bound each run's sandbox (default :class:`~.sandbox.limits.Limits`);
+    ``platform_down(unit)`` (fast: no Spark round trip) returns why the unit's data platform is
+    down, or None; it is asked every ``platform_check_interval`` seconds while a run on that
+    platform executes.
     """
 
     def __init__(self, session_factory, blobs: BlobStore, work_root: Path, *,
                  max_workers: int = 2, bundle_for: BundleFor, env_for: EnvFor,
                  on_finished: OnFinished | None = None, kernel_name: str = "grid-python",
                  poll_interval: float = 0.5, max_artifact_bytes: int = 50 * 2**20,
-                 kernel_for: Callable[[Session, Run], str | None] | None = None):
+                 kernel_for: Callable[[Session, Run], str | None] | None = None,
+                 limits: Limits | None = None, platform_down: PlatformDown | None = None,
+                 platform_check_interval: float = 5.0):
         if max_workers < 1:
             raise ValueError("max_workers must be at least 1")
         self.session_factory = session_factory
@@ -447,6 +168,9 @@ class Runner:
         self.kernel_for = kernel_for
         self.poll_interval = poll_interval
         self.max_artifact_bytes = max_artifact_bytes
+        self.limits = limits or Limits()
+        self.platform_down = platform_down
+        self.platform_check_interval = platform_check_interval
         self._executor: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
@@ -454,6 +178,7 @@ class Runner:
         self._jobs: dict[int, _Job] = {}
         self._done: dict[int, asyncio.Event] = {}
         self._stopping = False
+        self._unreachable: str | None = None
         self.peak_running = 0  # the most runs this runner executed at once (for tests, stats)
 
     # --- helpers
@@ -497,7 +222,9 @@ class Runner:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._stopping = False
-        self.work_root.mkdir(parents=True, exist_ok=True)
+        self._unreachable = await self._call(prepare_root, self.work_root)
+        if self._unreachable:
+            log.error("%s: every run will fail", self._unreachable)
         await self._call(self._recover)
         self._main = asyncio.create_task(self._dispatch(), name="runner-dispatch")
 
@@ -641,7 +368,6 @@ class Runner:
 
     async def _execute(self, job: _Job) -> None:
         proc: asyncio.subprocess.Process | None = None
-        ctl = job.workdir / CONTROL_DIR
         try:
             start = time.monotonic()
             try:
@@ -659,18 +385,22 @@ class Runner:
             if job.abort:
                 await self._conclude(job, prep, None, job.abort)
                 return
-            log_file = open(ctl / "runner.log", "wb")  # noqa: SIM115 - the child keeps its copy
+            space = prep.space
+            command = [sys.executable, "-P", "-m", "marketplace_ext.run_notebook",
+                       str(space.control / "job.json")]
+            spec = space.spec(command, prep.env, self.limits, prep.read_only)
+            await self._call(spec.write, space.spec_file)
+            log_file = open(space.log_file, "wb")  # noqa: SIM115 - the child keeps its copy
             try:
                 proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-P", "-m", "marketplace_ext.run_notebook",
-                    str(ctl / "job.json"), cwd=job.workdir, env=prep.env,
+                    *launcher_argv(space.spec_file), cwd=space.root, env=prep.env,
                     stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                     start_new_session=True)
             finally:
                 log_file.close()
             job.pid = proc.pid
-            job.known[proc.pid] = _start_time(proc.pid)
-            reason = await self._watch(job, proc, start + prep.timeout, prep.timeout)
+            job.known[proc.pid] = start_time(proc.pid)
+            reason = await self._watch(job, proc, prep, start + prep.timeout, prep.timeout)
             if reason is not None:
                 await self._call(kill_run_processes, proc.pid, job.workdir, dict(job.known))
             await proc.wait()
@@ -688,7 +418,8 @@ class Runner:
             if self._wake is not None:
                 self._wake.set()
 
-    async def _watch(self, job: _Job, proc, deadline: float, timeout: int) -> str | None:
+    async def _watch(self, job: _Job, proc, prep: _Prepared, deadline: float,
+                     timeout: int) -> str | None:
         """Follow the run until its process exits (None) or it must be killed (the reason)."""
         exited = asyncio.ensure_future(proc.wait())
         try:
@@ -704,30 +435,35 @@ class Runner:
                     return job.abort
                 if time.monotonic() >= deadline:
                     return f"timed out after {timeout} s"
-                if await self._call(self._poll, job):
-                    return "cancelled"
+                reason = await self._call(self._poll, job, prep)
+                if reason is not None:
+                    return reason
         finally:
             if not exited.done():
                 exited.cancel()
 
-    def _poll(self, job: _Job) -> bool:
-        """Record the process tree and progress; True if a cancel was requested (perhaps by
-        another service process)."""
+    def _poll(self, job: _Job, prep: _Prepared) -> str | None:
+        """Record the process tree, its usage and progress; the reason to kill the run (a
+        cancel, perhaps requested by another service process; a limit; its platform down),
+        or None."""
         if job.pid is not None:
-            new = {pid: _start_time(pid) for pid in descendants(job.pid) if pid not in job.known}
+            tree = descendants(job.pid)
+            new = {pid: start_time(pid) for pid in tree if pid not in job.known}
             if new:  # replaced, not updated: process_ids() reads it from the loop's thread
                 job.known = {**job.known, **new}
-        nb = job.workdir / CONTROL_DIR / "output.ipynb"
-        progress = None
-        try:
-            st = nb.stat()
-            signature = (st.st_mtime_ns, st.st_size)
-            if signature != job.nb_signature:
-                progress = notebook_progress(nb)
-                if progress is not None:
-                    job.nb_signature = signature
-        except OSError:
-            pass
+            used = usage.sample(tree, (prep.space.work, prep.space.tmp), self.limits)
+            job.peak = job.peak.peak(used)
+            over = usage.exceeded(used, self.limits)
+            if over:
+                return over
+        now = time.monotonic()
+        if (prep.platform_unit and self.platform_down is not None
+                and now - job.platform_checked >= self.platform_check_interval):
+            job.platform_checked = now
+            down = self.platform_down(prep.platform_unit)
+            if down:  # the reason names the unit
+                return f"the run's data platform is down: {down}"
+        progress, job.nb_signature = read_progress(prep.space.work, job.nb_signature)
         with self.session_factory() as s:
             if progress is not None and progress != job.progress:
                 write_transaction(s)
@@ -736,8 +472,9 @@ class Runner:
                 cancel = run.cancel_requested
                 s.commit()
                 job.progress = progress
-                return cancel
-            return bool(s.scalar(select(Run.cancel_requested).where(Run.id == job.run_id)))
+                return "cancelled" if cancel else None
+            cancel = s.scalar(select(Run.cancel_requested).where(Run.id == job.run_id))
+            return "cancelled" if cancel else None
 
     def _prepare(self, job: _Job) -> _Prepared:
         with self.session_factory() as s:
@@ -749,39 +486,49 @@ class Runner:
             parameters = json.loads(run.parameters or "{}")
             data = (run.data_sha256, run.data_name) if run.data_kind == "upload" else None
             timeout = run.timeout_seconds
-        workdir = job.workdir
-        shutil.rmtree(workdir, ignore_errors=True)
-        workdir.mkdir(parents=True)
-        _unpack_bundle(bundle, workdir)
-        if _inside(notebook, workdir) is None or not (workdir / notebook).is_file():
+        # asked again for every run: an operator may have fixed the modes meanwhile
+        self._unreachable = prepare_root(self.work_root)
+        if self._unreachable:
+            raise MarketError(self._unreachable)
+        slug = unit.slug if unit else None
+        space = Workspace(job.workdir, *identity(slug))
+        space.create(bundle)
+        if inside(notebook, space.bundle) is None or not (space.bundle / notebook).is_file():
             raise ValueError(f"the bundle has no notebook {notebook!r}")
-        (workdir / OUTPUT_DIR).mkdir(exist_ok=True)
-        ctl = workdir / CONTROL_DIR
-        (ctl / "runtime").mkdir(parents=True)
-        context = {"run_id": job.run_id, "unit": unit.slug if unit else "",
-                   "output_dir": OUTPUT_DIR, "input_path": ""}
+        context = {"run_id": job.run_id, "unit": slug or "", "output_dir": OUTPUT_DIR,
+                   "input_path": ""}
         if data is not None:
             sha, name = data
             source = self.blobs.path(sha)
             if not source.is_file():
                 raise NotFound(f"the uploaded file {name!r} is missing from the store", "data")
-            target = workdir / INPUT_DIR / Path(name).name
-            target.parent.mkdir(exist_ok=True)
-            shutil.copyfile(source, target)
-            context["input_path"] = str(target)
-        (ctl / "job.json").write_text(json.dumps({
+            shutil.copyfile(source, space.inputs / Path(name).name)
+            (space.inputs / Path(name).name).chmod(0o644)
+            context["input_path"] = str(space.work / INPUT_DIR / Path(name).name)
+        (space.control / "job.json").write_text(json.dumps({
             "notebook": notebook, "output": f"{CONTROL_DIR}/output.ipynb",
             "html": f"{CONTROL_DIR}/output.html", "result": f"{CONTROL_DIR}/result.json",
             "kernel": kernel, "parameters": parameters, "context": context,
         }))
-        return _Prepared(list(outputs), _kernel_env(extra_env, workdir), timeout)
+        space.seal()
+        env = sandbox_env(extra_env, job.workdir, space.control / "runtime")
+        # a run on an uploaded file does not need its platform: only a platform run fails
+        # with it
+        on_platform = data is None and "SPARK_REMOTE" in extra_env
+        return _Prepared(list(outputs), env, timeout, space, kernel_paths(kernel, env),
+                         slug if on_platform else None)
 
-    async def _render(self, job: _Job, env: dict[str, str]) -> None:
-        """HTML of a killed run's partial notebook, in a subprocess (nbconvert is slow)."""
-        ctl = job.workdir / CONTROL_DIR
+    async def _render(self, job: _Job, prep: _Prepared) -> None:
+        """HTML of a killed run's partial notebook, in the sandbox too (nbconvert parses the
+        untrusted notebook, and is slow)."""
+        space = prep.space
+        command = [sys.executable, "-P", "-m", "marketplace_ext.run_notebook", "--render",
+                   str(space.control / "output.ipynb"), str(space.control / "output.html")]
+        spec = space.spec(command, {}, self.limits, [])
+        spec_file = space.root / "render.json"
+        await self._call(spec.write, spec_file)
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-P", "-m", "marketplace_ext.run_notebook", "--render",
-            str(ctl / "output.ipynb"), str(ctl / "output.html"), cwd=ctl, env=env,
+            *launcher_argv(spec_file), cwd=space.root, env=prep.env,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True)
         try:
@@ -792,60 +539,58 @@ class Runner:
 
     async def _conclude(self, job: _Job, prep: _Prepared, returncode: int | None,
                         reason: str | None) -> None:
-        ctl = job.workdir / CONTROL_DIR
+        work = prep.space.work
         # nothing of the run may outlive it, even a background process the notebook started
         if job.pid is not None:
             await self._call(kill_run_processes, job.pid, job.workdir, dict(job.known))
         if reason is None:
-            result = await self._call(_read_json, ctl / "result.json")
+            raw = await self._call(files.try_read_inside, work, f"{CONTROL_DIR}/result.json",
+                                   2**20)
+            result = json_object(raw)
             if result and result.get("ok"):
                 status, error = "succeeded", None
             elif result and result.get("error"):
-                status, error = "failed", result["error"]
+                status, error = "failed", str(result["error"])
             else:
-                tail = await self._call(_tail, ctl / "runner.log")
+                end = await self._call(tail, prep.space.log_file)
                 status = "failed"
                 error = f"the notebook runner exited with status {returncode}" + (
-                    f": {tail}" if tail else "")
+                    f": {end}" if end else "")
+            if status == "failed":  # an rlimit's doing is said so
+                error = usage.explain(error, job.peak, self.limits) or error
+            if self.limits.disk_bytes:  # filled between two samples
+                stored = await self._call(usage.disk_usage, (work, prep.space.tmp),
+                                          self.limits.disk_bytes)
+                over = usage.exceeded(usage.Usage(disk_bytes=stored), self.limits)
+                if over:
+                    status, error = "failed", over
         elif reason == "cancelled":
             status, error = "cancelled", "cancelled"
         else:
             status, error = "failed", reason
-        if (not self._stopping and (ctl / "output.ipynb").exists()
-                and not (ctl / "output.html").exists()):
+        has_nb = await self._call(exists_inside, work, f"{CONTROL_DIR}/output.ipynb")
+        has_html = await self._call(exists_inside, work, f"{CONTROL_DIR}/output.html")
+        if not self._stopping and has_nb and not has_html:
             with contextlib.suppress(Exception):
-                await self._render(job, prep.env)
+                await self._render(job, prep)
         outputs = prep.outputs if status == "succeeded" else []
-        await self._call(self._store, job, status, error, outputs)
+        await self._call(self._store, job, prep, status, error, outputs)
 
-    def _store(self, job: _Job, status: str, error: str | None, outputs: list[str]) -> None:
-        ctl = job.workdir / CONTROL_DIR
+    def _store(self, job: _Job, prep: _Prepared, status: str, error: str | None,
+               outputs: list[str]) -> None:
+        work = prep.space.work
         extra: dict = {}
-        nb_path = ctl / "output.ipynb"
-        progress = notebook_progress(nb_path)
+        nb = files.try_read_inside(work, f"{CONTROL_DIR}/output.ipynb", MAX_NOTEBOOK_BYTES)
+        progress = notebook_progress(nb)
         if progress is not None:  # a whole notebook (a killed run may leave half of one)
-            extra["output_sha256"] = self.blobs.put(nb_path.read_bytes())
+            extra["output_sha256"] = self.blobs.put(nb)
             done, total = progress
             extra["cells_done"], extra["cells_total"] = (total if status == "succeeded"
                                                          else done), total
-            html = ctl / "output.html"
-            if html.is_file():
-                extra["html_sha256"] = self.blobs.put(html.read_bytes())
-        artifacts: dict[str, str] = {}
-        problems: list[str] = []
-        for rel in outputs:
-            full = _inside(rel, job.workdir)
-            if full is None:
-                problems.append(f"declared output {rel!r} is outside the working directory")
-            elif not full.exists():
-                problems.append(f"declared output {rel!r} was not produced")
-            elif not full.is_file():
-                problems.append(f"declared output {rel!r} is not a file")
-            elif full.stat().st_size > self.max_artifact_bytes:
-                problems.append(f"declared output {rel!r} is {full.stat().st_size} bytes; at "
-                                f"most {self.max_artifact_bytes} are returned")
-            else:
-                artifacts[rel] = self.blobs.put(full.read_bytes())
+            html = files.try_read_inside(work, f"{CONTROL_DIR}/output.html", MAX_NOTEBOOK_BYTES)
+            if html is not None:
+                extra["html_sha256"] = self.blobs.put(html)
+        artifacts, problems = collect_outputs(self.blobs, work, outputs, self.max_artifact_bytes)
         if problems:
             status, error, artifacts = "failed", "; ".join(problems), {}
         extra["artifacts"] = json.dumps(artifacts, sort_keys=True)
@@ -889,16 +634,3 @@ class Runner:
         shutil.rmtree(job.workdir, ignore_errors=True)
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _tail(path: Path, lines: int = 5, limit: int = 2000) -> str:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace").strip()
-    except OSError:
-        return ""
-    return " | ".join(text.splitlines()[-lines:])[-limit:]

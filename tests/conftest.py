@@ -96,12 +96,18 @@ class RunningPlatform:
 @pytest.fixture(scope="session")
 def platform_proc(tmp_path_factory, spark_server):
     """The whole platform, started once per test session with `market run`."""
-    var_dir = tmp_path_factory.mktemp("platform") / "var"
+    # not under pytest's temporary root: sandboxed runs and users' servers run as other
+    # accounts and pass through (o+x, no listing) to their directories under var/, and every
+    # pytest session resets /tmp/pytest-of-<user> to 0700
+    base = Path(tempfile.mkdtemp(prefix="platform-"))
+    base.chmod(0o711)
+    var_dir = base / "var"
     running = RunningPlatform(var_dir, spark_server.remote)
     running.start()
     yield running
     if running.proc is not None and running.proc.poll() is None:
         running.stop()
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -78,3 +78,40 @@ def execute(server_url: str, token: str, code: str, kernel: str = "grid-python",
             timeout: float = 120) -> str:
     """Run ``code`` in a fresh kernel on the notebook server; return what it printed."""
     return asyncio.run(_execute(server_url, token, code, kernel, timeout))
+
+
+async def _terminal(server_url: str, token: str, command: str, timeout: float) -> str:
+    headers = {"Authorization": f"token {token}"}
+    r = requests.post(f"{server_url}api/terminals", headers=headers, timeout=30)
+    r.raise_for_status()
+    name = r.json()["name"]
+    conn = await websocket_connect(HTTPRequest(
+        server_url.replace("http", "ws", 1) + f"terminals/websocket/{name}", headers=headers))
+    out: list[str] = []
+    try:
+        # the quotes keep the typed line (echoed back) from matching the marker
+        conn.write_message(json.dumps(["stdin", f"{command}; echo @@TERMINAL''DONE@@\r"]))
+        deadline = time.monotonic() + timeout
+        while "@@TERMINALDONE@@" not in "".join(out):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise KernelError(f"terminal: no end after {timeout}s:\n{''.join(out)[-3000:]}")
+            try:
+                raw = await asyncio.wait_for(conn.read_message(), remaining)
+            except TimeoutError:
+                continue
+            if raw is None:
+                raise KernelError(f"terminal closed:\n{''.join(out)[-3000:]}")
+            msg = json.loads(raw)
+            if msg[0] == "stdout":
+                out.append(msg[1])
+        return "".join(out)
+    finally:
+        conn.close()
+        requests.delete(f"{server_url}api/terminals/{name}", headers=headers, timeout=30)
+
+
+def run_in_terminal(server_url: str, token: str, command: str, timeout: float = 60) -> str:
+    """Type ``command`` into a new JupyterLab terminal of the server (a shell as the user's
+    account, outside the kernel sandbox); return the terminal's output once it has run."""
+    return asyncio.run(_terminal(server_url, token, command, timeout))

@@ -3,18 +3,19 @@ real builds with pip (one tiny wheel from the configured index) whose kernel pap
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from marketplace_ext import runner
 from marketplace_ext.envs import (
     MAX_REQUIREMENTS_BYTES,
     EnvironmentBuilder,
@@ -24,6 +25,11 @@ from marketplace_ext.envs import (
     requirements_digest,
 )
 from marketplace_ext.errors import InvalidField
+from marketplace_ext.sandbox.limits import Limits
+from marketplace_ext.sandbox.spec import launcher_argv
+from marketplace_ext.sandbox.workspace import Workspace, identity, kernel_paths, sandbox_env
+
+pytest_plugins = ["sandbox_helpers"]
 
 # small, pure-python, a wheel on PyPI and not in the service's environment
 EXTRA = "inflection==0.5.1"
@@ -161,10 +167,10 @@ def test_secrets_stay_out_of_the_build(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def built(reachable_module_tmp):
     """One real build of EXTRA (plus six, which the service already has), asked for by two
     builders at once with differently written but equal requirements, watched by status()."""
-    root = tmp_path_factory.mktemp("envs")
+    root = reachable_module_tmp / "envs"
     builders = [EnvironmentBuilder(root), EnvironmentBuilder(root)]
     texts = [f"{EXTRA}\nsix==1.17.0\n", f"# same set\nSIX==1.17.0\n{EXTRA.upper()}  # x\n"]
     digest = builders[0].digest(texts[0])
@@ -231,40 +237,50 @@ def test_the_environment_adds_to_the_service_packages_without_changing_them(buil
     assert spec["argv"][:3] == [str(python), "-m", "ipykernel_launcher"]
 
 
-def test_papermill_runs_a_notebook_in_the_environment_kernel(built, tmp_path):
+def test_papermill_runs_a_notebook_in_the_environment_kernel(built, reachable_tmp):
     builder, digest = built["builder"], built["digest"]
     nb = nbformat.v4.new_notebook()
     params = nbformat.v4.new_code_cell("name = 'x'")
     params.metadata["tags"] = ["parameters"]
     nb.cells = [params, nbformat.v4.new_code_cell(
-        "import sys, inflection, pandas\n"
+        "import os, sys, inflection, pandas\n"
         "print(sys.prefix)\n"
         "print(inflection.camelize(name))\n"
-        "print(pandas.DataFrame({'a': [1]}).a.sum())")]
+        "print(pandas.DataFrame({'a': [1]}).a.sum())\n"
+        "print(os.access(sys.prefix, os.W_OK))")]
     # the notebook was written for grid-python; the runner's kernel_for overrides the name
     nb.metadata["kernelspec"] = {"name": "grid-python", "display_name": "Python 3",
                                  "language": "python"}
-    nbformat.write(nb, tmp_path / "main.ipynb")
-    (tmp_path / ".market-run" / "runtime").mkdir(parents=True)
-    (tmp_path / "job.json").write_text(json.dumps({
+    bundle = io.BytesIO()
+    with zipfile.ZipFile(bundle, "w") as zf:
+        zf.writestr("main.ipynb", nbformat.writes(nb))
+    # what the runner does: the run's directories, the sandbox, the environment read-only
+    space = Workspace(reachable_tmp / "run-1", *identity("envtest"))
+    space.create(bundle.getvalue())
+    kernel = builder.kernel_name(digest)
+    (space.control / "job.json").write_text(json.dumps({
         "notebook": "main.ipynb", "output": ".market-run/output.ipynb", "html": None,
-        "result": ".market-run/result.json", "kernel": builder.kernel_name(digest),
+        "result": ".market-run/result.json", "kernel": kernel,
         "parameters": {"name": "grid_market"}, "context": {}}))
-    # exactly what the runner gives its run process, plus JUPYTER_PATH
-    env = runner._kernel_env(builder.jupyter_path_env(os.environ.get("JUPYTER_PATH")), tmp_path)
-    proc = subprocess.run([sys.executable, "-P", "-m", "marketplace_ext.run_notebook",
-                           str(tmp_path / "job.json")], cwd=tmp_path, env=env,
+    space.seal()
+    env = sandbox_env(builder.jupyter_path_env(os.environ.get("JUPYTER_PATH")), space.root,
+                      space.control / "runtime")
+    spec = space.spec([sys.executable, "-P", "-m", "marketplace_ext.run_notebook",
+                       str(space.control / "job.json")], env, Limits(), kernel_paths(kernel, env))
+    spec.write(space.spec_file)
+    proc = subprocess.run(launcher_argv(space.spec_file), cwd=space.root, env=env,
                           capture_output=True, text=True, timeout=120)
-    result = json.loads((tmp_path / ".market-run" / "result.json").read_text())
+    result = json.loads((space.control / "result.json").read_text())
     assert result["ok"], (result, proc.stdout, proc.stderr)
-    out = nbformat.read(tmp_path / ".market-run" / "output.ipynb", as_version=4)
+    out = nbformat.read(space.control / "output.ipynb", as_version=4)
     text = "".join(o.get("text", "") for c in out.cells if c.cell_type == "code"
                    for o in c.outputs)
-    assert text.split() == [str(builder.env_dir(digest) / "venv"), "GridMarket", "1"]
+    # the environment's kernel ran, and could not change its environment
+    assert text.split() == [str(builder.env_dir(digest) / "venv"), "GridMarket", "1", "False"]
 
 
-def test_a_failed_build_reports_pip_and_installs_no_kernel(tmp_path):
-    builder = EnvironmentBuilder(tmp_path)
+def test_a_failed_build_reports_pip_and_installs_no_kernel(reachable_tmp):
+    builder = EnvironmentBuilder(reachable_tmp)
     status = builder.build(f"six\n{MISSING}\n")
     assert status.state == "failed"
     assert status.error.startswith("pip install failed (exit status 1)")
@@ -280,16 +296,16 @@ def test_a_failed_build_reports_pip_and_installs_no_kernel(tmp_path):
     assert builder.status(status.digest).state == "missing"
 
 
-def test_pip_timeout_fails_the_build(tmp_path):
-    builder = EnvironmentBuilder(tmp_path, pip_timeout=0.05)
+def test_pip_timeout_fails_the_build(reachable_tmp):
+    builder = EnvironmentBuilder(reachable_tmp, pip_timeout=0.05)
     status = builder.build(EXTRA)
     assert status.state == "failed"
     assert status.error == "pip install timed out after 0.05 s"
     assert "timed out" in status.log_tail
 
 
-def test_empty_requirements_build_and_remove(tmp_path):
-    builder = EnvironmentBuilder(tmp_path)
+def test_empty_requirements_build_and_remove(reachable_tmp):
+    builder = EnvironmentBuilder(reachable_tmp)
     status = builder.build("# nothing beyond the platform\n")
     assert status.state == "ready", status.error
     kernel_dir = builder.kernels_dir / status.kernel_name

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 import requests
-from notebook_client import execute, spawn_server, stop_server
+from notebook_client import execute, run_in_terminal, spawn_server, stop_server
 
 from marketplace_ext.hubsession import HubPageError, HubSession
+from marketplace_ext.platform.supervisor import read_unit_endpoints
 
 NEWBIE = f"newbie-{secrets.token_hex(3)}"
 NEWBIE_PASSWORD = secrets.token_urlsafe(12)
@@ -153,13 +157,16 @@ def test_member_changes_are_mirrored_and_html_is_escaped(hub_url, operator):
 
 
 def test_notebook_token_calls_the_service_with_the_users_rights(hub_url, logins):
+    """The server's own JUPYTERHUB_API_TOKEN, used from the user's JupyterLab terminal (the
+    kernels are sandboxed without a network: see test_confinement_users)."""
     user = "subscriber-b"
     session = HubSession(hub_url)
     session.login(user, logins[user])
     token = session.create_token("test")
-    server = spawn_server(hub_url, user, token)
-    try:
-        out = execute(server, token, """
+    script_dir = Path(tempfile.mkdtemp(prefix="hub-test-"))  # the account reads it: not in
+    script_dir.chmod(0o755)  # pytest's 0700 temporary root
+    script = script_dir / "call.py"
+    script.write_text("""
 import json, os, urllib.request, urllib.error
 def call(method, path, body=None):
     req = urllib.request.Request(os.environ["MARKETPLACE_URL"] + path, method=method,
@@ -170,12 +177,18 @@ def call(method, path, body=None):
             return r.status, json.load(r)
     except urllib.error.HTTPError as e:
         return e.code, json.load(e)
-print(json.dumps({"unit_env": os.environ.get("MARKET_UNIT"), "me": call("GET", "api/me"),
-                  "create": call("POST", "api/units", {"slug": "nb", "name": "From NB"})}))
+result = {"unit_env": os.environ.get("MARKET_UNIT"), "me": call("GET", "api/me"),
+          "create": call("POST", "api/units", {"slug": "nb", "name": "From NB"})}
+print("@@RESULT" + json.dumps(result) + "RESULT@@")
 """)
+    script.chmod(0o644)
+    server = spawn_server(hub_url, user, token)
+    try:
+        out = run_in_terminal(server, token, f"python {script}")
     finally:
         stop_server(hub_url, user, token)
-    result = json.loads(out)
+        shutil.rmtree(script_dir)
+    result = json.loads(out.split("@@RESULT")[1].split("RESULT@@")[0])
     assert result["unit_env"] == "b"
     status, me = result["me"]
     assert status == 200 and me["name"] == user and me["unit"]["slug"] == "b"
@@ -237,6 +250,10 @@ print(json.dumps({"remote": os.environ["SPARK_REMOTE"],
     finally:
         stop_server(hub_url, user, token)
     result = json.loads(out.strip().splitlines()[-1])
-    assert result["remote"] == platform_proc.env["MARKET_SPARK_REMOTE"]
+    # the unit's own server (its endpoint and token), or the one shared by every unit when
+    # the platform was started with MARKET_SPARK_REMOTE
+    endpoints = read_unit_endpoints(platform_proc.var_dir / "platform")
+    assert result["remote"] == (endpoints["a"] if endpoints
+                                else platform_proc.env["MARKET_SPARK_REMOTE"])
     loaded = json.loads((platform_proc.var_dir / "demo_data.json").read_text())
     assert result["rows"] == loaded["tables"]["a"]["consumption_daily"] > 0

@@ -10,9 +10,11 @@ from marketplace_ext.launcher import Platform, pid_alive
 from marketplace_ext.platform import DataPlatform
 
 
-def test_launcher_starts_and_stops_its_spark_server(tmp_path):
+def test_launcher_starts_and_stops_a_shared_spark_server(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "MARKET_SPARK_REMOTE"}
-    env.update(MARKET_SPARK_PORT=str(free_port()), MARKET_SPARK_MEMORY="1g")
+    # the shared development server; the default (one server per unit) is the service's
+    env.update(MARKET_SPARK_SHARED="1", MARKET_SPARK_PORT=str(free_port()),
+               MARKET_SPARK_MEMORY="1g")
     platform = Platform(tmp_path / "var", port=free_port(), env=env, log=lambda *a: None)
     platform.start_spark()
     try:

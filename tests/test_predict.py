@@ -9,7 +9,9 @@ import asyncio
 import json
 import math
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,15 +27,17 @@ from marketplace_ext.predict import (
     PredictTimeout,
     PredictUnavailable,
 )
-from marketplace_ext.runner import MARKER_ENV, processes_of
+from marketplace_ext.sandbox.procs import MARKER_ENV, processes_of
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOL = ROOT / "product_templates" / "tool"
 TARIFF = ROOT / "product_templates" / "catalogue" / "tariff-risk-prediction"
 
 PROBE_PARAMETERS = 'rows: list = []\nmode: str = "default"\noutput_dir: str = "elsewhere"'
+# "pid" is the kernel's pid in its sandbox's PID namespace (the same small number in every
+# sandbox); "kernel" (its connection file) tells kernels apart
 PROBE_CELLS = (
-    "import json, os, subprocess, time\nfrom pathlib import Path",
+    "import json, os, subprocess, sys, time\nfrom pathlib import Path",
     """\
 op = rows[0].get("op", "echo")
 if op == "raise":
@@ -51,8 +55,8 @@ if op == "env":
 elif op == "dict":
     answer = {"a": 1}
 else:
-    answer = [{"pid": os.getpid(), "cwd": os.getcwd(), "rows": rows, "mode": mode,
-               "output_dir": output_dir}]
+    answer = [{"pid": os.getpid(), "kernel": sys.argv[-1], "cwd": os.getcwd(), "rows": rows,
+               "mode": mode, "output_dir": output_dir}]
 if op != "nothing":
     Path("outputs/predictions.json").write_text(json.dumps(answer))
 if op == "chdir":
@@ -79,6 +83,24 @@ def make_bundle(root: Path, manifest: str, parameters: str | None = None,
     for name, text in (files or {}).items():
         (root / name).write_text(text)
     return canonical_archive(root)
+
+
+def reachable(tmp_path: Path) -> Path:
+    """A work root the sandbox accounts can reach (pytest's own directories are 0700)."""
+    root = Path(tempfile.mkdtemp(prefix="p-", dir="/tmp"))
+    root.chmod(0o711)
+    _roots.append(root)
+    return root / "work"
+
+
+_roots: list[Path] = []
+
+
+@pytest.fixture(autouse=True)
+def _remove_roots():
+    yield
+    while _roots:
+        shutil.rmtree(_roots.pop(), ignore_errors=True)
 
 
 def probe_bundle(tmp_path: Path) -> bytes:
@@ -141,7 +163,7 @@ def test_tool_templates_warm_reuse_and_lru_eviction(tmp_path):
         {"customer_id": "b", "late_share": 0.8, "missed_share": 0.4, "mean_days_late": 25.0,
          "mean_amount": 150.0, "last_late": 1.0, "tariff_class": "economy7"},
     ]
-    work = tmp_path / "work"
+    work = reachable(tmp_path)
     pool = PredictPool(work, max_workers=1)
 
     async def main():
@@ -185,7 +207,7 @@ def test_errors_env_and_concurrency_in_one_warm_kernel(tmp_path, monkeypatch):
     monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "t0ken")
     monkeypatch.setenv("SOME_PASSWORD", "pw")
     data = probe_bundle(tmp_path)
-    work = tmp_path / "work"
+    work = reachable(tmp_path)
     pool = PredictPool(work)
     env = {"SPARK_REMOTE": "sc://unit-a:15002"}
 
@@ -210,12 +232,11 @@ def test_errors_env_and_concurrency_in_one_warm_kernel(tmp_path, monkeypatch):
                 await call([{"op": "dict"}])
             answers = await asyncio.gather(*(call([{"op": "echo", "n": n}]) for n in range(3)))
             # a caller that goes away mid-call: the call finishes, the kernel keeps serving
-            gone = asyncio.ensure_future(call([{"op": "sleep", "s": 1,
-                                                "pidfile": str(tmp_path / "c.pid")}]))
+            gone = asyncio.ensure_future(call([{"op": "sleep", "s": 1, "pidfile": "c.pid"}]))
             await asyncio.sleep(0.5)
             gone.cancel()
             [late] = await call([{"op": "echo", "n": 9}])
-            assert gone.cancelled() and late["pid"] == echo["pid"]
+            assert gone.cancelled() and late["kernel"] == echo["kernel"]
             [other] = await call([{"op": "echo"}], env={"SPARK_REMOTE": "sc://unit-b:15002"})
             workers = pool.workers()
             return (echo, directory, names, boom.value, missing.value, after, nothing.value,
@@ -225,7 +246,7 @@ def test_errors_env_and_concurrency_in_one_warm_kernel(tmp_path, monkeypatch):
 
     (echo, directory, names, boom, missing, after, nothing, not_list, answers, other,
      workers) = asyncio.run(main())
-    assert echo["cwd"] == str(directory) and echo["rows"] == [{"op": "echo", "n": 1}]
+    assert echo["cwd"] == str(directory / "work") and echo["rows"] == [{"op": "echo", "n": 1}]
     # the other parameters keep their defaults; output_dir is set as for a run
     assert echo["mode"] == "default" and echo["output_dir"] == "outputs"
     assert not [n for n in names if n.startswith(("MARKET_", "JUPYTERHUB_", "CONFIGPROXY_"))]
@@ -236,40 +257,45 @@ def test_errors_env_and_concurrency_in_one_warm_kernel(tmp_path, monkeypatch):
     assert missing.ename == "FileNotFoundError" and "nope.txt" in missing.message
     assert str(tmp_path) not in missing.message
     # errors, a cell that changed directory: the same kernel keeps serving
-    assert after["pid"] == echo["pid"] and after["cwd"] == str(directory)
+    assert after["kernel"] == echo["kernel"] and after["cwd"] == str(directory / "work")
     assert nothing.message == "the notebook wrote no outputs/predictions.json"
     assert "must hold a JSON array" in not_list.message
     assert [a[0]["rows"][0]["n"] for a in answers] == [0, 1, 2]
-    assert {a[0]["pid"] for a in answers} == {echo["pid"]}
+    assert {a[0]["kernel"] for a in answers} == {echo["kernel"]}
     # another environment, another kernel
-    assert other["pid"] != echo["pid"] and len(workers) == 2
-    assert_gone(work, {echo["pid"], other["pid"]})
+    assert other["kernel"] != echo["kernel"] and len(workers) == 2
+    assert_gone(work, {w.pid for w in workers})
 
 
 def test_timeout_dead_kernel_and_shutdown_during_a_call(tmp_path):
     data = probe_bundle(tmp_path)
-    work = tmp_path / "work"
+    work = reachable(tmp_path)
     pool = PredictPool(work, call_timeout=3)
-    pidfile = tmp_path / "child.pid"
 
     async def call(rows):
         return await pool.predict("probe-v1", lambda: data, rows, {})
 
+    def launcher() -> int:
+        [worker] = pool.workers()
+        return worker.pid
+
     async def main():
         [first] = await call([{"op": "echo"}])
+        first_pid = launcher()
         with pytest.raises(PredictTimeout) as timeout:  # a 60 s sleep cut at 3 s
-            await call([{"op": "sleep", "s": 60, "pidfile": str(pidfile)}])
-        child = int(pidfile.read_text())
-        assert_gone(work, {first["pid"], child})
+            await call([{"op": "sleep", "s": 60, "pidfile": "child.pid"}])
+        # the kernel and its `sleep 300` child (a session of its own) are gone
+        assert_gone(work, {first_pid})
         [second] = await call([{"op": "echo"}])
+        second_pid = launcher()
         with pytest.raises(PredictError) as died:
             await call([{"op": "exit"}])
-        assert_gone(work, {second["pid"]})
+        assert_gone(work, {second_pid})
         [third] = await call([{"op": "echo"}])
+        third_pid = launcher()
+        pidfile = pool.workers()[0].directory / "work" / "child.pid"
         # shutdown while a call runs: the call ends at once and nothing is left
-        pidfile.unlink()
-        running = asyncio.ensure_future(call([{"op": "sleep", "s": 60,
-                                                "pidfile": str(pidfile)}]))
+        running = asyncio.ensure_future(call([{"op": "sleep", "s": 60, "pidfile": "child.pid"}]))
         while not pidfile.exists():
             await asyncio.sleep(0.05)
         await pool.shutdown()
@@ -277,18 +303,18 @@ def test_timeout_dead_kernel_and_shutdown_during_a_call(tmp_path):
             await running
         with pytest.raises(PredictUnavailable):
             await call([{"op": "echo"}])
-        return first, second, third, timeout.value, died.value, int(pidfile.read_text())
+        return first, second, third, timeout.value, died.value, third_pid
 
-    first, second, third, timeout, died, child = asyncio.run(main())
+    first, second, third, timeout, died, third_pid = asyncio.run(main())
     assert "longer than 3 s" in timeout.message
-    assert len({first["pid"], second["pid"], third["pid"]}) == 3
+    assert len({first["kernel"], second["kernel"], third["kernel"]}) == 3
     assert "the kernel died in code cell 3" in died.message
-    assert_gone(work, {third["pid"], child})
+    assert_gone(work, {third_pid})
     assert list(work.iterdir()) == []
 
 
 def test_invalid_rows_touch_no_kernel(tmp_path):
-    pool = PredictPool(tmp_path / "work", max_rows=3)
+    pool = PredictPool(reachable(tmp_path), max_rows=3)
 
     def never() -> bytes:
         raise AssertionError("no bundle is loaded for invalid rows")
@@ -319,7 +345,7 @@ def test_invalid_rows_touch_no_kernel(tmp_path):
 
 def test_idle_worker_is_stopped_and_shutdown_while_starting(tmp_path):
     data = probe_bundle(tmp_path)
-    work = tmp_path / "work"
+    work = reachable(tmp_path)
     pool = PredictPool(work, idle_timeout=1)
 
     async def main():
@@ -345,12 +371,12 @@ def test_idle_worker_is_stopped_and_shutdown_while_starting(tmp_path):
 
     echo, idle_left, left = asyncio.run(main())
     assert idle_left == [] and left == set()
-    assert_gone(work, {echo["pid"]})
+    assert_gone(work, set())
     assert list(work.iterdir()) == []
 
 
 def test_entry_point_bad_bundles_and_recovery(tmp_path):
-    work = tmp_path / "work"
+    work = reachable(tmp_path)
     # a worker a crashed service left behind: its process and directory go on first use
     stale = work / "w-0123456789ab-1"
     stale.mkdir(parents=True)

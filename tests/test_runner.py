@@ -9,7 +9,9 @@ import io
 import itertools
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -32,15 +34,10 @@ from marketplace_ext.orm import (
     utcnow,
     write_transaction,
 )
-from marketplace_ext.runner import (
-    MARKER_ENV,
-    Runner,
-    RunRequest,
-    _inside,
-    processes_of,
-    queue_run,
-    validate_parameters,
-)
+from marketplace_ext.parameters import validate_parameters
+from marketplace_ext.runner import Runner, RunRequest, queue_run
+from marketplace_ext.sandbox.procs import MARKER_ENV, processes_of
+from marketplace_ext.sandbox.workspace import inside
 
 _versions = itertools.count(1)
 
@@ -144,7 +141,25 @@ def make_world(url: str, tmp_path: Path):
         s.add(product)
         s.commit()
         ids = unit.id, product.id
-    return engine, World(sf, BlobStore(tmp_path / "blobs"), tmp_path / "work", *ids)
+    return engine, World(sf, BlobStore(tmp_path / "blobs"), sandbox_root(tmp_path), *ids)
+
+
+def sandbox_root(tmp_path: Path) -> Path:
+    """A work root the sandbox accounts can reach (pytest's own directories are 0700)."""
+    root = Path(tempfile.mkdtemp(prefix=f"runs-{tmp_path.name}-"))
+    root.chmod(0o711)
+    _roots.append(root)
+    return root
+
+
+_roots: list[Path] = []
+
+
+@pytest.fixture(autouse=True)
+def _remove_sandbox_roots():
+    yield
+    while _roots:
+        shutil.rmtree(_roots.pop(), ignore_errors=True)
 
 
 @pytest.fixture
@@ -244,9 +259,9 @@ def test_queue_run_refuses_bad_requests(world):
 
 def test_inside():
     root = Path("/tmp/some-run")
-    assert _inside("outputs/a.csv", root) == root / "outputs" / "a.csv"
+    assert inside("outputs/a.csv", root) == root / "outputs" / "a.csv"
     for bad in ("/etc/passwd", "../x", "outputs/../../x", ""):
-        assert _inside(bad, root) is None
+        assert inside(bad, root) is None
 
 
 def test_cancel_queued_and_unknown(world):
@@ -422,7 +437,7 @@ def test_success_parameters_context_env_artifact_html_progress(world, monkeypatc
     workdir = world.work_root.resolve() / f"run-{run_id}"
     assert out == {"n": 21, "label": "hello", "run_id": run_id, "unit": "north",
                    "output_dir": "outputs", "input_path": "", "spark": "sc://north.example:15002",
-                   "token": None, "model": "weights", "cwd": str(workdir)}
+                   "token": None, "model": "weights", "cwd": str(workdir / "work")}
     executed = nbformat.reads(world.blobs.get(run.output_sha256).decode(), as_version=4)
     assert any("half way 42" in o.get("text", "") for c in executed.cells
                for o in c.get("outputs", []))
@@ -581,7 +596,8 @@ def test_one_worker_runs_fifo_one_at_a_time_with_uploads(world):
     assert a.status == "succeeded", a.error
     summary = json.loads(world.blobs.get(json.loads(a.artifacts)["outputs/summary.json"]))
     workdir = world.work_root.resolve() / f"run-{a.id}"
-    assert summary == {"rows": 3, "kwh": 7.0, "path": str(workdir / "inputs" / "meter.csv")}
+    assert summary == {"rows": 3, "kwh": 7.0,
+                       "path": str(workdir / "work" / "inputs" / "meter.csv")}
     assert b.status == "succeeded", b.error
     assert world.blobs.get(json.loads(b.artifacts)["outputs/names.txt"]) == b"m.csv"
     assert (c.status, c.error) == ("failed", "declared output 'outputs/missing.csv' was not "

@@ -19,7 +19,7 @@ from .. import (
 )
 from ..auth import SCOPE_APPROVE
 from ..downloads import deliver_file, plan_export, record_export
-from ..errors import InvalidField, MethodNotAllowed, NotFound, PayloadTooLarge
+from ..errors import InvalidField, MethodNotAllowed, NotFound, PayloadTooLarge, PlatformUnavailable
 from ..hubapi import ROLE_GROUPS
 from ..ids import parse_id
 from ..openapi import openapi_document
@@ -112,7 +112,8 @@ class UnitMemberHandler(APIHandler):
         body = self.json_body() if self.request.body else {}
         roles = body.get("roles")
         if roles is not None:
-            if not isinstance(roles, list) or not set(roles) <= set(ROLE_GROUPS):
+            if (not isinstance(roles, list) or not all(isinstance(r, str) for r in roles)
+                    or not set(roles) <= set(ROLE_GROUPS)):
                 raise InvalidField(
                     f"roles must be a list drawn from {sorted(ROLE_GROUPS)}", "roles"
                 )
@@ -411,6 +412,11 @@ class RunsHandler(APIHandler):
             upload = (market.blobs.put(files[0]["body"]), name)
         else:
             body = self.json_body()
+        if upload is None and self.caller.unit:
+            # a run on a unit platform that is down or restarting takes no points: 503 up front
+            down = market.data_platform.unit_down(self.caller.unit)
+            if down:
+                raise PlatformUnavailable(down, "unit")
         run = remote_run.submit_run(self.db, self.caller, body, market.run_timeout,
                                     market.run_max_timeout, upload)
         self.db.commit()

@@ -2,41 +2,16 @@
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import datetime
-import decimal
-import hashlib
-import hmac
-import io
 import logging
-import math
 import os
 import re
-import secrets
-import shlex
-import shutil
-import signal
 import socket
-import stat
-import subprocess
-import sys
-import threading
-import time
-import uuid
-import weakref
-from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 from urllib.parse import urlsplit
 
-import sqlglot
-from pyspark.errors import PySparkException
-from sqlglot import exp
-from traitlets import Bool, Bytes, Dict, Float, Integer, Unicode, default, validate
-from traitlets.config import LoggingConfigurable
-
-from ..errors import Forbidden, InvalidField, MarketError, UpstreamUnavailable
+# UpstreamUnavailable is not used here: server.py takes it (and CONNECT_SERVER_CLASS) from
+# ``from .common import *``.
+from ..errors import InvalidField, UpstreamUnavailable  # noqa: F401
 
 #: a unit's slug, as used in ``unit_<slug>`` database names and hub group names
 UNIT_SLUG_RE = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
@@ -45,83 +20,6 @@ OBJECT_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _CONNECT_URL_RE = re.compile(r"^sc://[^/:;\s]+(:\d{1,5})?/?(;[^\s]*)?$")
 
 CONNECT_SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
-
-# The loader's reserved name parts: ``<table>__staging_<token>``, ``<table>__previous_<token>``.
-_STAGING = "staging"
-_PREVIOUS = "previous"
-_RESERVED_RE = re.compile(r"^(?P<table>[a-z][a-z0-9_]*?)__(?P<kind>staging|previous)_[0-9a-f]{8}$")
-
-# Functions a subscriber's SQL (or a policy's row filter) may not call: they reach outside the
-# rows (JVM reflection, files on the server, schema registries) or describe the server itself
-# (its OS account, the paths of a table's files).
-DENIED_FUNCTIONS = frozenset(
-    {
-        "reflect",
-        "java_method",
-        "try_reflect",
-        "identifier",
-        "input_file_name",
-        "input_file_block_start",
-        "input_file_block_length",
-        "from_protobuf",
-        "to_protobuf",
-        "from_avro",
-        "to_avro",
-        "read_files",
-        "session_user",
-        "current_user",
-        "user",
-    }
-)
-
-# Data source names Spark accepts as "database" of a path-based table: parquet.`/some/path`.
-_PATH_SOURCES = frozenset(
-    {"parquet", "orc", "json", "csv", "text", "avro", "binaryfile", "delta", "xml", "jdbc", "hive"}
-)
-
-# Statement types that change state; rejected wherever they appear in a parsed query.
-_WRITE_NODES: tuple[type[exp.Expression], ...] = tuple(
-    getattr(exp, name)
-    for name in (
-        "Insert",
-        "Delete",
-        "Update",
-        "Merge",
-        "Create",
-        "Drop",
-        "Alter",
-        "Command",
-        "Cache",
-        "Uncache",
-        "Set",
-        "Use",
-        "Describe",
-        "LoadData",
-        "Refresh",
-        "Pragma",
-        "Transaction",
-        "Commit",
-        "Rollback",
-        "Copy",
-    )
-    if hasattr(exp, name)
-)
-
-#: the rules a policy column may use
-POLICY_RULES = ("keep", "drop", "hash", "generalize", "round", "noise")
-_RULE_PARAMS: dict[str, set[str]] = {
-    "keep": set(),
-    "drop": set(),
-    "hash": set(),
-    "generalize": {"to"},
-    "round": {"digits"},
-    "noise": {"scale"},
-}
-_TEMPORAL_LEVELS = {"month": "MM", "year": "YEAR"}
-_NUMERIC_TYPES = re.compile(
-    r"^(tinyint|smallint|int|integer|bigint|long|float|real|double|decimal.*|byte|short)$"
-)
-_TEMPORAL_TYPES = re.compile(r"^(date|timestamp.*)$")
 
 
 def _pyspark_home() -> str:

@@ -1,51 +1,70 @@
-"""The embedded data platform's server process: one Spark Connect server we start and stop."""
+"""The embedded data platform's server process: one Spark Connect server we start and stop.
+
+In the embedded default each unit has one (see :mod:`.supervisor`), run as the unit's own
+system account (``gds-spark-<unit>``), with its own Derby metastore and warehouse, gRPC bound
+to loopback and a token every client must present.
+"""
 
 from __future__ import annotations
 
 import atexit
 import contextlib
 import datetime
-import decimal
-import hashlib
-import hmac
-import io
-import logging
-import math
 import os
-import re
-import secrets
+import pwd
 import shlex
 import shutil
 import signal
-import socket
-import stat
 import subprocess
 import sys
 import threading
 import time
-import uuid
-import weakref
-from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
-from urllib.parse import urlsplit
 
-import sqlglot
-from pyspark.errors import PySparkException
-from sqlglot import exp
-from traitlets import Bool, Bytes, Dict, Float, Integer, Unicode, default, validate
+from traitlets import Bool, Dict, Float, Integer, Unicode, default
 from traitlets.config import LoggingConfigurable
 
-from .common import *  # noqa: F403
-from .common import _pyspark_home, _free_port, _tcp_reachable, _endpoint_host_port, _new_connect_session, _first_line, _redact  # noqa: F401
+from ..errors import UpstreamUnavailable
+from .common import (
+    CONNECT_SERVER_CLASS,
+    _first_line,
+    _free_port,
+    _new_connect_session,
+    _pyspark_home,
+    _tcp_reachable,
+)
 
-# ----------------------------------------------------------------------------------------------
-# The embedded server
-# ----------------------------------------------------------------------------------------------
+#: the server reads its token from here (pyspark's own local server does the same), so the
+#: token never appears on a command line (/proc/<pid>/cmdline is world-readable)
+TOKEN_ENV = "SPARK_CONNECT_AUTHENTICATE_TOKEN"
+
+# Inherited variables a server may need; everything else (the service's secrets, a client's
+# SPARK_REMOTE) stays out of a process that runs other accounts' UDFs.
+_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "JAVA_HOME", "HADOOP_CONF_DIR",
+             "YARN_CONF_DIR", "KUBECONFIG", "SPARK_LOCAL_IP", "SPARK_CONF_DIR")
 
 
 class PlatformStartError(UpstreamUnavailable):
     """The embedded Spark Connect server did not come up (the message carries the log tail)."""
+
+
+def process_alive(pid: int) -> bool:
+    """Whether *pid* runs and is not a zombie. A killed JVM stays a zombie (still holding its
+    listening socket) while its threads and heap are torn down, before waitpid reports it."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
+
+
+def connect_url(port: int, token: str = "", host: str = "127.0.0.1") -> str:
+    """The client URL of a local server. With a token the host MUST be written ``localhost``:
+    for any other host the pyspark client switches to TLS (see NOTES, Spark)."""
+    if token:
+        return f"sc://localhost:{port}/;token={token}"
+    return f"sc://{host}:{port}"
 
 
 class SparkConnectServer(LoggingConfigurable):
@@ -62,6 +81,11 @@ class SparkConnectServer(LoggingConfigurable):
     caller forgot, and :attr:`die_with_parent` covers our process dying by a signal that skips
     atexit. A pid file lets the next start name a server that still escaped.
 
+    With :attr:`account` set (and us root), the server runs as that account through
+    ``setpriv``; its state directory (:attr:`var_dir`) then belongs to the account, and the
+    log and pid files, which root opens, live outside it (:attr:`log_file`, :attr:`pid_file`):
+    root must never open a path the account can replace with a symlink.
+
     ``start()``/``stop()`` are blocking; the server is also a context manager.
     """
 
@@ -77,19 +101,53 @@ class SparkConnectServer(LoggingConfigurable):
     var_dir = Unicode(
         "var",
         help="""Directory for the server's state: Derby metastore (metastore_db/), warehouse
-        (warehouse/), Derby log, scratch space (tmp/), the log file and the pid file.
-        Only one server may use a var directory at a time (embedded Derby is single-process).""",
+        (warehouse/), Derby log and scratch space (tmp/). Only one server may use a var
+        directory at a time (embedded Derby is single-process). With an account it is made
+        the account's, mode 0700; its parent must let the account pass (0711).""",
+    ).tag(config=True)
+
+    log_file = Unicode(
+        help="The server's stdout/stderr log. Defaults to <var_dir>/logs/spark-connect.log.",
+    ).tag(config=True)
+
+    @default("log_file")
+    def _default_log_file(self) -> str:
+        return os.path.join(self.var_path, "logs", "spark-connect.log")
+
+    pid_file = Unicode(
+        help="""File holding the server's pid while it runs. Defaults to
+        <var_dir>/spark-connect.pid.""",
+    ).tag(config=True)
+
+    @default("pid_file")
+    def _default_pid_file(self) -> str:
+        return os.path.join(self.var_path, "spark-connect.pid")
+
+    account = Unicode(
+        "",
+        help="""System account to run the server as (e.g. gds-spark-<unit>); empty runs it as
+        ourselves. Needs root. The account must be able to reach spark_home, java and the
+        Python of PYSPARK_PYTHON (every directory above them other-executable).""",
+    ).tag(config=True)
+
+    token = Unicode(
+        "",
+        help="""Token every client must present (spark.connect.authenticate.token). Passed to
+        the server in its environment, never on its command line; never logged. Empty: no
+        authentication (only for a server nobody else can reach).""",
     ).tag(config=True)
 
     master = Unicode(
         "local[*]",
-        help="Spark master URL; local[N] runs executors as threads inside the server's JVM.",
+        help="""Spark master URL: local[N] runs executors as threads inside the server's JVM;
+        spark://host:7077 (standalone), yarn or k8s://https://host:6443 run them on a
+        cluster (the server is then the driver).""",
     ).tag(config=True)
 
     host = Unicode(
         "127.0.0.1",
-        help="""Address the gRPC endpoint (and Spark's internal driver ports) bind to. The
-        embedded server has no authentication: keep it on loopback.""",
+        help="""Address the gRPC endpoint (and Spark's internal driver ports) bind to. Keep it
+        on loopback; clients off the machine reach it through a TLS relay (see tls.py).""",
     ).tag(config=True)
 
     port = Integer(15002, help="Port of the Spark Connect gRPC endpoint.").tag(config=True)
@@ -98,14 +156,16 @@ class SparkConnectServer(LoggingConfigurable):
         "2g",
         help="""JVM heap of the server (driver and, in local mode, executors). Loading the
         3.9M-row demo tables in 32 MB batches runs in 1g (one 3.5M-row batch did not); 2g
-        leaves room for concurrent queries and loads.""",
+        leaves room for concurrent queries and loads. A unit's server holds one unit's data
+        and runs in 512m (UnitServers.driver_memory).""",
     ).tag(config=True)
 
     spark_conf = Dict(
         key_trait=Unicode(),
         value_trait=Unicode(),
         help="""Extra Spark configuration (--conf key=value), applied after and overriding the
-        settings this class derives from the other options.""",
+        settings this class derives from the other options. Never put secrets here: the
+        values appear on the command line.""",
     ).tag(config=True)
 
     startup_timeout = Float(
@@ -128,9 +188,10 @@ class SparkConnectServer(LoggingConfigurable):
 
     die_with_parent = Bool(
         True,
-        help="""Have the kernel send the server SIGTERM when the process that started it dies,
+        help="""Have the kernel send the server SIGTERM when the thread that started it dies,
         even by SIGKILL or an unhandled SIGTERM (which skip atexit). Linux only, through
-        util-linux `setpriv --pdeathsig`; applied only when start() runs on the main thread,
+        util-linux `setpriv --pdeathsig`; applied when the spawning thread is the main thread
+        or the caller says it lives as long as the server (spawn(long_lived_thread=True)),
         because the kernel ties the signal to the *thread* that spawned the child.""",
     ).tag(config=True)
 
@@ -139,38 +200,37 @@ class SparkConnectServer(LoggingConfigurable):
         self._proc: subprocess.Popen | None = None
         self._log_fh = None
         self._lock = threading.Lock()
+        self._t0 = 0.0
 
-    # -- paths ----------------------------------------------------------------------------------
+    # -- paths and names ------------------------------------------------------------------------
 
     @property
     def var_path(self) -> str:
         return os.path.abspath(self.var_dir)
 
     @property
-    def log_file(self) -> str:
-        return os.path.join(self.var_path, "logs", "spark-connect.log")
-
-    @property
-    def pid_file(self) -> str:
-        return os.path.join(self.var_path, "spark-connect.pid")
-
-    @property
     def remote(self) -> str:
-        """The ``sc://host:port`` URL clients use (``SPARK_REMOTE``)."""
-        return f"sc://{self.host}:{self.port}"
+        """The URL clients use (``SPARK_REMOTE``), with the token if there is one."""
+        return connect_url(self.port, self.token, self.host)
+
+    @property
+    def display_remote(self) -> str:
+        """:attr:`remote` without the token, for logs and messages."""
+        return connect_url(self.port, "<token>" if self.token else "", self.host)
 
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
     def running(self) -> bool:
-        """True while the server process we started is alive."""
-        return self._proc is not None and self._proc.poll() is None
+        """True while the server process we started is alive (fast: no round trip)."""
+        proc = self._proc
+        return proc is not None and proc.poll() is None and process_alive(proc.pid)
 
     # -- command --------------------------------------------------------------------------------
 
     def conf(self) -> dict[str, str]:
-        """The ``--conf`` settings the server is started with."""
+        """The ``--conf`` settings the server is started with (no secrets: see :meth:`env`)."""
         var = self.var_path
         conf = {
             "spark.master": self.master,
@@ -204,12 +264,28 @@ class SparkConnectServer(LoggingConfigurable):
             f"-Dderby.system.home={var}",
             f"-Djava.io.tmpdir={os.path.join(var, 'tmp')}",
             # A JVM that ran out of heap limps on with broken threads and hangs every client;
-            # exiting makes the failure visible (clients get UNAVAILABLE, the launcher sees it).
+            # exiting makes the failure visible (clients get UNAVAILABLE, the supervisor
+            # restarts it).
             "-XX:+ExitOnOutOfMemoryError",
         ]
 
-    def command(self) -> list[str]:
-        """The argv that starts the server in the foreground."""
+    def _account_ids(self) -> tuple[int, int] | None:
+        if not self.account:
+            return None
+        try:
+            entry = pwd.getpwnam(self.account)
+        except KeyError:
+            raise PlatformStartError(
+                f"the account {self.account!r} of the Spark Connect server does not exist"
+            ) from None
+        if os.geteuid() == 0:
+            return entry.pw_uid, entry.pw_gid
+        if os.geteuid() == entry.pw_uid:
+            return None  # already that account
+        raise PlatformStartError(f"running the Spark Connect server as {self.account!r} needs root")
+
+    def command(self, long_lived_thread: bool = False) -> list[str]:
+        """The argv that starts the server in the foreground (holds no secret)."""
         cmd = [
             os.path.join(self.spark_home, "bin", "spark-submit"),
             "--class",
@@ -224,28 +300,43 @@ class SparkConnectServer(LoggingConfigurable):
         ]
         for key, value in self.conf().items():
             cmd += ["--conf", f"{key}={value}"]
+        # The account creates its own scratch directories (root never creates paths inside
+        # a directory the account owns); `exec` keeps the pid, down to java.
+        cmd = ["/bin/sh", "-c", 'mkdir -p tmp/hive warehouse && exec "$0" "$@"', *cmd]
+        prefix: list[str] = []
+        ids = self._account_ids()
+        if ids is not None:
+            uid, gid = ids
+            prefix += [f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
         setpriv = shutil.which("setpriv")
         if (
             self.die_with_parent
             and setpriv
             and sys.platform.startswith("linux")
-            and threading.current_thread() is threading.main_thread()
+            and (long_lived_thread or threading.current_thread() is threading.main_thread())
         ):
-            # setpriv sets PR_SET_PDEATHSIG and execs; the setting survives the execs down
-            # to java, and the pid stays the same.
-            cmd = [setpriv, "--pdeathsig", "TERM", "--", *cmd]
+            # PR_SET_PDEATHSIG survives the execs down to java (setpriv sets it after
+            # changing the ids, which would otherwise clear it); the pid stays the same.
+            prefix += ["--pdeathsig", "TERM"]
+        if prefix:
+            if setpriv is None:
+                raise PlatformStartError("util-linux `setpriv` is needed to run the server")
+            cmd = [setpriv, *prefix, "--", *cmd]
         return cmd
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        """The server's environment: an allow-list, plus the token (readable only by the
+        server's account and root through /proc/<pid>/environ)."""
+        env = {k: v for k, v in os.environ.items() if k in _ENV_KEEP}
+        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
         env["SPARK_HOME"] = self.spark_home
-        # As start-connect-server.sh does: an inherited Connect-client setting must not turn
-        # the server's own session into a Connect client.
+        env["HOME"] = self.var_path
+        # As start-connect-server.sh does: the server's own session is not a Connect client.
         env["SPARK_CONNECT_MODE"] = "0"
-        env.pop("SPARK_REMOTE", None)
-        env.pop("SPARK_CONNECT_MODE_ENABLED", None)
         # Python UDFs sent by notebooks run in workers; use an interpreter that has pyspark.
-        env.setdefault("PYSPARK_PYTHON", sys.executable)
+        env["PYSPARK_PYTHON"] = os.environ.get("PYSPARK_PYTHON") or sys.executable
+        if self.token:
+            env[TOKEN_ENV] = self.token
         return env
 
     def log_tail(self, lines: int = 30) -> str:
@@ -278,12 +369,32 @@ class SparkConnectServer(LoggingConfigurable):
                 f"{self.var_path}; stop it first (kill -TERM -{pid})"
             )
 
-    def start(self) -> None:
-        """Start the server and return once a Spark Connect client can run ``SELECT 1``.
+    def _prepare_dirs(self) -> None:
+        for path in (os.path.dirname(self.log_file), os.path.dirname(self.pid_file)):
+            os.makedirs(path, mode=0o700, exist_ok=True)
+        ids = self._account_ids()
+        if ids is None:
+            os.makedirs(self.var_path, exist_ok=True)
+            return
+        from ..accounts import private_dir, traversable_problem
 
-        Raises :class:`PlatformStartError` (with the log tail) if the port is taken, the
-        process exits, or it does not answer within :attr:`startup_timeout`; the process is
-        stopped in that case.
+        # The state directory is the account's alone; its parents are root's (0711).
+        private_dir(self.var_path, *ids)
+        state_parent = os.path.dirname(self.var_path)
+        for path in (state_parent, self.spark_home, shutil.which("java") or "/usr/bin/java",
+                     sys.executable):
+            problem = traversable_problem(path)
+            if problem:
+                raise PlatformStartError(
+                    f"the Spark Connect server account {self.account} cannot reach {path}: "
+                    f"{problem}"
+                )
+
+    def spawn(self, long_lived_thread: bool = False) -> None:
+        """Start the server process and return at once (see :meth:`wait_ready`).
+
+        *long_lived_thread*: the calling thread lives as long as the server should (the
+        supervisor's thread), so the server may be tied to it (:attr:`die_with_parent`).
         """
         with self._lock:
             if self.running():
@@ -294,49 +405,67 @@ class SparkConnectServer(LoggingConfigurable):
                     "in use (another platform server?); set SparkConnectServer.port"
                 )
             self._check_stale()
-            for sub in ("logs", "tmp", "warehouse"):
-                os.makedirs(os.path.join(self.var_path, sub), exist_ok=True)
+            self._prepare_dirs()
+            cmd = self.command(long_lived_thread)
             self._log_fh = open(self.log_file, "ab")
-            cmd = self.command()
+            os.chmod(self.log_file, 0o600)
             self._log_fh.write(
-                f"\n=== {datetime.datetime.now().isoformat()} starting: "
-                f"{shlex.join(cmd)}\n".encode()
+                f"\n=== {datetime.datetime.now().isoformat()} starting"
+                f"{' as ' + self.account if self.account else ''}: {shlex.join(cmd)}\n".encode()
             )
             self._log_fh.flush()
             self.log.info(
-                "Starting Spark Connect server at %s (log: %s)", self.remote, self.log_file
+                "Starting Spark Connect server at %s%s (log: %s)",
+                self.display_remote,
+                f" as {self.account}" if self.account else "",
+                self.log_file,
             )
-            t0 = time.monotonic()
+            self._t0 = time.monotonic()
             self._proc = subprocess.Popen(
                 cmd,
                 stdin=subprocess.DEVNULL,
                 stdout=self._log_fh,
                 stderr=subprocess.STDOUT,
-                cwd=self.var_path,  # anything Spark drops in its cwd lands under var/
+                cwd=self.var_path,  # anything Spark drops in its cwd lands in its state dir
                 env=self.env(),
                 start_new_session=True,
             )
             with open(self.pid_file, "w") as f:
                 f.write(f"{self._proc.pid}\n")
             atexit.register(self.stop)
+
+    def start(self) -> None:
+        """Start the server and return once a Spark Connect client can run ``SELECT 1``.
+
+        Raises :class:`PlatformStartError` (with the log tail) if the port is taken, the
+        process exits, or it does not answer within :attr:`startup_timeout`; the process is
+        stopped in that case.
+        """
+        self.spawn()
+        self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Block until the spawned server answers ``SELECT 1``; stop it and raise
+        :class:`PlatformStartError` if it exits or does not answer in time."""
         try:
-            self._wait_ready(t0)
+            self._wait_ready(self._t0)
         except BaseException:
             self.stop()
             raise
         self.log.info(
             "Spark Connect server up at %s (pid %s) after %.1f s",
-            self.remote,
+            self.display_remote,
             self.pid,
-            time.monotonic() - t0,
+            time.monotonic() - self._t0,
         )
 
     def _wait_ready(self, t0: float) -> None:
         deadline = t0 + self.startup_timeout
         last_error = "no answer yet"
         while time.monotonic() < deadline:
-            if self._proc is None or self._proc.poll() is not None:
-                code = self._proc.returncode if self._proc is not None else "?"
+            proc = self._proc
+            if proc is None or proc.poll() is not None:
+                code = proc.returncode if proc is not None else "stopped"
                 raise PlatformStartError(
                     f"the Spark Connect server exited with code {code} during start-up; "
                     f"log {self.log_file} ends with:\n{self.log_tail()}"
@@ -350,7 +479,7 @@ class SparkConnectServer(LoggingConfigurable):
                     last_error = _first_line(str(e))
             time.sleep(0.5)
         raise PlatformStartError(
-            f"the Spark Connect server at {self.remote} did not answer SELECT 1 within "
+            f"the Spark Connect server at {self.display_remote} did not answer SELECT 1 within "
             f"{self.startup_timeout:.0f} s (last error: {last_error}); log {self.log_file} "
             f"ends with:\n{self.log_tail()}"
         )
@@ -367,7 +496,11 @@ class SparkConnectServer(LoggingConfigurable):
 
     def health(self) -> dict[str, Any]:
         """Whether the process runs and answers ``SELECT 1``; never raises."""
-        info: dict[str, Any] = {"remote": self.remote, "pid": self.pid, "running": self.running()}
+        info: dict[str, Any] = {
+            "remote": self.display_remote,
+            "pid": self.pid,
+            "running": self.running(),
+        }
         if not info["running"]:
             info["ok"] = False
             return info
@@ -384,6 +517,20 @@ class SparkConnectServer(LoggingConfigurable):
                 with contextlib.suppress(Exception):
                     session.stop()
         return info
+
+    def resident_bytes(self) -> int | None:
+        """Resident memory of the server's JVM (VmRSS), or None when it does not run."""
+        pid = self.pid
+        if pid is None:
+            return None
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+        return None
 
     def stop(self) -> None:
         """Stop the server and every process in its group; idempotent, blocking."""
@@ -431,5 +578,3 @@ class SparkConnectServer(LoggingConfigurable):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
