@@ -37,6 +37,7 @@ from typing import Any
 from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Bool
 
+from .bundle import TEMPLATES_DIR
 from .envs import without_secrets
 from .sandbox.config import SandboxConfig
 from .sandbox.files import account_ids
@@ -116,6 +117,9 @@ class SandboxProvisioner(LocalProvisioner):
                               public_url_relay(env.get("MARKETPLACE_URL"))) if r is not None]
         kernel = self.kernel_spec
         binds = [(p, p, False) for p in spec_paths(kernel.resource_dir, kernel.argv)]
+        # the product skeletons `market new` and `new_product` copy from: public, read-only
+        if TEMPLATES_DIR.is_dir():
+            binds.append((str(TEMPLATES_DIR), str(TEMPLATES_DIR), False))
         if cwd and not (os.path.realpath(cwd) + "/").startswith(
                 os.path.realpath(workdir).rstrip("/") + "/"):
             binds.append((str(cwd), str(cwd), True))  # a notebook outside the home

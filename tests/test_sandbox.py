@@ -519,3 +519,30 @@ def test_a_product_run_through_the_service_is_confined(platform_proc, tmp_path):
     assert programs <= {"bwrap", "python", "python3", "python3.11", "sh", "sleep"}, cmdlines
     assert not [n for n in result["env"] if n.startswith(("JUPYTERHUB_", "MARKET_"))]
     assert sleepers() - before == set()
+
+
+def test_a_runs_bundle_and_inputs_are_its_sandbox_accounts_alone(reachable_tmp):
+    """Run directories have guessable names under a 0711 var/runs: the bundle (another unit's
+    product) and an uploaded input (a subscriber's data) must not be readable by other
+    accounts, such as a user's terminal."""
+    import io
+    import stat
+    import zipfile
+
+    from marketplace_ext import accounts
+    from marketplace_ext.sandbox.workspace import Workspace
+
+    account = accounts.ensure_account(accounts.sandbox_account("sbxws"))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("main.ipynb", "{}")
+        archive.writestr("files/model.json", "{}")
+    space = Workspace(reachable_tmp / "run-1", account.name)
+    space.create(buffer.getvalue())
+    (space.inputs / "upload.csv").write_text("name,phone\nCANARY,1\n")
+    space.seal()
+    for top in (space.bundle, space.inputs):
+        for path in (top, *top.rglob("*")):
+            st = path.lstat()
+            assert st.st_mode & stat.S_IRWXO == 0, path
+            assert (st.st_uid, st.st_gid) == (0, account.gid), path

@@ -3,8 +3,8 @@
 Layout under the run's directory ``ROOT`` (``var/runs/run-<id>``, ``var/predict/w-...``)::
 
     ROOT/               0711 root   the marker every process of the run carries
-    ROOT/bundle/        0755 root   the unpacked bundle, read-only in the sandbox
-    ROOT/inputs/        0755 root   an uploaded input file, read-only in the sandbox
+    ROOT/bundle/        0750 root:<account's group>  the unpacked bundle, read-only inside
+    ROOT/inputs/        0750 root:<account's group>  an uploaded input file, read-only inside
     ROOT/work/          0700 account  the working directory (cwd), read-write:
         <bundle entries>            each top-level entry of the bundle, bound read-only
         inputs/                     ROOT/inputs, bound read-only
@@ -155,6 +155,15 @@ class Workspace:
         owned_dir(self.tmp, ids)
         if ids is not None:
             os.chmod(self.work, 0o700)
+            # the bundle and the uploaded inputs are readable by the sandbox account's own
+            # group only: run directories have guessable names, and another unit's users must
+            # not read a product's files or a subscriber's upload from a terminal
+            for top in (self.bundle, self.inputs):
+                for path in (top, *top.rglob("*")):
+                    if path.is_symlink():
+                        continue
+                    os.chown(path, 0, ids[1])
+                    os.chmod(path, 0o750 if path.is_dir() else 0o640)
 
     def spec(self, command: list[str], env: dict[str, str], limits: Limits,
              read_only: list[str] = ()) -> SandboxSpec:
