@@ -321,6 +321,11 @@ def run(var_dir: Path, port: int = 8000, seed: bool = True) -> int:
             accounts = demo.seed(platform.url, platform.var_dir)
             if not demo.data_marker(platform.var_dir).exists():
                 load_demo_data(platform)
+            elif not platform.spark_remote:
+                # a restart: the units' servers come back in the background; be usable first
+                down = platform.wait_for_unit_platforms(list(demo.DEMO_UNITS))
+                for reason in down.values():
+                    print(f"warning: {reason}", file=sys.stderr)
             print(demo.format_logins(accounts))
         print(f"\nGrid Data Supermarket is running at {platform.url}  (Ctrl-C stops everything)")
         while platform.hub.poll() is None:

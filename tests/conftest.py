@@ -25,10 +25,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class RunningPlatform:
-    """`market run` as a user starts it, on free ports in a temporary var dir, with the test
-    session's one Spark Connect server as its data platform."""
+    """`market run` as a user starts it, on free ports in a temporary var dir. Without
+    *spark_remote* its service runs one Spark Connect server per unit (the default); with it,
+    every unit shares that server."""
 
-    def __init__(self, var_dir: Path, spark_remote: str):
+    def __init__(self, var_dir: Path, spark_remote: str | None = None):
         self.var_dir = var_dir
         self.port = free_port()
         self.env = dict(os.environ)
@@ -38,9 +39,13 @@ class RunningPlatform:
             MARKET_HUB_API_PORT=str(free_port()),
             MARKET_PROXY_API_PORT=str(free_port()),
             MARKET_SERVICE_PORT=str(free_port()),
-            MARKET_SPARK_REMOTE=spark_remote,
             MARKET_DEMO_SCALE="0.01",
         )
+        self.env.pop("MARKET_SPARK_REMOTE", None)
+        if spark_remote:
+            self.env["MARKET_SPARK_REMOTE"] = spark_remote
+        else:
+            self.env.setdefault("MARKET_SPARK_MEMORY", "512m")
         # two witnesses, both needed for a final checkpoint
         from marketplace_ext.witness import WitnessState
 
@@ -52,7 +57,11 @@ class RunningPlatform:
         self.proc: subprocess.Popen | None = None
         self.started_pids: set[int] = set()
 
-    def start(self, timeout: float = 180) -> None:
+    def spark_remote_for(self, unit: str) -> str:
+        """What a notebook or run of *unit* gets as SPARK_REMOTE."""
+        return self.env.get("MARKET_SPARK_REMOTE") or unit_remote(self.var_dir, unit)  # noqa: F405
+
+    def start(self, timeout: float = 600) -> None:
         self.log_path = self.var_dir.parent / f"market-run-{uuid.uuid4().hex[:6]}.log"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
@@ -94,7 +103,7 @@ class RunningPlatform:
 
 
 @pytest.fixture(scope="session")
-def platform_proc(tmp_path_factory, spark_server):
+def platform_proc(tmp_path_factory):
     """The whole platform, started once per test session with `market run`."""
     # not under pytest's temporary root: sandboxed runs and users' servers run as other
     # accounts and pass through (o+x, no listing) to their directories under var/, and every
@@ -102,7 +111,7 @@ def platform_proc(tmp_path_factory, spark_server):
     base = Path(tempfile.mkdtemp(prefix="platform-"))
     base.chmod(0o711)
     var_dir = base / "var"
-    running = RunningPlatform(var_dir, spark_server.remote)
+    running = RunningPlatform(var_dir)  # one Spark server per unit, started by the service
     running.start()
     yield running
     if running.proc is not None and running.proc.poll() is None:

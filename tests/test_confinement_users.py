@@ -389,6 +389,19 @@ for d in cfg["listdir"]:
         out["listdir"][d] = "listed"
     except OSError as e:
         out["listdir"][d] = type(e).__name__
+import http.client, urllib.parse
+for url in cfg.get("http", []):
+    # no redirects followed: a 302 to the login page is a refusal
+    u = urllib.parse.urlparse(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+    token = os.environ.get("JUPYTERHUB_API_TOKEN")
+    try:
+        conn.request("GET", u.path, headers={"Authorization": f"token {token}"} if token else {})
+        out.setdefault("http", {})[url] = conn.getresponse().status
+    except OSError as e:
+        out.setdefault("http", {})[url] = type(e).__name__
+    finally:
+        conn.close()
 procs = {}
 for e in os.listdir("/proc"):
     if e.isdigit():
@@ -420,6 +433,8 @@ def _probe_config(platform_proc, platform_pids, servers) -> dict:
         "environ": [platform_pids.hub, platform_pids.service, platform_pids.proxy],
         "connect": ports,
         "listdir": [other["HOME"], str(platform_proc.var_dir)],
+        # the other user's server through the proxy's public address, with our own token
+        "http": [f"{platform_proc.url}/user/{OTHER}/api/status"],
     }
 
 
@@ -435,6 +450,8 @@ def _assert_confined(result: dict, cfg: dict, account: str) -> None:
     assert {p: r for p, r in result["environ"].items() if r in ("read", "empty")} == {}
     assert {d: r for d, r in result["listdir"].items() if r == "listed"} == {}
     assert set(result["read"]) == set(cfg["read"])
+    assert {u: r for u, r in result["http"].items()
+            if r == 200 and f"/user/{USER}/" not in u} == {}
 
 
 #: how the platform's processes look in /proc/<pid>/cmdline
@@ -474,6 +491,8 @@ def test_terminal_cannot_read_the_platforms_secrets(servers, platform_proc, plat
     account's permissions alone must keep secrets, environments and other homes out."""
     server = servers[USER]
     cfg = _probe_config(platform_proc, platform_pids, servers)
+    own = f"{platform_proc.url}/user/{USER}/api/status"
+    cfg["http"].append(own)  # the control: the same request to the user's own server
     probe_dir = Path(tempfile.mkdtemp(prefix="probe-"))
     try:
         probe_dir.chmod(0o755)
@@ -486,6 +505,9 @@ def test_terminal_cannot_read_the_platforms_secrets(servers, platform_proc, plat
         shutil.rmtree(probe_dir)
     result = _parse_probe(text)
     _assert_confined(result, cfg, accounts.user_account(USER))
+    # the terminal has the network: the proxy answers, and refuses the other user's server
+    assert result["http"][own] == 200
+    assert all(isinstance(status, int) for status in result["http"].values()), result["http"]
     # refused by the modes (the paths exist and the processes run: nothing was missed)
     assert set(result["read"].values()) == {"PermissionError"}, result["read"]
     assert set(result["environ"].values()) == {"PermissionError"}, result["environ"]

@@ -45,7 +45,7 @@ def partner_env(market, home: Path, unit: str, spark_remote: str) -> dict[str, s
     return env
 
 
-def run_partners(project: int, markets: dict, homes: dict, work: Path, spark_remote: str,
+def run_partners(project: int, markets: dict, homes: dict, work: Path, spark_remote_for,
                  timeout: float = 600) -> dict[str, Path]:
     """Start every unit's papermill run at once; wait for all; return their output dirs."""
     procs: dict[str, subprocess.Popen] = {}
@@ -62,7 +62,8 @@ def run_partners(project: int, markets: dict, homes: dict, work: Path, spark_rem
                      "-p", "project", str(project), "-p", "rounds", str(ROUNDS),
                      "-p", "epochs", "2", "-p", "save_updates", "True",
                      "-p", "output_dir", "out", "-p", "timeout", "300"],
-                    cwd=cwd, env=partner_env(markets[unit], homes[unit], unit, spark_remote),
+                    cwd=cwd, env=partner_env(markets[unit], homes[unit], unit,
+                                                     spark_remote_for(unit)),
                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             time.sleep(2)  # kernels starting all at once on two cores time out
         deadline = time.monotonic() + timeout
@@ -143,7 +144,7 @@ def test_five_units_three_rounds_through_the_service(platform_proc, tmp_path):
     a.start(pid)
 
     outputs = run_partners(pid, markets, homes, tmp_path / "work",
-                           platform_proc.env["MARKET_SPARK_REMOTE"])
+                           platform_proc.spark_remote_for)
 
     info = a.project(pid)
     assert info["state"] == "finished"
@@ -188,7 +189,8 @@ def test_five_units_three_rounds_through_the_service(platform_proc, tmp_path):
         [str(ROOT / ".venv" / "bin" / "papermill"), str(NOTEBOOK.with_name("results.ipynb")),
          str(tmp_path / "results.ipynb"), "-k", "grid-python", "--start-timeout", "300",
          "-p", "project", str(pid)],
-        env=partner_env(markets["b"], homes["b"], "b", platform_proc.env["MARKET_SPARK_REMOTE"]),
+        env=partner_env(markets["b"], homes["b"], "b",
+                        platform_proc.spark_remote_for("b")),
         cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert results.returncode == 0, results.stderr[-3000:]
 
@@ -227,7 +229,6 @@ def test_guided_notebooks_open_a_project_and_join_it(platform_proc, tmp_path):
     partner.ipynb joins, gets the wrapped key, loads its unit's data and shows the round
     panel; the initiator then starts round 1."""
     url, logins = platform_proc.url, platform_proc.logins()
-    remote = platform_proc.env["MARKET_SPARK_REMOTE"]
     markets = {u: market_as(url, f"publisher-{u}", logins[f"publisher-{u}"]) for u in "ab"}
     homes = {u: tmp_path / f"home-{u}" for u in "ab"}
     name = project_name("guided")
@@ -238,7 +239,8 @@ def test_guided_notebooks_open_a_project_and_join_it(platform_proc, tmp_path):
              "-k", "grid-python", "--start-timeout", "300", "-p", "name", name,
              "-p", "weeks", "8", "-p", "rounds", "1", "-p", "quorum", "2",
              "-p", "expected_partners", "1", "-p", "wait_seconds", "300"],
-            env=partner_env(markets["a"], homes["a"], "a", remote), cwd=tmp_path, stdout=log,
+            env=partner_env(markets["a"], homes["a"], "a",
+                            platform_proc.spark_remote_for("a")), cwd=tmp_path, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True)
     try:
         b = FederatedClient(markets["b"], home=homes["b"], progress=False)
@@ -252,7 +254,8 @@ def test_guided_notebooks_open_a_project_and_join_it(platform_proc, tmp_path):
             [papermill, str(NOTEBOOK.with_name("partner.ipynb")), str(tmp_path / "partner.ipynb"),
              "-k", "grid-python", "--start-timeout", "300", "--execution-timeout", "300",
              "-p", "project", str(pid)],
-            env=partner_env(markets["b"], homes["b"], "b", remote), cwd=tmp_path,
+            env=partner_env(markets["b"], homes["b"], "b",
+                            platform_proc.spark_remote_for("b")), cwd=tmp_path,
             capture_output=True, text=True, timeout=600)
         assert partner.returncode == 0, partner.stderr[-3000:]
         assert initiator.wait(300) == 0, (tmp_path / "initiator.log").read_text()[-3000:]

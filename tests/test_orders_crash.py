@@ -4,6 +4,7 @@ SQLite platform and on a second platform whose service database is PostgreSQL.""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -29,9 +30,12 @@ def crash_platform(request, platform_proc, tmp_path_factory):
         return
     url = _new_postgres_db(request.getfixturevalue("postgres_server"))
     running = RunningPlatform(tmp_path_factory.mktemp("pg-platform") / "var",
-                              platform_proc.env["MARKET_SPARK_REMOTE"])
+                              platform_proc.env.get("MARKET_SPARK_REMOTE"))
+    # the first platform's unit servers, as remote endpoints: no second set of servers
+    running.env["MARKET_SPARK_ENDPOINTS"] = json.dumps(
+        {u: platform_proc.spark_remote_for(u) for u in "abcde"})
     running.env["MARKET_DB_URL"] = url
-    running.env["MARKET_DEMO_DATA"] = "0"  # the shared Spark server holds the units' data
+    running.env["MARKET_DEMO_DATA"] = "0"  # the first platform's servers hold the units' data
     running.start()
     yield running
     running.stop()
