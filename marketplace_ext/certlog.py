@@ -9,6 +9,28 @@ consistency with the last one they signed; a checkpoint co-signed by ``quorum`` 
 configured witnesses is *final*.
 
 The pure tree, proof and note code is :mod:`marketplace_ext.merkle`.
+
+Private entries
+---------------
+A leaf hashes only an entry's public part: its type, its time and a salted commitment to its
+details (:mod:`marketplace_ext.logentry`). The details (subject, actor, unit, references such
+as product, price, supplier) and the salt are stored beside the entry and served only to its
+readers (:func:`access`):
+
+- operators;
+- the entry's actor (the user who acted; not the service's own :data:`SYSTEM_ACTORS`);
+- members of the entry's *party units*, fixed when the entry is appended: the entry's own
+  unit, a ``supplier`` it names, the unit owning the ``product`` it names, the buyer and the
+  supplier of the ``order`` it names, the demanding and the owning unit of the model-to-data
+  ``request`` it names, the initiating unit of the federated project (``project_id``) and, for
+  an aggregate, every member unit of that project, and any ``party_units`` the caller adds;
+- everyone, once the entry is *disclosed*: the submission of a version that reached the shelf
+  and the move onto the shelf are public anyway (the shelf shows them), so buyers can check
+  their files against the publisher's entry.
+
+Everyone else reads the public part only, which is enough to check an inclusion proof: that an
+entry of that type existed at that index at that time. Checkpoints, proofs and witnesses never
+touch the details.
 """
 
 from __future__ import annotations
@@ -20,23 +42,39 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from . import merkle
+from . import logentry, merkle
 from .errors import InvalidField, NotFound
-from .orm import LogCheckpoint, LogCosignature, LogEntry, LogNode, LogState
+from .orm import (
+    LogCheckpoint,
+    LogCosignature,
+    LogEntry,
+    LogNode,
+    LogState,
+    ModelToDataRequest,
+    Order,
+    Product,
+    Unit,
+    Version,
+)
+
+if TYPE_CHECKING:
+    from .auth import Caller
 
 ENTRY_TYPES = (
     "unit_grant", "version_submitted", "shelf", "order", "refund", "download", "query", "run",
     "prediction", "m2d", "fl_contribution", "fl_aggregate",
 )
 
+# actors that are the service itself, not hub users: a hub user who happens to be called
+# "runner" must not read every run's entry through the actor rule
+SYSTEM_ACTORS = frozenset({"runner", "marketplace", "system"})
 
-def canonical(statement: Mapping) -> bytes:
-    return json.dumps(statement, sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=False).encode()
+canonical = logentry.canonical
 
 
 def _state(session: Session, lock: bool = False) -> LogState:
@@ -52,26 +90,113 @@ def _state(session: Session, lock: bool = False) -> LogState:
 
 
 def append(session: Session, entry_type: str, actor: str, unit: str | None, subject: str,
-           **fields) -> int:
+           *, party_units: Iterable[str] = (), **fields) -> int:
     """Certify a statement in the caller's transaction; returns its log index.
 
     ``subject`` is the digest (or id) the statement is about; ``fields`` are its references.
-    The log-state row is locked until the caller commits, so indices are dense even when a
-    transaction rolls back.
+    Subject, actor, unit and fields are the entry's private details: the leaf commits to them
+    with a fresh salt. ``party_units`` names units that may read the details beyond those the
+    fields already name (see the module docstring). The log-state row is locked until the
+    caller commits, so indices are dense even when a transaction rolls back.
     """
     if entry_type not in ENTRY_TYPES:
         raise ValueError(f"unknown log entry type {entry_type!r}")
     state = _state(session, lock=True)
     session.refresh(state)
     index = state.next_index
-    statement = {"type": entry_type, "subject": subject, "actor": actor, "unit": unit,
-                 "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), **fields}
-    data = canonical(statement)
+    details = {"subject": subject, "actor": actor, "unit": unit, **fields}
+    raw = canonical(details)
+    salt = logentry.new_salt()
+    time = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    data = logentry.public_part(entry_type, time, logentry.commitment(raw, salt))
+    parties = party_units_of(session, entry_type, unit, details, party_units)
+    disclosed = entry_type == "shelf" and fields.get("to_state") == "on_shelf"
     session.add(LogEntry(idx=index, data=data.decode(), kind=entry_type,
-                         leaf_hash=merkle.leaf_hash(data).hex()))
+                         leaf_hash=merkle.leaf_hash(data).hex(), details=raw.decode(),
+                         salt=salt.hex(), actor=None if actor in SYSTEM_ACTORS else actor,
+                         parties=json.dumps(parties),
+                         disclosed=disclosed))
+    if disclosed:
+        _disclose_submission(session, fields.get("product"), fields.get("version"))
     state.next_index = index + 1
     session.flush()
     return index
+
+
+def _disclose_submission(session: Session, product: object, version: object) -> None:
+    """A version going on the shelf makes its submission entry public: the shelf shows the
+    version anyway, and its buyers verify their files against that entry."""
+    index = session.scalar(select(Version.log_index).join(Product, Version.product_id == Product.id)
+                           .where(Product.name == product, Version.version == version))
+    if index is not None:
+        session.execute(update(LogEntry).where(LogEntry.idx == index,
+                                               LogEntry.kind == "version_submitted")
+                        .values(disclosed=True))
+
+
+def _slug(session: Session, unit_id: int | None) -> str | None:
+    unit = session.get(Unit, unit_id) if unit_id is not None else None
+    return unit.slug if unit is not None else None
+
+
+def party_units_of(session: Session, entry_type: str, unit: str | None, details: Mapping,
+                   extra: Iterable[str] = ()) -> list[str]:
+    """The units whose members may read an entry's details (besides its actor and operators),
+    from the references the details hold; computed once, when the entry is appended (and on
+    reading a legacy entry)."""
+    found: list[str | None] = [unit]
+    supplier = details.get("supplier")
+    if isinstance(supplier, str):
+        found.append(supplier)
+    product = details.get("product")
+    if isinstance(product, str):
+        found.append(session.scalar(select(Unit.slug).join(Product, Product.unit_id == Unit.id)
+                                    .where(Product.name == product)))
+    order_id = details.get("order")
+    if isinstance(order_id, int) and not isinstance(order_id, bool):
+        order = session.get(Order, order_id)
+        if order is not None:
+            found.append(_slug(session, order.unit_id))
+            owner = session.get(Product, order.product_id)
+            found.append(_slug(session, owner.unit_id) if owner is not None else None)
+    request_id = details.get("request")
+    if entry_type == "m2d" and isinstance(request_id, int):
+        request = session.get(ModelToDataRequest, request_id)
+        if request is not None:
+            found += [_slug(session, request.requester_unit_id),
+                      _slug(session, request.owner_unit_id)]
+    project_id = details.get("project_id")
+    if isinstance(project_id, int) and entry_type.startswith("fl_"):
+        from .federated.orm import FLMember, FLProject  # the federated zone imports this module
+
+        project = session.get(FLProject, project_id)
+        if project is not None:
+            found.append(_slug(session, project.unit_id))
+            if entry_type == "fl_aggregate":
+                found += [_slug(session, m.unit_id) for m in session.scalars(
+                    select(FLMember).where(FLMember.project_id == project_id))]
+    found += list(extra)
+    return [u for u in dict.fromkeys(found) if u]
+
+
+def access(session: Session, row: LogEntry, viewer: Caller | None) -> str | None:
+    """Why ``viewer`` may read the details of ``row`` (``operator``, ``actor``, ``party``,
+    ``disclosed``), or None when it may read the public part only."""
+    if viewer is not None and viewer.is_operator:
+        return "operator"
+    if row.details is None:  # legacy: the readers come from the stored statement
+        statement = json.loads(row.data)
+        actor = statement.get("actor")
+        parties = party_units_of(session, row.kind, statement.get("unit"), statement)
+    else:
+        actor, parties = row.actor, json.loads(row.parties or "[]")
+    if viewer is not None and actor not in SYSTEM_ACTORS and viewer.name == actor:
+        return "actor"
+    if viewer is not None and viewer.unit is not None and viewer.unit in parties:
+        return "party"
+    if row.disclosed:
+        return "disclosed"
+    return None
 
 
 class SqlNodeStore:
@@ -181,12 +306,37 @@ class TransparencyLog:
                 "final": self.quorum > 0 and len(witnessed) >= self.quorum,
                 "created_at": cp.created_at.isoformat() + "Z"}
 
-    def entry(self, session: Session, index: int) -> dict:
+    def entry(self, session: Session, index: int, viewer: Caller | None = None) -> dict:
+        """Entry ``index`` as ``viewer`` may see it (None: as a stranger sees it).
+
+        Everyone gets the type, the time, the leaf hash and, for a private entry, ``data`` (the
+        public part the leaf hashes, with the commitment). Readers (:func:`access`) also get
+        ``details`` and ``salt`` (the exact bytes committed to) and ``statement``, the parsed
+        ``{type, time, **details}``. A legacy entry's ``data`` is its whole statement, so it
+        is null for a stranger.
+        """
         row = session.get(LogEntry, index)
         if row is None:
             raise NotFound(f"no log entry {index}", "index")
-        return {"index": row.idx, "data": row.data, "leaf_hash": b64(bytes.fromhex(row.leaf_hash)),
-                "integrated": row.idx < _state(session).tree_size}
+        why = access(session, row, viewer)
+        legacy = row.details is None
+        public = None if legacy else logentry.parse_public(row.data)
+        reply = {"index": row.idx, "type": row.kind,
+                 "time": json.loads(row.data).get("time"), "legacy": legacy,
+                 "commitment": None if legacy else public["commitment"],
+                 "data": row.data if (why or not legacy) else None,
+                 "leaf_hash": b64(bytes.fromhex(row.leaf_hash)),
+                 "integrated": row.idx < _state(session).tree_size,
+                 "access": why or "public"}
+        if why is not None:
+            if legacy:
+                reply["statement"] = json.loads(row.data)
+            else:
+                # as stored: checking them against the commitment is the reader's job (and
+                # fsck's), so a tampered row is shown, and caught, rather than hidden
+                reply.update(details=row.details, salt=row.salt, statement={
+                    "type": row.kind, "time": reply["time"], **json.loads(row.details)})
+        return reply
 
     def _tree(self, session: Session) -> merkle.MerkleTree:
         return merkle.MerkleTree(SqlNodeStore(session), _state(session).tree_size)
@@ -267,6 +417,9 @@ def fsck(session: Session) -> dict:
         if leaf.hex() != row.leaf_hash:
             return {"ok": False, "index": row.idx,
                     "problem": f"entry {row.idx} does not hash to its stored leaf hash"}
+        problem = _private_part_problem(row)
+        if problem:
+            return {"ok": False, "index": row.idx, "problem": f"entry {row.idx}: {problem}"}
         if row.idx < state.tree_size:
             new_nodes = frontier.append(leaf)
             found = stored.get_many([(lv, ix) for lv, ix, _h in new_nodes])
@@ -286,3 +439,17 @@ def fsck(session: Session) -> dict:
     return {"ok": True, "entries": expected_index, "tree_size": state.tree_size}
 
 
+def _private_part_problem(row: LogEntry) -> str | None:
+    """Why the stored details of ``row`` do not match its public part, if they do not."""
+    try:
+        public = logentry.parse_public(row.data)
+        if public is None:
+            return None if row.details is None else "a legacy entry with private details"
+        if row.details is None or row.salt is None:
+            return "its details or its salt are missing"
+        if public["type"] != row.kind:
+            return f"its public part says {public['type']!r}, its row {row.kind!r}"
+        logentry.open_statement(row.data, row.details, row.salt)
+    except (logentry.EntryMismatch, ValueError) as e:
+        return str(e)
+    return None

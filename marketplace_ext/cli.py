@@ -100,10 +100,12 @@ def _market(args):
 def cmd_verify(args) -> int:
     import json
 
+    from . import merkle
     from .verify import (
         VerificationFailed,
         fetch_proof_bundle,
         trusted_log_key,
+        verify_entry,
         verify_file,
         verify_order,
     )
@@ -127,6 +129,20 @@ def cmd_verify(args) -> int:
             statement = verify_order(bundle, key, order_id)
             print(f"order {order_id}: {statement['plan']} of {statement['product']} for "
                   f"{statement['price']} points, certified at log index {bundle['index']}")
+        elif args.what == "entry":
+            index = int(args.target)
+            bundle = (json.loads(Path(args.proof).read_text()) if args.proof
+                      else fetch_proof_bundle(market, index))
+            if bundle["index"] != index:
+                raise VerificationFailed(f"the proof bundle is for entry {bundle['index']}")
+            statement = verify_entry(bundle, key, args.type)
+            what = (f"an entry of type {statement['type']} ({statement['time']})" if statement
+                    else "a legacy entry (its contents are private)")
+            detail = ("; its details check out" if "subject" in statement
+                      else "")
+            print(f"log index {index}: {what}, included in the signed checkpoint of size "
+                  f"{merkle.parse_checkpoint(merkle.split_note(bundle['checkpoint'])[0]).size}"
+                  f"{detail}")
         else:
             if not (args.product and args.version):
                 print("error: verify FILE needs --product and --version", file=sys.stderr)
@@ -238,10 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accept the sharing agreement without the prompt")
     p.set_defaults(func=cmd_publish)
 
-    p = sub.add_parser("verify", help="check a downloaded file or an order against the log")
-    p.add_argument("what_or_file", metavar="FILE | order",
-                   help="a downloaded file, or the word 'order' followed by its id")
-    p.add_argument("order_id", nargs="?", help="the order id (with 'order')")
+    p = sub.add_parser("verify", help="check a downloaded file, an order or an entry against "
+                       "the log")
+    p.add_argument("what_or_file", metavar="FILE | order | entry",
+                   help="a downloaded file, the word 'order' followed by its id, or the word "
+                   "'entry' followed by a log index (anyone may check an entry's type)")
+    p.add_argument("order_id", nargs="?", help="the order id (with 'order') or the log index "
+                   "(with 'entry')")
+    p.add_argument("--type", help="with 'entry': the entry type it must have (e.g. order)")
     p.add_argument("--product")
     p.add_argument("--version")
     p.add_argument("--log-key", help="the log's vkey to trust (default: $MARKET_LOG_KEY)")
@@ -288,10 +308,13 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     if args.command == "verify":
-        args.what, args.target = (("order", args.order_id) if args.what_or_file == "order"
+        args.what, args.target = ((args.what_or_file, args.order_id)
+                                  if args.what_or_file in ("order", "entry")
                                   else ("file", args.what_or_file))
-        if args.what == "order" and not (args.target or "").isdigit():
-            print("error: verify order needs the order id", file=sys.stderr)
+        target = args.target or ""
+        if args.what != "file" and not (target.isascii() and target.isdigit()):
+            noun = "order id" if args.what == "order" else "log index"
+            print(f"error: verify {args.what} needs the {noun}", file=sys.stderr)
             return 2
     try:
         return args.func(args)

@@ -253,6 +253,18 @@ class Market:
         return self.request("POST", f"products/{product}/shelf",
                             json={"state": state, "reason": reason})
 
+    # -- the certification log ---------------------------------------------------------------
+
+    def log_checkpoint(self, size: int | None = None) -> dict:
+        return self.request("GET", "log/checkpoint",
+                            params={} if size is None else {"size": size})
+
+    def log_entry(self, index: int) -> dict:
+        """Entry ``index``: its public part (type, time, commitment) for everyone; also its
+        ``details``, ``salt`` and parsed ``statement`` when the caller is one of its parties
+        or an operator (``access`` says which)."""
+        return self.request("GET", f"log/entries/{index}")
+
 
 def _progress_bar(description: str):
     """tqdm's notebook bar in a notebook, its text bar elsewhere."""

@@ -384,7 +384,12 @@ class LogState(Base):
 
 
 class LogEntry(Base):
-    """One certified statement (canonical JSON) at its leaf index."""
+    """One certified statement at its leaf index.
+
+    ``data`` is what the leaf hashes: the public part (type, time, salted commitment to the
+    details) since revision 0009, the whole statement for legacy entries written before it.
+    ``details`` and ``salt`` are the private part; ``actor``, ``parties`` and ``disclosed``
+    decide who may read it (see :mod:`marketplace_ext.certlog`)."""
 
     __tablename__ = "log_entries"
 
@@ -393,6 +398,11 @@ class LogEntry(Base):
     leaf_hash: Mapped[str] = mapped_column(String(64), nullable=False)
     kind: Mapped[str] = mapped_column(String(32), nullable=False, index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+    details: Mapped[str | None] = mapped_column(Text, nullable=True)  # canonical JSON
+    salt: Mapped[str | None] = mapped_column(String(64), nullable=True)  # hex, 32 bytes
+    actor: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    parties: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON list of unit slugs
+    disclosed: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
 
 
 class LogNode(Base):

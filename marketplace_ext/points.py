@@ -307,7 +307,8 @@ def refund(session: Session, order: Order, actor: str, reason: str) -> LedgerTra
 def refund_use(session: Session, entitlement_id: int | None, actor: str, reason: str) -> bool:
     """Give back the per-use order behind a use that bought nothing (a failed run, a rejected
     request); periods and owners' uses are not refunded. False if there was nothing to give
-    back or the supplier no longer holds the points."""
+    back or the supplier no longer holds the points. ``reason`` is certified in the log and
+    shown in both units' ledgers: a status or a decision, never a run's error text."""
     if entitlement_id is None:
         return False
     order = session.get(Order, session.get(Entitlement, entitlement_id).order_id)

@@ -126,7 +126,9 @@ def finish_run(session: Session, run: Run) -> None:
     version = session.get(Version, run.version_id)
     unit = session.get(Unit, run.unit_id) if run.unit_id else None
     refunded = run.status in ("failed", "cancelled") and points.refund_use(
-        session, run.entitlement_id, "runner", f"run {run.id} {run.status}: {run.error or ''}")
+        # the reason is certified and shown in the ledger: the status only, never the run's
+        # error text (which may quote the data); the run itself keeps the error for its unit
+        session, run.entitlement_id, "runner", f"run {run.id} {run.status}")
     run.log_index = certlog.append(
         session, "run", run.user, unit.slug if unit else None,
         run.output_sha256 or "none", run=run.id, product=product.name,

@@ -1,19 +1,21 @@
 """Client-side verification against the certification log: a downloaded file, an order.
 
-A *proof bundle* holds everything needed offline: the log entry, its index, an inclusion proof
-and the signed checkpoint it leads to. Verification checks, in order: the checkpoint's
-signature with the log key the verifier trusts, the entry's inclusion under that checkpoint's
-root, and that the entry says what the user claims (this file's sha256 in this version).
+A *proof bundle* holds everything needed offline: the log entry (its public part), its
+index, an inclusion proof, the signed checkpoint it leads to and, for a party to the entry, the
+entry's details and salt. Verification checks, in order: the checkpoint's signature with the
+log key the verifier trusts, the entry's inclusion under that checkpoint's root, that the
+details match the entry's commitment, and that the entry says what the user claims (this
+file's sha256 in this version). Without the details (not a party) only the entry's type and
+time can be checked (:func:`verify_entry`).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from pathlib import Path
 
-from . import merkle
+from . import logentry, merkle
 from .client import Market
 
 
@@ -28,28 +30,66 @@ def fetch_proof_bundle(market: Market, index: int) -> dict:
         raise VerificationFailed(
             f"entry {index} is not in the latest checkpoint (size {checkpoint['size']}) yet; "
             "try again in a moment")
-    entry = market.request("GET", f"log/entries/{index}")
+    entry = market.log_entry(index)
     proof = market.request("GET", "log/proof/inclusion",
                            params={"index": index, "size": checkpoint["size"]})
-    return {"index": index, "entry": entry["data"], "checkpoint": checkpoint["checkpoint"],
-            "proof": proof["proof"], "log_key": checkpoint["log_key"]}
+    bundle = {"index": index, "entry": entry["data"], "checkpoint": checkpoint["checkpoint"],
+              "proof": proof["proof"], "log_key": checkpoint["log_key"]}
+    if entry["data"] is None:  # a legacy entry of other units: only its leaf hash is public
+        bundle["leaf_hash"] = entry["leaf_hash"]
+    if entry.get("details") is not None:
+        bundle.update(details=entry["details"], salt=entry["salt"])
+    return bundle
 
 
-def check_bundle(bundle: dict, log_key: str) -> dict:
-    """Verify a proof bundle against the trusted ``log_key`` (a vkey); returns the statement."""
+def check_public(bundle: dict, log_key: str) -> tuple[dict, bool]:
+    """Verify a proof bundle against the trusted ``log_key`` (a vkey).
+
+    Returns ``(statement, complete)``: the whole statement when the bundle carries the
+    details (a party's bundle) or is a legacy entry, else the public part (type, time,
+    commitment) and False. A legacy entry a stranger may not read has no statement at all:
+    its leaf hash is checked and ``{}`` returned.
+    """
     key = merkle.parse_vkey(log_key)
     try:
         checkpoint, _opened = merkle.open_checkpoint(bundle["checkpoint"], [key])
     except merkle.MerkleError as e:
         raise VerificationFailed(f"checkpoint signature: {e}") from e
-    data = bundle["entry"].encode()
+    data = bundle["entry"].encode() if bundle.get("entry") is not None else None
+    leaf = (merkle.leaf_hash(data) if data is not None
+            else base64.b64decode(bundle.get("leaf_hash") or ""))
     proof = [base64.b64decode(h) for h in bundle["proof"]]
     try:
-        merkle.check_inclusion(merkle.leaf_hash(data), bundle["index"], checkpoint.size, proof,
-                               checkpoint.root)
+        merkle.check_inclusion(leaf, bundle["index"], checkpoint.size, proof, checkpoint.root)
     except merkle.MerkleError as e:
         raise VerificationFailed(f"inclusion proof: {e}") from e
-    return json.loads(data)
+    if data is None:
+        return {}, False
+    try:
+        return logentry.open_statement(data, bundle.get("details"), bundle.get("salt"))
+    except logentry.EntryMismatch as e:
+        raise VerificationFailed(f"entry details: {e}") from e
+
+
+def check_bundle(bundle: dict, log_key: str) -> dict:
+    """Verify a proof bundle and return the whole statement; fails when the bundle lacks the
+    details (the caller is not a party to the entry)."""
+    statement, complete = check_public(bundle, log_key)
+    if not complete:
+        raise VerificationFailed(
+            f"log entry {bundle['index']} is private: only its parties (and operators) get the "
+            "details needed to check what it says")
+    return statement
+
+
+def verify_entry(bundle: dict, log_key: str, entry_type: str | None = None) -> dict:
+    """Anyone: an entry (of ``entry_type``, if given) is at this index under a signed
+    checkpoint. Returns what could be checked: the statement, or the public part."""
+    statement, _complete = check_public(bundle, log_key)
+    if entry_type is not None and statement.get("type") != entry_type:
+        found = statement.get("type") or "an entry whose type is not public"
+        raise VerificationFailed(f"log entry {bundle['index']} is {found}, not {entry_type}")
+    return statement
 
 
 def verify_file(path: Path, bundle: dict, log_key: str, product: str, version: str) -> dict:

@@ -1,6 +1,7 @@
 """End to end through the running service: publish, approve, buy, download, verify the file
-and the order with the CLI (online and offline); witnesses co-sign until final; a tampered
-file and a forked or rolled-back checkpoint are refused."""
+and the order with the CLI (online and offline); an order's details reach its parties and
+operators only, while anyone can check that an order entry exists; witnesses co-sign until
+final; a tampered file, tampered details and a forked or rolled-back checkpoint are refused."""
 
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ def test_download_verify_and_tamper(bought, tmp_path):
     assert missing.status_code in (400, 404)
 
     wait_integrated(sub, download_index)
-    entry = json.loads(sub.request("GET", f"log/entries/{download_index}")["data"])
+    entry = sub.log_entry(download_index)["statement"]
     assert entry["type"] == "download" and entry["subject"] == r.headers["X-Content-SHA256"]
     assert entry["actor"] == "subscriber-b" and entry["order"] == bought["order"]["id"]
 
@@ -99,14 +100,22 @@ def test_download_verify_and_tamper(bought, tmp_path):
                      "--log-key", log_key, env=env)
     assert bad.returncode == 1 and "VERIFICATION FAILED" in bad.stderr
 
-    # a proof bundle whose entry was altered no longer verifies offline
+    # a proof bundle whose details or public part was altered no longer verifies offline
     proof = json.loads((tmp_path / "proof.json").read_text())
-    proof["entry"] = proof["entry"].replace(name, name + "x")
-    (tmp_path / "forged.json").write_text(json.dumps(proof))
+    assert name in proof["details"] and name not in proof["entry"]  # the leaf commits to it
+    (tmp_path / "forged.json").write_text(json.dumps(
+        {**proof, "details": proof["details"].replace(name, name + "x")}))
     forged = market_cli("verify", str(model), "--product", name + "x", "--version", version,
                         "--proof", str(tmp_path / "forged.json"), "--log-key", log_key,
                         env=offline_env)
-    assert forged.returncode == 1 and "inclusion proof" in forged.stderr
+    assert forged.returncode == 1 and "do not match" in forged.stderr, forged.stderr
+    commitment = json.loads(proof["entry"])["commitment"]
+    (tmp_path / "forged.json").write_text(json.dumps(
+        {**proof, "entry": proof["entry"].replace(commitment, commitment[::-1])}))
+    forged = market_cli("verify", str(model), "--product", name, "--version", version,
+                        "--proof", str(tmp_path / "forged.json"), "--log-key", log_key,
+                        env=offline_env)
+    assert forged.returncode == 1 and "inclusion proof" in forged.stderr, forged.stderr
 
     wrong_key = market_cli("verify", str(model), "--product", name, "--version", version,
                            "--proof", str(tmp_path / "proof.json"), "--log-key",
@@ -124,6 +133,38 @@ def test_verify_order(bought):
     assert bought["name"] in ok.stdout and "trusting the log key" in ok.stderr
     other = market_cli("verify", "order", "999999", env=env)
     assert other.returncode == 1
+
+
+def test_order_details_reach_its_parties_only(bought, platform_proc):
+    sub, op, name = bought["sub"], bought["op"], bought["name"]
+    index = bought["order"]["log_index"]
+    wait_integrated(sub, index)
+    logins = platform_proc.logins()
+    stranger = market_as(platform_proc.url, "subscriber-c", logins["subscriber-c"])
+    supplier = market_as(platform_proc.url, "publisher-a", logins["publisher-a"])
+    hidden = stranger.log_entry(index)
+    assert hidden["type"] == "order" and hidden["access"] == "public"
+    assert {"details", "salt", "statement"}.isdisjoint(hidden)
+    for secret in (name, "subscriber-b", '"price"', '"actor"', '"product"'):
+        assert str(secret) not in json.dumps(hidden), secret
+    for reader, access in ((sub, "actor"), (op, "operator"), (supplier, "party")):
+        entry = reader.log_entry(index)
+        assert entry["access"] == access
+        statement = entry["statement"]
+        assert (statement["product"], statement["actor"], statement["unit"]) == (
+            name, "subscriber-b", "b")
+        assert statement["price"] == bought["order"]["price"]
+        assert entry["data"] == hidden["data"]  # the same public part, the same leaf
+
+    # a stranger can still check that an order entry is at that index, not what it says
+    env = {**os.environ, "MARKETPLACE_URL": stranger.url,
+           "MARKET_TOKEN": stranger.http.headers["Authorization"].split()[1]}
+    ok = market_cli("verify", "entry", str(index), "--type", "order", env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert f"log index {index}: an entry of type order" in ok.stdout, ok.stdout
+    assert name not in ok.stdout
+    wrong = market_cli("verify", "entry", str(index), "--type", "refund", env=env)
+    assert wrong.returncode == 1 and "not refund" in wrong.stderr
 
 
 def test_witnesses_cosign_and_refuse_rollback_and_fork(bought, platform_proc, tmp_path):
@@ -178,8 +219,10 @@ def test_log_endpoints_reject_bad_input(bought):
         assert r.status_code == 400 and r.json()["field"] == field, (params, r.text)
     r = sub.http.get(f"{sub.url}api/log/proof/consistency", params={"old": 5, "new": 2})
     assert r.status_code == 400
-    assert sub.http.get(f"{sub.url}api/log/entries/999999999").status_code == 404
-    assert sub.http.get(f"{sub.url}api/log/entries/abc").status_code == 400
+    # an index that is not plain ASCII decimal within 64 bits names no entry (ids.parse_id)
+    for index in ("999999999", "abc", "\u00b2", str(2**64)):
+        r = sub.http.get(f"{sub.url}api/log/entries/{index}")
+        assert r.status_code == 404 and r.json()["field"] == "index", (index, r.text)
 
 
 def test_fsck_of_the_running_log(platform_proc):

@@ -1,6 +1,7 @@
 """The certification log in the database (SQLite and PostgreSQL): sequencing in the action's
-transaction, integration, proofs after a restart, cosignatures, and tampering caught by fsck
-and by proof verification."""
+transaction, integration, proofs after a restart, cosignatures, tampering caught by fsck and by
+proof verification, and private entries: the leaf commits to the details, which only the
+parties and operators read (legacy entries from before the migration included)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,19 @@ import base64
 import json
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, text, update
 
-from marketplace_ext import certlog, dbutil, merkle
+from marketplace_ext import certlog, dbutil, logentry, merkle, verify
+from marketplace_ext.auth import SCOPE_APPROVE, SCOPE_SUBSCRIBE, Caller
 from marketplace_ext.errors import InvalidField, NotFound
 from marketplace_ext.orm import (
     LogEntry,
     LogNode,
+    Order,
+    Product,
+    Transition,
+    Unit,
+    Version,
     make_engine,
     make_session_factory,
     write_transaction,
@@ -66,6 +73,51 @@ def verify_entry(factory, tlog, index: int, size: int) -> bool:
                                    [base64.b64decode(h) for h in proof], checkpoint.root)
 
 
+OPERATOR = Caller("olga", frozenset({SCOPE_APPROVE}), None)
+
+
+def member(name: str, unit: str | None) -> Caller:
+    return Caller(name, frozenset({SCOPE_SUBSCRIBE}), unit)
+
+
+def bundle(factory, tlog, index: int, viewer: Caller | None) -> dict:
+    """What `market verify` assembles from the API, for ``viewer``."""
+    with factory() as s:
+        entry = tlog.entry(s, index, viewer)
+        cp = tlog.checkpoint(s)
+        proof = tlog.inclusion(s, index, cp["size"])["proof"]
+    found = {"index": index, "entry": entry["data"], "checkpoint": cp["checkpoint"],
+             "proof": proof}
+    if entry["data"] is None:
+        found["leaf_hash"] = entry["leaf_hash"]
+    if "details" in entry:
+        found.update(details=entry["details"], salt=entry["salt"])
+    return found
+
+
+def shop(s) -> dict:
+    """Units a (buyer), b (supplier of product p-b, version 1.0), c (a stranger)."""
+    units = {}
+    for slug in "abc":
+        units[slug] = Unit(slug=slug, name=f"Unit {slug}", created_by="olga")
+        s.add(units[slug])
+    s.flush()
+    product = Product(name="p-b", kind="data", unit_id=units["b"].id, created_by="bob")
+    s.add(product)
+    s.flush()
+    version = Version(product_id=product.id, version="1.0", sha256="ab" * 32, state="submitted",
+                      title="P", summary="", tags="[]", manifest="{}", parameters="{}",
+                      files="[]", readme="", size=1, created_by="bob")
+    s.add(version)
+    s.flush()
+    order = Order(unit_id=units["a"].id, product_id=product.id, version_id=version.id,
+                  plan="per_use", price=1000, fee=50, idempotency_key="k", request_sha256="0" * 64,
+                  status="paid", buyer="alice")
+    s.add(order)
+    s.flush()
+    return {"units": units, "product": product, "version": version, "order": order}
+
+
 def test_indices_are_dense_and_a_rollback_leaves_nothing(factory, tlog):
     assert add(factory, 3) == [0, 1, 2]
     with factory() as s:
@@ -74,7 +126,7 @@ def test_indices_are_dense_and_a_rollback_leaves_nothing(factory, tlog):
         s.rollback()  # the action failed: its statement goes with it
     assert add(factory, 1, start=3) == [3]
     with factory() as s:
-        assert json.loads(tlog.entry(s, 3)["data"])["n"] == 3
+        assert tlog.entry(s, 3, OPERATOR)["statement"]["n"] == 3
         with pytest.raises(NotFound):
             tlog.entry(s, 4)
         with pytest.raises(ValueError):
@@ -154,10 +206,14 @@ def test_tampering_is_caught(factory, tlog, tamper):
     with factory() as s:
         row = s.get(LogEntry, 4)
         if tamper.startswith("edit"):
-            forged = row.data.replace('"order:4"', '"order:999"')
-            row.data = forged
+            # a forger rewrites the details and commits to them anew, same salt and time
+            details = {**json.loads(row.details), "subject": "order:999"}
+            raw = logentry.canonical(details)
+            forged = logentry.public_part(row.kind, json.loads(row.data)["time"],
+                                          logentry.commitment(raw, bytes.fromhex(row.salt)))
+            row.details, row.data = raw.decode(), forged.decode()
             if tamper == "edit-with-hash":
-                row.leaf_hash = merkle.leaf_hash(forged.encode()).hex()
+                row.leaf_hash = merkle.leaf_hash(forged).hex()
         elif tamper == "delete":
             s.delete(row)
         else:
@@ -183,3 +239,234 @@ def test_fsck_catches_a_rewritten_stored_node(factory, tlog):
     assert not report["ok"] and "node (1, 2)" in report["problem"]
     with factory() as s:
         assert s.scalar(select(LogEntry.idx).order_by(LogEntry.idx.desc()).limit(1)) == 7
+
+
+# --- private entries ---------------------------------------------------------------------------
+
+
+def test_the_leaf_commits_to_salted_details(factory, tlog):
+    with factory() as s:
+        write_transaction(s)
+        shop(s)
+        first = certlog.append(s, "order", "alice", "a", "order:1", product="p-b", price="10.00",
+                               supplier="b")
+        second = certlog.append(s, "order", "alice", "a", "order:1", product="p-b",
+                                price="10.00", supplier="b")
+        s.commit()
+    integrate(factory, tlog)
+    with factory() as s:
+        row = s.get(LogEntry, first)
+        public = json.loads(row.data)
+        # the leaf hashes the public part: type, time, commitment and nothing else
+        assert set(public) == {"type", "time", "commitment"} and public["type"] == "order"
+        assert row.leaf_hash == merkle.leaf_hash(row.data.encode()).hex()
+        assert row.data.encode() == logentry.canonical(public)
+        salt = bytes.fromhex(row.salt)
+        assert len(salt) == 32
+        assert public["commitment"] == logentry.commitment(row.details.encode(), salt).hex()
+        assert json.loads(row.details) == {"subject": "order:1", "actor": "alice", "unit": "a",
+                                           "product": "p-b", "price": "10.00", "supplier": "b"}
+        for secret in ("alice", "p-b", "10.00", "order:1"):
+            assert secret not in row.data
+        # the domain prefix is part of it: a plain SHA-256 of salt || details is not
+        import hashlib
+
+        assert public["commitment"] != hashlib.sha256(salt + row.details.encode()).hexdigest()
+        # same details, fresh salt: equal statements cannot be matched by their commitments
+        again = json.loads(s.get(LogEntry, second).data)
+        assert again["commitment"] != public["commitment"]
+        assert tlog.fsck(s)["ok"]
+    # a stranger verifies the public part (an order existed at this index); a party the rest
+    stranger = bundle(factory, tlog, first, member("carol", "c"))
+    assert "details" not in stranger
+    assert verify.verify_entry(stranger, tlog.vkey, "order")["type"] == "order"
+    with pytest.raises(verify.VerificationFailed, match="not refund"):
+        verify.verify_entry(stranger, tlog.vkey, "refund")
+    with pytest.raises(verify.VerificationFailed, match="private"):
+        verify.check_bundle(stranger, tlog.vkey)
+    party = bundle(factory, tlog, first, member("alice", "a"))
+    statement = verify.check_bundle(party, tlog.vkey)
+    assert statement["price"] == "10.00" and statement["type"] == "order"
+
+
+def test_who_reads_the_details(factory, tlog):
+    with factory() as s:
+        write_transaction(s)
+        objs = shop(s)
+        order = certlog.append(s, "order", "alice", "a", "order:1", product="p-b",
+                               price="10.00", supplier="b")
+        download = certlog.append(s, "download", "alice", "a", "f" * 64, product="p-b",
+                                  version="1.0")
+        refund = certlog.append(s, "refund", "runner", "a", "order:1",
+                                order=objs["order"].id, reason="run 3 failed")
+        grant = certlog.append(s, "unit_grant", "olga", "a", "transfer:1", amount="100.00")
+        named = certlog.append(s, "query", "alice", "a", "e" * 64, party_units=["c"])
+        s.commit()
+    integrate(factory, tlog)
+    viewers = {"actor": member("alice", "a"), "same unit": member("anna", "a"),
+               "supplier": member("bob", "b"), "stranger": member("carol", "c"),
+               "no unit": member("nobody", None), "operator": OPERATOR,
+               # a hub user named like the service's own actor gains nothing by it
+               "named runner": member("runner", "c")}
+    expected = {
+        order: {"actor": "actor", "same unit": "party", "supplier": "party"},
+        # the product names the supplier; the order names buyer and supplier
+        download: {"actor": "actor", "same unit": "party", "supplier": "party"},
+        refund: {"actor": "party", "same unit": "party", "supplier": "party"},
+        grant: {"actor": "party", "same unit": "party"},
+        named: {"actor": "actor", "same unit": "party", "stranger": "party",
+                "named runner": "party"},
+    }
+    with factory() as s:
+        for index, readers in expected.items():
+            for who, viewer in viewers.items():
+                entry = tlog.entry(s, index, viewer)
+                want = "operator" if who == "operator" else readers.get(who, "public")
+                assert entry["access"] == want, (index, who, entry["access"])
+                assert entry["type"] == s.get(LogEntry, index).kind
+                assert entry["commitment"] and entry["data"] and not entry["legacy"]
+                if want == "public":
+                    assert {"details", "salt", "statement"}.isdisjoint(entry), (index, who)
+                    assert "alice" not in json.dumps(entry)
+                else:
+                    assert entry["statement"]["actor"] == json.loads(entry["details"])["actor"]
+                    statement, complete = logentry.open_statement(
+                        entry["data"], entry["details"], entry["salt"])
+                    assert complete and statement == entry["statement"]
+        assert tlog.entry(s, order)["access"] == "public"  # no viewer: a stranger
+
+
+def test_a_version_on_the_shelf_discloses_its_submission(factory, tlog):
+    with factory() as s:
+        write_transaction(s)
+        objs = shop(s)
+        version = objs["version"]
+        version.log_index = certlog.append(s, "version_submitted", "bob", "b", version.sha256,
+                                           product="p-b", version="1.0", files={"a": "1" * 64})
+        hidden = certlog.append(s, "shelf", "olga", None, version.sha256, product="p-b",
+                                version="1.0", from_state="submitted", to_state="rejected",
+                                reason="not yet")
+        s.commit()
+        version_id = version.id
+        stranger = member("carol", "c")
+        assert tlog.entry(s, version.log_index, stranger)["access"] == "public"
+        assert tlog.entry(s, version.log_index, member("bob", "b"))["access"] == "actor"
+    with factory() as s:
+        write_transaction(s)
+        shelved = certlog.append(s, "shelf", "olga", None, "ab" * 32, product="p-b",
+                                 version="1.0", from_state="submitted", to_state="on_shelf")
+        s.commit()
+        version = s.get(Version, version_id)
+        shown = tlog.entry(s, version.log_index, stranger)
+        assert shown["access"] == "disclosed" and shown["statement"]["files"] == {"a": "1" * 64}
+        assert tlog.entry(s, shelved, stranger)["access"] == "disclosed"
+        # the product's unit is a party to the operator's shelf decisions; others are not
+        assert tlog.entry(s, hidden, member("bob", "b"))["access"] == "party"
+        assert tlog.entry(s, hidden, stranger)["access"] == "public"
+
+
+@pytest.mark.parametrize("tamper", ["details", "salt", "swap"])
+def test_tampered_details_are_caught(factory, tlog, tamper):
+    with factory() as s:
+        write_transaction(s)
+        shop(s)
+        for price in ("10.00", "20.00"):
+            certlog.append(s, "order", "alice", "a", "order:1", product="p-b", price=price,
+                           supplier="b")
+        s.commit()
+    integrate(factory, tlog)
+    with factory() as s:
+        row, other = s.get(LogEntry, 0), s.get(LogEntry, 1)
+        if tamper == "details":
+            row.details = row.details.replace("10.00", "1.00")
+        elif tamper == "salt":
+            row.salt = "00" * 32
+        else:
+            row.details, row.salt = other.details, other.salt
+        s.commit()
+    with factory() as s:
+        report = tlog.fsck(s)
+    assert not report["ok"] and report["index"] == 0 and "commitment" in report["problem"]
+    # the public part still proves its inclusion, but a party's check of the details fails
+    assert verify_entry(factory, tlog, 0, 2)
+    with pytest.raises(verify.VerificationFailed, match="do not match"):
+        verify.check_bundle(bundle(factory, tlog, 0, OPERATOR), tlog.vkey)
+    # and so does a forged proof bundle, offline
+    good = bundle(factory, tlog, 1, OPERATOR)
+    assert verify.check_bundle(good, tlog.vkey)["price"] == "20.00"
+    forged = {**good, "details": good["details"].replace("20.00", "2.00")}
+    with pytest.raises(verify.VerificationFailed, match="do not match"):
+        verify.check_bundle(forged, tlog.vkey)
+
+
+def test_legacy_entries_still_verify_after_the_migration(db_url, tlog):
+    """Entries written before revision 0009 keep their leaf (the whole statement): they still
+    verify, their statement goes to parties only, and shelved versions' ones are disclosed."""
+    dbutil.upgrade(db_url, "0008")
+    engine = make_engine(db_url)
+    statements = [
+        {"type": "version_submitted", "subject": "ab" * 32, "actor": "bob", "unit": "b",
+         "product": "p-b", "version": "1.0", "time": "2026-11-30T10:00:00.000000Z"},
+        {"type": "shelf", "subject": "ab" * 32, "actor": "olga", "unit": None, "product": "p-b",
+         "version": "1.0", "to_state": "on_shelf", "time": "2026-11-30T10:01:00.000000Z"},
+        {"type": "order", "subject": "order:1", "actor": "alice", "unit": "a", "product": "p-b",
+         "price": "10.00", "supplier": "b", "time": "2026-11-30T10:02:00.000000Z"},
+    ]
+    with engine.begin() as conn:
+        ids = {}
+        for slug in "abc":
+            ids[slug] = conn.execute(insert(Unit.__table__).values(
+                slug=slug, name=slug, created_by="olga", created_at=datetime_now())
+            ).inserted_primary_key[0]
+        product = conn.execute(insert(Product.__table__).values(
+            name="p-b", kind="data", unit_id=ids["b"], created_by="bob",
+            created_at=datetime_now())).inserted_primary_key[0]
+        version = conn.execute(insert(Version.__table__).values(
+            product_id=product, version="1.0", sha256="ab" * 32, state="on_shelf", title="P",
+            summary="", tags="[]", manifest="{}", parameters="{}", files="[]", readme="",
+            size=1, created_by="bob", created_at=datetime_now(), log_index=0, file_digests="{}",
+        )).inserted_primary_key[0]
+        conn.execute(insert(Transition.__table__).values(
+            version_id=version, from_state="submitted", to_state="on_shelf", actor="olga",
+            actor_is_operator=True, at=datetime_now()))
+        for idx, statement in enumerate(statements):
+            data = certlog.canonical(statement)
+            conn.execute(text("INSERT INTO log_entries (idx, data, leaf_hash, kind, created_at) "
+                              "VALUES (:idx, :data, :leaf, :kind, :at)"),
+                         {"idx": idx, "data": data.decode(), "kind": statement["type"],
+                          "leaf": merkle.leaf_hash(data).hex(), "at": datetime_now()})
+        conn.execute(text("INSERT INTO log_state (id, next_index, tree_size) VALUES (1, 3, 0)"))
+    engine.dispose()
+    dbutil.upgrade(db_url)
+    factory = make_session_factory(make_engine(db_url))
+    add(factory, 1)  # a new, private entry after the legacy ones
+    assert integrate(factory, tlog) == 4
+    with factory() as s:
+        assert tlog.fsck(s) == {"ok": True, "entries": 4, "tree_size": 4}
+        stranger, buyer = member("carol", "c"), member("alice", "a")
+        hidden = tlog.entry(s, 2, stranger)
+        assert hidden["legacy"] and hidden["data"] is None and hidden["access"] == "public"
+        assert hidden["type"] == "order" and "statement" not in hidden
+        assert tlog.entry(s, 2, member("bob", "b"))["statement"]["price"] == "10.00"
+        shown = tlog.entry(s, 2, buyer)
+        assert shown["access"] == "actor" and shown["data"] == certlog.canonical(
+            statements[2]).decode() and "details" not in shown
+        for index in (0, 1):
+            assert tlog.entry(s, index, stranger)["access"] == "disclosed"
+        assert not tlog.entry(s, 3, stranger).get("statement")
+    # the buyer checks the legacy order end to end; a stranger only that a leaf is there
+    assert verify.check_bundle(bundle(factory, tlog, 2, buyer), tlog.vkey)["supplier"] == "b"
+    assert verify.verify_entry(bundle(factory, tlog, 2, stranger), tlog.vkey) == {}
+    forged = {**bundle(factory, tlog, 2, stranger), "leaf_hash": base64.b64encode(
+        b"\1" * 32).decode()}
+    with pytest.raises(verify.VerificationFailed, match="inclusion proof"):
+        verify.verify_entry(forged, tlog.vkey)
+    for index in (0, 1, 3):  # disclosed legacy entries and the new one, as anyone sees them
+        assert verify_entry(factory, tlog, index, 4)
+
+
+def datetime_now():
+    from marketplace_ext.orm import utcnow
+
+    return utcnow()
+

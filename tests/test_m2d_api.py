@@ -236,13 +236,12 @@ def test_view_export_is_desensitized_and_certified(data_product):
     assert find_canaries(frame.to_csv()) == []
     index = int(r.headers["X-Log-Index"])
     assert sub.http.post(sub.url + path).status_code == 403  # the per-use order is spent
-    import json
     import time
 
     deadline = time.monotonic() + 20
     while sub.request("GET", "log/checkpoint")["size"] <= index:
         assert time.monotonic() < deadline
         time.sleep(0.3)
-    entry = json.loads(sub.request("GET", f"log/entries/{index}")["data"])
+    entry = sub.request("GET", f"log/entries/{index}")["statement"]
     assert entry["type"] == "download" and entry["subject"] == r.headers["X-Content-SHA256"]
     assert entry["view"] == "customers_public" and entry["rows"] == len(frame)

@@ -78,7 +78,7 @@ def test_predict_with_a_per_use_order(tool):
     while sub.request("GET", "log/checkpoint")["size"] <= index:
         assert time.monotonic() < deadline
         time.sleep(0.3)
-    entry = json.loads(sub.request("GET", f"log/entries/{index}")["data"])
+    entry = sub.request("GET", f"log/entries/{index}")["statement"]
     assert entry["type"] == "prediction" and entry["rows"] == len(ROWS)
 
 

@@ -116,7 +116,7 @@ def test_run_on_own_data_then_no_second_run(shop, tmp_path):
     index = sub.request("GET", f"runs/{run['id']}")["log_index"]
     while sub.request("GET", "log/checkpoint")["size"] <= index:
         time.sleep(0.3)
-    entry = json.loads(sub.request("GET", f"log/entries/{index}")["data"])
+    entry = sub.request("GET", f"log/entries/{index}")["statement"]
     assert entry["type"] == "run" and entry["status"] == "succeeded"
     assert entry["artifacts"]["outputs/summary.json"] == run["artifacts"][
         "outputs/summary.json"]["sha256"]

@@ -364,9 +364,13 @@ class CheckpointHandler(APIHandler):
 
 
 class LogEntryHandler(APIHandler):
+    """The public part of an entry for everyone; its details and salt for its parties and
+    operators (see :func:`marketplace_ext.certlog.access`)."""
+
     @web.authenticated
     def get(self, index):
-        self.write_json(self.market.tlog.entry(self.db, parse_id(index, "log entry", "index")))
+        self.write_json(self.market.tlog.entry(self.db, parse_id(index, "log entry", "index"),
+                                               viewer=self.caller))
 
 
 class InclusionProofHandler(APIHandler):
