@@ -70,6 +70,10 @@ class SandboxProvisioner(LocalProvisioner):
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         env = dict(kwargs.pop("env", None) or os.environ)
         template = env.pop(SPEC_ENV, None)
+        # papermill's cwd= (and a plain jupyter_client caller) changes the process's directory
+        # instead of passing one: the kernel must start there, inside the sandbox too
+        if not kwargs.get("cwd"):
+            kwargs["cwd"] = os.getcwd()
         if os.environ.get(INSIDE_ENV) == "1" or not self.enabled or self.parent is None:
             return await super().pre_launch(env=env, **kwargs)
         km = self.parent
