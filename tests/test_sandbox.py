@@ -302,17 +302,16 @@ def test_a_run_whose_platform_goes_down_fails_naming_it(world, listeners):
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.1)
             down["north"] = "unit north's Spark Connect server exited (status 1)"
-            t0 = time.monotonic()
-            run = await runner.wait(run_id, 60)
-            return run, time.monotonic() - t0
+            # the bound: a run on a dead platform fails within 30 s (TimeoutError
+            # otherwise); the run itself would sleep far longer
+            return await runner.wait(run_id, 30)
         finally:
             await runner.stop()
 
-    run, elapsed = asyncio.run(main())
+    run = asyncio.run(main())
     assert (run.status, run.error) == (
         "failed", "the run's data platform is down: unit north's Spark Connect server exited "
         "(status 1)")
-    assert elapsed < 30
     assert world.calls(run_id) == ["failed"]
 
 
