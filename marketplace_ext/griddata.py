@@ -30,6 +30,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+#: the dtype of every text column: pandas' nullable string (missing values are <NA>)
+TEXT = "string"
+
 UNITS: tuple[str, ...] = ("a", "b", "c", "d", "e")
 
 READINGS_FILE = "lcl_daily_kwh.csv.gz"
@@ -433,7 +436,7 @@ def _theft(
         {
             "customer_id": customer_ids,
             "is_thief": is_thief,
-            "attack": pd.array(attack, dtype="str"),
+            "attack": pd.array(attack, dtype=TEXT),
             "attack_start": start,
         }
     )
@@ -503,7 +506,7 @@ def _payments(
             "paid_amount": np.where(missed, 0.0, billing["amount"].to_numpy()),
             "paid_on": pd.Series(paid_on, dtype=_DATE),
             "days_late": pd.array(np.where(missed, None, days_late), dtype="Int64"),
-            "status": pd.array(np.asarray(PAYMENT_STATUSES)[status_idx], dtype="str"),
+            "status": pd.array(np.asarray(PAYMENT_STATUSES)[status_idx], dtype=TEXT),
         }
     )
 
@@ -655,7 +658,7 @@ def _charging(
         }
     )
     out = pd.concat([sites, points], ignore_index=True)
-    return out.astype({"site_id": "str", "kind": "str", "district": "str"})
+    return out.astype({"site_id": TEXT, "kind": TEXT, "district": TEXT})
 
 
 def _build_unit(
@@ -671,7 +674,7 @@ def _build_unit(
     mine = readings[readings["LCLid"].isin(households)]
     true = pd.DataFrame(
         {
-            "customer_id": mine["LCLid"].map(customer_of).astype("str"),
+            "customer_id": mine["LCLid"].map(customer_of).astype(TEXT),
             "day": mine["day"],
             "kwh": mine["energy_sum_kwh"],
             "n_halfhours": mine["n_halfhours"],
@@ -687,9 +690,9 @@ def _build_unit(
     ).sort_index()
     payments = _payments(unit, billing, customers, level_c, seed)
     transformers, load, transformer_of, centres = _grid(unit, customers, true, weather, seed)
-    customers = customers.assign(transformer_id=transformer_of.astype("str"))
+    customers = customers.assign(transformer_id=transformer_of.astype(TEXT))
     charging = _charging(unit, customers, transformers, level_c, centres, seed)
-    return {
+    tables = {
         "customers": customers,
         "consumption_daily": consumption,
         "theft_labels": labels,
@@ -699,6 +702,11 @@ def _build_unit(
         "transformer_load": load,
         "charging_demand": charging,
     }
+    # one text type whatever the pandas version: pandas 2 (which pyspark 4.3 supports) infers
+    # object columns where pandas 3 infers "str"; missing text is <NA> in both
+    return {name: df.astype({c: TEXT for c in df.columns
+                             if df[c].dtype == object or str(df[c].dtype) == "str"})
+            for name, df in tables.items()}
 
 
 def build_unit_tables(

@@ -38,7 +38,6 @@ from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Bool
 
 from .bundle import TEMPLATES_DIR
-from .envs import without_secrets
 from .sandbox.config import SandboxConfig
 from .sandbox.files import account_ids
 from .sandbox.spec import (
@@ -81,11 +80,7 @@ class SandboxProvisioner(LocalProvisioner):
             spec = SandboxSpec.from_dict(_read_json(template))
         else:
             spec = self._user_spec(env, kwargs.get("cwd"))
-            # the hub's and service's secrets stay out; the user's own API token stays in, so
-            # the Market client, the shop widgets and the FL notebooks work from a notebook
-            # (through the public address only: the hub API, the proxy API and the service's
-            # own port are not reachable from in there)
-            env = {**without_secrets(env), **{k: env[k] for k in USER_KERNEL_ENV if k in env}}
+            env = user_kernel_env(env)
         assert spec.socket_dir
         os.makedirs(spec.socket_dir, mode=0o700, exist_ok=True)
         # before the connection file is written: the sandbox has no network for tcp
@@ -142,6 +137,20 @@ class SandboxProvisioner(LocalProvisioner):
             import shutil
 
             shutil.rmtree(spec.socket_dir, ignore_errors=True)
+
+
+def user_kernel_env(env: dict[str, str]) -> dict[str, str]:
+    """What a user's own kernel keeps of its server's environment: the user's settings
+    (``MARKET_UNIT``, ``MARKET_FL_HOME``, ``SPARK_REMOTE``...) and the user's own API token, so
+    the Market client, the shop widgets and the FL notebooks work from a notebook (through the
+    public address only: the hub API, the proxy API and the service's own port are not
+    reachable from in there); not the server's other hub credentials (OAuth client, cookie)
+    nor anything named like a secret."""
+    kept = {k: v for k, v in env.items()
+            if not k.startswith(("JUPYTERHUB_", "CONFIGPROXY_"))
+            and not any(w in k.upper() for w in ("SECRET", "PASSWORD"))}
+    kept.update({k: env[k] for k in USER_KERNEL_ENV if k in env})
+    return kept
 
 
 def _read_json(path: str) -> dict:

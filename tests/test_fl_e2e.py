@@ -33,7 +33,11 @@ DROPPED_ENV = ("JUPYTERHUB_", "MARKET_", "CONFIGPROXY_")
 
 def partner_env(market, home: Path, unit: str, spark_remote: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(DROPPED_ENV)}
+    # the partner's kernel runs in the sandbox, which sees the home (and the notebook's
+    # directory) only: the unit's FL keys live in it, as in a user's JupyterLab
+    home.mkdir(parents=True, exist_ok=True)
     env.update(
+        HOME=str(home),
         MARKETPLACE_URL=market.url,
         MARKET_TOKEN=market.http.headers["Authorization"].split(" ", 1)[1],
         MARKET_FL_HOME=str(home),

@@ -66,12 +66,38 @@ raise ValueError(spark.table("customers").toPandas().to_csv())
 """
 
 
-def test_model_to_data_egress_carries_no_rows(data_product):
+PROBE = """
+import socket
+def _try_read(path):
+    try:
+        open(path, "rb").read(1)
+        return "read"
+    except OSError as e:
+        return type(e).__name__
+def _try_connect(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=3).close()
+        return "connected"
+    except OSError as e:
+        return type(e).__name__
+print("PROBE", " ".join([f"{p}={_try_read(p)}" for p in SECRETS]
+                        + [f"port{p}={_try_connect(p)}" for p in PORTS]))
+"""
+
+
+def test_model_to_data_egress_carries_no_rows(data_product, platform_proc):
     """Ways to smuggle the owner's rows out: a pickled DataFrame as model.pt, the table inside
-    a declared JSON file, the table in an error message. Each stays with the owner."""
+    a declared JSON file, the table in an error message. Each stays with the owner. The
+    notebook also runs in the sandbox: no platform secret, no platform port."""
     name, sub, pub = data_product["name"], data_product["sub"], data_product["pub"]
+    var, env = platform_proc.var_dir, platform_proc.env
+    secrets_ = [str(var / f) for f in ("marketplace_kek", "jupyterhub_cookie_secret",
+                                       "marketplace.sqlite", "platform/unit_servers.json")]
+    ports = [int(env[k]) for k in ("MARKET_HUB_API_PORT", "MARKET_PROXY_API_PORT",
+                                   "MARKET_SERVICE_PORT")]
+    probe = f"SECRETS = {secrets_!r}\nPORTS = {ports!r}\n" + PROBE
     sub.order(name, "per_use")
-    request = sub.send_model(name, training_notebook(LEAKS),
+    request = sub.send_model(name, training_notebook(LEAKS + probe),
                              ["outputs/model.pt", "outputs/metrics.json"],
                              output_schemas={"outputs/metrics.json": METRICS_SCHEMA})
     pub.decide_model(request["id"], "approve")
@@ -82,6 +108,15 @@ def test_model_to_data_egress_carries_no_rows(data_product):
     assert "not only tensors" in done["withheld"]["outputs/model.pt"]
     assert "schema" in done["withheld"]["outputs/metrics.json"]
     assert find_canaries(json.dumps(done)) == []
+    # the owner reads the executed notebook: the sandbox saw no secret and reached no port
+    run_id = pub.request("GET", f"m2d/{request['id']}")["run"]["id"]
+    html = pub.http.get(pub.url + f"api/runs/{run_id}/output.html").text
+    line = next(ln for ln in html.splitlines() if "PROBE" in ln and "port" in ln)
+    assert "=read" not in line and "=connected" not in line, line
+    for secret in secrets_:
+        assert f"{secret}=FileNotFoundError" in line or f"{secret}=PermissionError" in line, line
+    for port in ports:
+        assert f"port{port}=ConnectionRefusedError" in line, line
 
     sub.order(name, "per_use")
     request = sub.send_model(name, training_notebook(RAISES), ["outputs/model.pt"])
