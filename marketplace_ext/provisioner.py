@@ -31,6 +31,7 @@ namespace takes every process the kernel started along.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +111,6 @@ class SandboxProvisioner(LocalProvisioner):
         change, the server's SPARK_REMOTE relayed, limits from ``SandboxConfig``."""
         home = env.get("HOME") or os.path.expanduser("~")
         workdir = home if os.path.isdir(home) else (cwd or os.getcwd())
-        runtime = env.get("JUPYTER_RUNTIME_DIR") or os.path.join(
-            workdir, ".local", "share", "jupyter", "runtime")
         relays = [r for r in (spark_relay(env.get("SPARK_REMOTE")),
                               public_url_relay(env.get("MARKETPLACE_URL"))) if r is not None]
         kernel = self.kernel_spec
@@ -124,7 +123,9 @@ class SandboxProvisioner(LocalProvisioner):
             binds.append((str(cwd), str(cwd), True))  # a notebook outside the home
         return SandboxSpec(
             command=[], workdir=workdir, account=None, binds=binds,
-            socket_dir=os.path.join(runtime, f"sandbox-{self.kernel_id[:8]}"),
+            # a short path of the user's own (0700) under /tmp, not the runtime directory in
+            # the home: a Unix socket's path is at most 107 bytes, and homes can be deep
+            socket_dir=tempfile.mkdtemp(prefix=f"gds-k-{self.kernel_id[:8]}-"),
             relays=relays,
             limits=SandboxConfig(parent=self).limits(),
         )
