@@ -12,9 +12,21 @@ KERNELS := $(wildcard kernels/*/kernel.json)
 # pip lists index locations it cannot read as warnings; they are noise here
 PIP_QUIET := sed "/^WARNING: Location/d"
 
-.PHONY: install sandbox run test lint bench clean
+.PHONY: install reachable sandbox run test lint bench clean
 
-install: $(STAMP) $(CHP) sandbox
+install: reachable $(STAMP) $(CHP) sandbox
+
+# users' servers, Spark servers and sandboxed code run as other accounts and execute .venv:
+# every directory above the checkout needs the other-execute bit (pass through, not list). A
+# clone under a 0700 home (/root) gets o+x on the way there, as root; otherwise a clear error.
+reachable:
+	@python3 -c 'import os, stat, sys; from pathlib import Path; \
+	here = Path(sys.argv[1]).resolve(); \
+	blocked = [d for d in [*reversed(here.parents), here] if not d.stat().st_mode & stat.S_IXOTH]; \
+	[print(f"{d}: adding o+x so the platform accounts can reach {here}") or \
+	 os.chmod(d, d.stat().st_mode | stat.S_IXOTH) for d in blocked if os.geteuid() == 0]; \
+	sys.exit(f"{blocked[0]} is not passable by other accounts: chmod o+x it, or clone elsewhere" \
+	         if blocked and os.geteuid() != 0 else 0)' "$(CURDIR)"
 
 # product code runs in a bubblewrap sandbox (docs/sandbox.md); Debian's package, installed as root
 sandbox:
