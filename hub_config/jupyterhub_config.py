@@ -186,6 +186,27 @@ c.JupyterHub.load_roles = [
 ]
 
 # --- the marketplace service -------------------------------------------------------------------
+# JupyterHub gives a managed service ten one-second tries to answer HTTP, then exits. Ours
+# imports pandas, pyspark and nbformat and migrates its database first: on two loaded cores
+# that can take longer than 10 s, and the whole hub stopped. Each try waits up to 6 s for it.
+SERVICE_START_TRY_SECONDS = 6.0
+
+
+def _patient_wait_up(wait_up):
+    def wait(server, timeout=10, http=False, ssl_context=None, extra_path=""):
+        if http and timeout == 1 and server.port == SERVICE_PORT:
+            timeout = SERVICE_START_TRY_SECONDS
+        return wait_up(server, timeout=timeout, http=http, ssl_context=ssl_context,
+                       extra_path=extra_path)
+    return wait
+
+
+from jupyterhub.objects import Server  # noqa: E402
+
+if not getattr(Server.wait_up, "_market_patient", False):
+    Server.wait_up = _patient_wait_up(Server.wait_up)
+    Server.wait_up._market_patient = True
+
 SERVICE_ENV = {
     k: v for k, v in os.environ.items()
     if k.startswith("MARKET_") or k in {"PATH", "LANG", "LC_ALL", "HOME", "PYTHONPATH", "JAVA_HOME"}
