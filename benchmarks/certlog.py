@@ -57,7 +57,10 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=10_000)
     parser.add_argument("--db-url", default=None, help="default: a SQLite file in a temp dir")
+    parser.add_argument("--quick", action="store_true", help="small smoke run (seconds)")
     args = parser.parse_args()
+    if args.quick:
+        args.entries, args.batch = 2_000, 500
     tmp = Path(tempfile.mkdtemp(prefix="bench-certlog-"))
     url = args.db_url or f"sqlite:///{tmp}/log.sqlite"
     dbutil.upgrade(url)

@@ -60,7 +60,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--naive-size", type=int, default=1 << 15)
     ap.add_argument("--proofs", type=int, default=2000)
+    ap.add_argument("--quick", action="store_true", help="small smoke run (seconds)")
     args = ap.parse_args()
+    if args.quick:
+        args.size, args.batch, args.naive_size, args.proofs = 4_096, 256, 1 << 10, 100
     n, batch, rng = args.size, args.batch, random.Random(1)
 
     t = time.perf_counter()

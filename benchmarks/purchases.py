@@ -55,7 +55,10 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--db-url", default=None, help="service database (default: SQLite)")
+    parser.add_argument("--quick", action="store_true", help="small smoke run (seconds)")
     args = parser.parse_args()
+    if args.quick:
+        args.clients, args.seconds = 4, 2.0
 
     extra = {"MARKET_INITIAL_GRANT": "10000000"}
     if args.db_url:

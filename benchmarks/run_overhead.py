@@ -103,7 +103,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--calls", type=int, default=30)
+    parser.add_argument("--quick", action="store_true", help="small smoke run (one run)")
     args = parser.parse_args()
+    if args.quick:
+        args.runs, args.calls = 1, 3
     work = Path(tempfile.mkdtemp(prefix="bench-run-"))
     with throwaway_platform(MARKET_INITIAL_GRANT="100000") as (platform, accounts):
         url = platform.url
