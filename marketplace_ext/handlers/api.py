@@ -293,8 +293,8 @@ class FileDownloadHandler(SpendOnPostOnly, APIHandler):
     @web.authenticated
     def post(self, product, version, path):
         delivery = deliver_file(self.db, self.market.blobs, self.caller, product, version, path)
-        # stored before the commit: a crash between the two leaves an orphan blob (collected),
-        # never a spent use without its file
+        # stored before the commit: a crash between the two leaves an orphan blob (nothing
+        # collects those yet), never a spent use without its file
         self.market.blobs.put(delivery.data)
         self.db.commit()
         self._write_link(delivery.sha256, delivery.filename, "application/octet-stream",
