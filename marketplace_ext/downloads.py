@@ -12,12 +12,11 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from . import catalog, certlog, points
-from .auth import SCOPE_SUBSCRIBE, Caller
+from . import sharing
+from .auth import Caller
 from .blobs import BlobStore
-from .errors import Forbidden, InvalidField, NotFound
-from .orm import Entitlement
-from .units import get_unit
+from .errors import InvalidField, NotFound
+from .orm import Version
 
 EXPORT_FORMATS = ("csv", "parquet")
 
@@ -34,34 +33,22 @@ def deliver_file(session: Session, blobs: BlobStore, caller: Caller, product_nam
                  version: str, path: str) -> Delivery:
     """Check the caller may download, consume a per-use order, certify, return the bytes.
 
-    Other units get the version on sale; the owner and operators any version.
+    Other units get the version on sale; the owning unit's publishers and operators any
+    version (a preview); an operator in no unit inspects without an order.
     """
-    caller.require(SCOPE_SUBSCRIBE, "downloading a product")
-    product = catalog.get_product(session, product_name, caller)
-    v = catalog.get_version(product, version)
-    owner = caller.unit is not None and product.unit.slug == caller.unit
-    if not (owner or caller.is_operator) and v is not product.current_version:
-        raise NotFound(f"version {version} of {product_name!r} is not on sale", "version")
+    grant = sharing.authorize_use(session, caller, product_name, "download", version=version,
+                                  inspection=True)
+    v = session.get(Version, grant.version_id)
     digests = json.loads(v.file_digests)
     if path not in digests:
         raise NotFound(f"version {version} of {product_name!r} has no file {path!r}", "path")
-    if caller.is_operator and not owner:
-        entitlement = None  # operators inspect what they certify
-    elif caller.unit is None:
-        raise Forbidden(f"{caller.name} is not a member of any unit", "unit")
-    else:
-        entitlement = points.check(session, get_unit(session, caller.unit), product, "download")
     with zipfile.ZipFile(io.BytesIO(blobs.get(v.sha256))) as archive:
         data = archive.read(path)
     digest = hashlib.sha256(data).hexdigest()
     if digest != digests[path]:  # the stored archive no longer matches what was certified
         raise NotFound(f"{path} of {product_name} {version} failed its integrity check", "path")
-    points.consume(session, entitlement)
-    index = certlog.append(
-        session, "download", caller.name, caller.unit, digest, product=product.name,
-        version=v.version, path=path, bundle_sha256=v.sha256,
-        order=entitlement.order_id if entitlement else None,
-    )
+    index = sharing.record_use(session, caller, grant, "download", digest, path=path,
+                               bundle_sha256=v.sha256)
     return Delivery(data=data, sha256=digest, log_index=index,
                     filename=path.rsplit("/", 1)[-1])
 
@@ -70,48 +57,42 @@ def deliver_file(session: Session, blobs: BlobStore, caller: Caller, product_nam
 class ExportPlan:
     """An authorized export of a data product's view, to run outside any transaction."""
 
-    product: str
-    version: str
+    grant: sharing.Grant
     platform_unit: str  # the publisher's unit: its platform holds the view
     view: str  # qualified: unit_x.name
     format: str
-    entitlement_id: int | None
+
+    @property
+    def product(self) -> str:
+        return self.grant.product
+
+    @property
+    def version(self) -> str:
+        return self.grant.version
 
 
 def plan_export(session: Session, platform, caller: Caller, product_name: str, view: str,
                 fmt: str) -> ExportPlan:
     """Check the caller may download ``view`` of a data product (its desensitized view, never
     a source table) in ``fmt``."""
-    caller.require(SCOPE_SUBSCRIBE, "downloading a product")
-    product = catalog.get_product(session, product_name, caller)
-    if product.kind != "data":
-        raise InvalidField(f"{product_name!r} is a {product.kind} product; only data products "
-                           "export views", "product")
+    grant = sharing.authorize_use(session, caller, product_name, "download", kinds=("data",),
+                                  kind_rule="only data products export views")
     if fmt not in EXPORT_FORMATS:
         raise InvalidField(f"format must be one of {', '.join(EXPORT_FORMATS)}", "format")
-    manifest = json.loads(product.current_version.manifest)
+    manifest = json.loads(session.get(Version, grant.version_id).manifest)
     views = [v["view"] for v in manifest.get("views", [])]
     if view not in views:
         raise NotFound(f"{product_name!r} publishes no view {view!r}; its views: "
                        f"{', '.join(views) or 'none'}", "view")
-    if caller.unit is None:
-        raise Forbidden(f"{caller.name} is not a member of any unit", "unit")
-    entitlement = points.check(session, get_unit(session, caller.unit), product, "download")
-    owner = product.unit.slug
-    return ExportPlan(product=product.name, version=product.current_version.version,
-                      platform_unit=owner, view=f"{platform.database_for(owner)}.{view}",
-                      format=fmt, entitlement_id=entitlement.id if entitlement else None)
+    return ExportPlan(grant=grant, platform_unit=grant.owner_unit,
+                      view=f"{platform.database_for(grant.owner_unit)}.{view}", format=fmt)
 
 
 def record_export(session: Session, caller: Caller, plan: ExportPlan, data: bytes, rows: int,
                   truncated: bool) -> tuple[str, int]:
     """Consume the per-use order and certify the exported bytes; returns (sha256, log index)."""
-    entitlement = (session.get(Entitlement, plan.entitlement_id)
-                   if plan.entitlement_id is not None else None)
-    points.consume(session, entitlement)
     digest = hashlib.sha256(data).hexdigest()
-    index = certlog.append(
-        session, "download", caller.name, caller.unit, digest, product=plan.product,
-        version=plan.version, view=plan.view.split(".", 1)[1], format=plan.format, rows=rows,
-        truncated=truncated, order=entitlement.order_id if entitlement else None)
+    index = sharing.record_use(session, caller, plan.grant, "download", digest,
+                               view=plan.view.split(".", 1)[1], format=plan.format, rows=rows,
+                               truncated=truncated)
     return digest, index

@@ -24,8 +24,8 @@ import nbformat
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from . import catalog, certlog, points
-from .auth import SCOPE_PUBLISH, SCOPE_SUBSCRIBE, Caller
+from . import certlog, points, sharing
+from .auth import SCOPE_PUBLISH, Caller
 from .errors import Conflict, Forbidden, InvalidField, NotFound, PayloadTooLarge
 from .ids import parse_id
 from .m2d_outputs import (
@@ -97,7 +97,8 @@ def read_notebook(raw: object) -> tuple[bytes, dict]:
         nbformat.validate(nb)
     except Exception as e:  # nbformat raises several unrelated classes for bad documents
         raise InvalidField(f"notebook is not a valid Jupyter notebook: "
-                           f"{str(e).splitlines()[0][:300]}", "notebook") from None
+                           f"{(str(e).splitlines() or [type(e).__name__])[0][:300]}",
+                           "notebook") from None
     language = (nb.metadata.get("kernelspec", {}).get("language")
                 or nb.metadata.get("language_info", {}).get("name") or "python")
     if language != "python":
@@ -123,15 +124,10 @@ def read_notebook(raw: object) -> tuple[bytes, dict]:
 def submit(session: Session, blobs, caller: Caller, body: dict, notebook: bytes,
            inspected: dict, default_timeout: int, max_timeout: int) -> ModelToDataRequest:
     """Check, charge and store a request (pending the owner's decision); the caller commits."""
-    caller.require(SCOPE_SUBSCRIBE, "sending a notebook to a data product")
-    name = body.get("product")
-    if not isinstance(name, str) or not name:
-        raise InvalidField("product is required: the data product's name", "product")
-    product = catalog.get_product(session, name, caller)
-    if product.kind != "data":
-        raise InvalidField(f"{name!r} is a {product.kind} product; model-to-data runs on data "
-                           "products", "product")
-    version = catalog.usable_version(product, caller)
+    grant = sharing.authorize_use(session, caller, body.get("product"), "model_to_data")
+    if grant.own_product:
+        raise InvalidField(f"your unit owns {grant.product!r}: run the notebook on your own "
+                           "platform", "product")
     outputs = _check_outputs(body.get("outputs"))
     schemas = check_output_schemas(body.get("output_schemas"), outputs)
     purpose = body.get("purpose", "")
@@ -143,28 +139,19 @@ def submit(session: Session, blobs, caller: Caller, body: dict, notebook: bytes,
         raise InvalidField(f"timeout_seconds must be an integer from 1 to {max_timeout}",
                            "timeout_seconds")
     parameters = validate_parameters(inspected, body.get("parameters", {}))
-    if caller.unit is None:
-        raise Forbidden(f"{caller.name} is not a member of any unit", "unit")
-    if product.unit.slug == caller.unit:
-        raise InvalidField(f"your unit owns {name!r}: run the notebook on your own platform",
-                           "product")
-    unit = get_unit(session, caller.unit)
-    entitlement = points.check(session, unit, product, "model_to_data")
-    points.consume(session, entitlement)
     request = ModelToDataRequest(
-        product_id=product.id, version_id=version.id, requester=caller.name,
-        requester_unit_id=unit.id, owner_unit_id=product.unit_id, purpose=purpose,
-        notebook_sha256=blobs.put(notebook), parameters=json.dumps(parameters, sort_keys=True),
+        product_id=grant.product_id, version_id=grant.version_id, requester=caller.name,
+        requester_unit_id=grant.unit_id, owner_unit_id=grant.owner_unit_id,
+        purpose=purpose, notebook_sha256=blobs.put(notebook),
+        parameters=json.dumps(parameters, sort_keys=True),
         outputs=json.dumps(outputs), output_schemas=json.dumps(schemas, sort_keys=True),
-        timeout_seconds=timeout,
-        entitlement_id=entitlement.id if entitlement else None, status="pending",
+        timeout_seconds=timeout, entitlement_id=grant.entitlement_id, status="pending",
         released="{}", withheld="{}")
     session.add(request)
     session.flush()
-    request.log_index = certlog.append(
-        session, "m2d", caller.name, caller.unit, request.notebook_sha256, request=request.id,
-        event="submitted", product=product.name, version=version.version,
-        outputs=outputs, order=entitlement.order_id if entitlement else None)
+    request.log_index = sharing.record_use(
+        session, caller, grant, "m2d", request.notebook_sha256, request=request.id,
+        event="submitted", outputs=outputs)
     return request
 
 

@@ -325,6 +325,12 @@ def refund_use(session: Session, entitlement_id: int | None, actor: str, reason:
 # --- entitlements: the one gate every use goes through -----------------------------------------
 
 
+def offered_modes(product: Product) -> list[str]:
+    """The sharing modes the product's current version offers."""
+    manifest = json.loads(product.current_version.manifest) if product.current_version else {}
+    return list(manifest.get("sharing", []))
+
+
 def check(session: Session, unit: Unit, product: Product, mode: str,
           now: datetime | None = None) -> Entitlement | None:
     """The entitlement that lets ``unit`` use ``product`` in ``mode``.
@@ -332,8 +338,7 @@ def check(session: Session, unit: Unit, product: Product, mode: str,
     The owning unit needs none (returns None). A period plan is preferred over a per-use one,
     so an active subscription never burns a bought use. Raises :class:`NoEntitlement`.
     """
-    manifest = json.loads(product.current_version.manifest) if product.current_version else {}
-    if mode not in manifest.get("sharing", []):
+    if mode not in offered_modes(product):
         raise Forbidden(f"{product.name!r} is not shared by {mode}", "mode")
     if product.unit_id == unit.id:
         return None

@@ -13,41 +13,40 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from . import catalog, certlog, points
-from .auth import SCOPE_SUBSCRIBE, Caller
-from .errors import Forbidden, InvalidField
-from .orm import Entitlement
+from . import sharing
+from .auth import Caller
 from .predict import check_rows
-from .units import get_unit
 
 
 @dataclass(frozen=True)
 class CallPlan:
-    product: str
-    version: str
-    version_id: int
-    bundle_sha256: str
+    grant: sharing.Grant
     unit: str  # the caller's unit: its platform is the kernel's SPARK_REMOTE
     rows: list
-    entitlement_id: int | None
+
+    @property
+    def product(self) -> str:
+        return self.grant.product
+
+    @property
+    def version(self) -> str:
+        return self.grant.version
+
+    @property
+    def version_id(self) -> int:
+        return self.grant.version_id
+
+    @property
+    def bundle_sha256(self) -> str:
+        return self.grant.bundle_sha256
 
 
 def plan_call(session: Session, caller: Caller, product_name: str, body: dict,
               max_rows: int) -> CallPlan:
-    caller.require(SCOPE_SUBSCRIBE, "calling a tool product")
-    product = catalog.get_product(session, product_name, caller)
-    if product.kind != "tool":
-        raise InvalidField(f"{product_name!r} is a {product.kind} product; only tools answer "
-                           "remote calls", "product")
+    grant = sharing.authorize_use(session, caller, product_name, "remote_call")
     rows = body.get("rows")
     check_rows(rows, max_rows)
-    if caller.unit is None:
-        raise Forbidden(f"{caller.name} is not a member of any unit", "unit")
-    version = catalog.usable_version(product, caller)
-    entitlement = points.check(session, get_unit(session, caller.unit), product, "remote_call")
-    return CallPlan(product=product.name, version=version.version, version_id=version.id,
-                    bundle_sha256=version.sha256, unit=caller.unit, rows=rows,
-                    entitlement_id=entitlement.id if entitlement else None)
+    return CallPlan(grant=grant, unit=grant.unit, rows=rows)
 
 
 def _digest(value: object) -> str:
@@ -56,11 +55,6 @@ def _digest(value: object) -> str:
 
 def record_call(session: Session, caller: Caller, plan: CallPlan, predictions: list) -> int:
     """Consume the per-use order and certify the call; returns the log index."""
-    entitlement = (session.get(Entitlement, plan.entitlement_id)
-                   if plan.entitlement_id is not None else None)
-    points.consume(session, entitlement)
-    return certlog.append(
-        session, "prediction", caller.name, caller.unit, _digest(predictions),
-        product=plan.product, version=plan.version, bundle_sha256=plan.bundle_sha256,
-        rows=len(plan.rows), rows_sha256=_digest(plan.rows),
-        order=entitlement.order_id if entitlement else None)
+    return sharing.record_use(
+        session, caller, plan.grant, "prediction", _digest(predictions),
+        bundle_sha256=plan.bundle_sha256, rows=len(plan.rows), rows_sha256=_digest(plan.rows))

@@ -15,20 +15,19 @@ import io
 import json
 import logging
 import re
+from datetime import timedelta
 
 from sqlalchemy.orm import Session
 
-from . import catalog, certlog, points
-from .auth import SCOPE_SUBSCRIBE, Caller
-from .errors import Forbidden, InvalidField, NotFound
+from . import certlog, points, sharing
+from .auth import SCOPE_PUBLISH, Caller
+from .errors import InvalidField, MarketError, NotFound
 from .ids import parse_id
-from .orm import Product, Run, Unit, Version
+from .orm import Entitlement, Order, Product, Run, Unit, Version, utcnow
 from .runner import RunRequest, queue_run, validate_parameters
-from .units import get_unit
 
 log = logging.getLogger(__name__)
 
-RUNNABLE_KINDS = ("application", "tool")
 UPLOAD_SUFFIXES = (".csv", ".parquet")
 
 
@@ -68,15 +67,8 @@ def submit_run(session: Session, caller: Caller, body: dict, default_timeout: in
 
     ``upload`` is (blob sha256, file name) of a data file checked by :func:`check_upload`;
     without it the run reads the caller's unit platform."""
-    caller.require(SCOPE_SUBSCRIBE, "running a product")
-    name = body.get("product")
-    if not isinstance(name, str) or not name:
-        raise InvalidField("product is required: the product's name", "product")
-    product = catalog.get_product(session, name, caller)
-    if product.kind not in RUNNABLE_KINDS:
-        raise InvalidField(f"{name!r} is a {product.kind} product; only applications and tools "
-                           "run", "product")
-    version = catalog.usable_version(product, caller, body.get("version"))
+    grant = sharing.authorize_use(session, caller, body.get("product"), "remote_run",
+                                  version=body.get("version"))
     if upload is None and body.get("data", "platform") != "platform":
         raise InvalidField("data must be 'platform' (your unit's data platform), or upload a "
                            "file as multipart field 'data'", "data")
@@ -84,20 +76,16 @@ def submit_run(session: Session, caller: Caller, body: dict, default_timeout: in
     if not isinstance(timeout, int) or isinstance(timeout, bool) or not 1 <= timeout <= max_timeout:
         raise InvalidField(f"timeout_seconds must be an integer from 1 to {max_timeout}",
                            "timeout_seconds")
+    version = session.get(Version, grant.version_id)
     parameters = validate_parameters(json.loads(version.parameters), body.get("parameters", {}))
-    if caller.unit is None:
-        raise Forbidden(f"{caller.name} is not a member of any unit: runs use a unit's data",
-                        "unit")
-    unit = get_unit(session, caller.unit)
-    entitlement = points.check(session, unit, product, "remote_run")
     run = queue_run(session, RunRequest(
-        product_id=product.id, version_id=version.id, unit_id=unit.id, user=caller.name,
-        mode="remote_run", parameters=parameters, timeout_seconds=timeout,
-        entitlement_id=entitlement.id if entitlement else None,
+        product_id=grant.product_id, version_id=grant.version_id, unit_id=grant.unit_id,
+        user=caller.name, mode="remote_run", parameters=parameters, timeout_seconds=timeout,
+        entitlement_id=grant.entitlement_id,
         data_kind="upload" if upload else "platform",
         data_sha256=upload[0] if upload else None, data_name=upload[1] if upload else None,
     ))
-    points.consume(session, entitlement)
+    sharing.consume_use(session, grant)  # certified when the run ends (finish_run)
     return run
 
 
@@ -140,7 +128,37 @@ def finish_run(session: Session, run: Run) -> None:
     )
 
 
-def get_run(session: Session, caller: Caller, run_id: str) -> Run:
+class OutputsWithheld(MarketError):
+    """A refunded run's outputs are not delivered: it cost nothing, so it delivers nothing."""
+
+    status = 410
+    code = "withheld"
+
+
+def outputs_withheld(session: Session, run: Run) -> bool:
+    """Whether the run's per-use order was refunded (the run failed, timed out or was
+    cancelled, or an operator refunded the order): then its partial outputs are withheld."""
+    if run.entitlement_id is None:
+        return False
+    entitlement = session.get(Entitlement, run.entitlement_id)
+    order = session.get(Order, entitlement.order_id) if entitlement else None
+    return order is not None and order.status == "refunded"
+
+
+def _debugging_owner(session: Session, caller: Caller, run: Run, debug_days: int) -> bool:
+    """A publisher of the product's unit, within ``debug_days`` of a refunded run's end."""
+    if debug_days <= 0 or SCOPE_PUBLISH not in caller.scopes or caller.unit is None:
+        return False
+    product = session.get(Product, run.product_id)
+    if product.unit.slug != caller.unit or not outputs_withheld(session, run):
+        return False
+    ended = run.finished_at or run.created_at
+    return utcnow() - ended <= timedelta(days=debug_days)
+
+
+def get_run(session: Session, caller: Caller, run_id: str, debug_days: int = 0) -> Run:
+    """A run its user, its unit or an operator may see; a refunded run also to the product's
+    publishers for ``debug_days`` after it ended (to debug their product on it)."""
     run = session.get(Run, parse_id(run_id, "run", "run"))
     if run is None:
         raise NotFound(f"no run {run_id!r}", "run")
@@ -148,15 +166,34 @@ def get_run(session: Session, caller: Caller, run_id: str) -> Run:
     # a model-to-data run is the owner's: its notebook and outputs show the owner's data, and
     # its demander sees only what api/m2d releases
     own = run.user == caller.name and run.mode != "m2d"
-    if not (caller.is_operator or own or (unit is not None and unit.slug == caller.unit)):
+    if not (caller.is_operator or own or (unit is not None and unit.slug == caller.unit)
+            or _debugging_owner(session, caller, run, debug_days)):
         raise NotFound(f"no run {run_id!r}", "run")  # other units' runs do not exist for you
     return run
 
 
-def run_json(session: Session, run: Run, prefix: str) -> dict:
+def check_outputs_readable(session: Session, caller: Caller, run: Run, debug_days: int) -> None:
+    """Raise :class:`OutputsWithheld` unless ``caller`` may read the run's outputs: a refunded
+    run's outputs go to nobody but the product's publishers, for ``debug_days``."""
+    if outputs_withheld(session, run) and not _debugging_owner(session, caller, run,
+                                                                debug_days):
+        raise OutputsWithheld(f"run {run.id} was refunded ({run.status}): its outputs are "
+                              "withheld", "run")
+
+
+def run_json(session: Session, run: Run, prefix: str, caller: Caller | None = None,
+             debug_days: int = 0) -> dict:
+    """The run as the API shows it; a refunded run shows no outputs to ``caller`` unless the
+    caller may still read them (:func:`check_outputs_readable`)."""
     product = session.get(Product, run.product_id)
     version = session.get(Version, run.version_id)
     artifacts = json.loads(run.artifacts or "{}")
+    withheld = outputs_withheld(session, run)
+    if withheld and not (caller is not None
+                         and _debugging_owner(session, caller, run, debug_days)):
+        artifacts, html = {}, None
+    else:
+        html = run.html_sha256
     base = f"{prefix}api/runs/{run.id}"
     return {
         "id": run.id, "product": product.name, "version": version.version,
@@ -167,7 +204,8 @@ def run_json(session: Session, run: Run, prefix: str) -> dict:
         "created_at": run.created_at.isoformat() + "Z",
         "started_at": run.started_at.isoformat() + "Z" if run.started_at else None,
         "finished_at": run.finished_at.isoformat() + "Z" if run.finished_at else None,
-        "output_html": f"{base}/output.html" if run.html_sha256 else None,
+        "output_html": f"{base}/output.html" if html else None,
+        "outputs_withheld": withheld,
         "artifacts": {name: {"sha256": sha, "url": f"{base}/artifacts/{name}"}
                       for name, sha in artifacts.items()},
         "log_index": run.log_index,

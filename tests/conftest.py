@@ -71,8 +71,10 @@ class RunningPlatform:
         deadline = time.monotonic() + timeout
         while "is running at" not in self.output():
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"market run did not come up:\n{self.output()}\n"
-                                   f"{self.hub_log()[-4000:]}")
+                report = f"market run did not come up:\n{self.output()}\n{self.hub_log()[-4000:]}"
+                if self.proc.poll() is None:
+                    self.stop()  # never leave a half-started platform (its Spark servers) behind
+                raise RuntimeError(report)
             time.sleep(0.3)
 
     def output(self) -> str:

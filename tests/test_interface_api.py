@@ -84,5 +84,11 @@ def test_per_use_query_is_used_once(platform_proc, data_product):
     with pytest.raises(MarketAPIError) as e:
         query(other, name, "SELECT count(*) FROM consumption_daily_public")
     assert e.value.status == 403
+    # the gate answers first: without a use left even a malformed query is a 403 ...
     r = other.http.post(other.url + f"api/products/{name}/query", json={"sql": 42})
+    assert r.status_code == 403 and r.json()["error"] == "no_entitlement"
+    # ... and with one, the body's fault is named
+    sub = data_product["sub"]
+    sub.order(name, "month", idempotency_key=f"month-{name}")
+    r = sub.http.post(sub.url + f"api/products/{name}/query", json={"sql": 42})
     assert r.status_code == 400 and r.json()["field"] == "sql"

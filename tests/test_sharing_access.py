@@ -98,3 +98,61 @@ def test_owner_actions_are_the_owners(gate):
     for path in (f"m2d/{request['id']}", f"m2d/{request['id']}/notebook"):
         assert outsider.http.get(outsider.url + "api/" + path).status_code == 404
     assert pub.decide_model(request["id"], "reject", "not today")["status"] == "rejected"
+
+
+def test_every_mode_answers_the_same_codes_for_the_same_reasons(gate):
+    """One gate (marketplace_ext/sharing.py) for every mode: a caller in no unit gets 403
+    naming ``unit`` from each (an operator inspects downloads for free, nothing else); one
+    per-use order is one use, whichever mode spends it."""
+    data, tool, op = gate["data"], gate["tool"], gate["op"]
+    version = op.product(tool)["current_version"]
+    row = {"mean_kwh": 1.0, "cv": 0.2, "zero_share": 0.0, "drop": 0.0}
+    needs_a_unit = {
+        "export": ("POST", f"products/{data}/views/customers_public/export", None),
+        "interface": ("POST", f"products/{data}/query", {"sql": "SELECT 1"}),
+        "remote_run": ("POST", "runs", {"product": tool}),
+        "remote_call": ("POST", f"products/{tool}/predict", {"rows": [row]}),
+        "model_to_data": ("POST", "m2d", {"product": data, "notebook": training_notebook(),
+                                          "outputs": ["outputs/model.pt"]}),
+    }
+    for mode, (method, path, body) in needs_a_unit.items():
+        r = op.http.request(method, op.url + "api/" + path, json=body)
+        assert (r.status_code, r.json()["field"]) == (403, "unit"), (mode, r.text)
+    r = op.http.post(op.url + f"api/products/{tool}/versions/{version}/files/README.md")
+    assert r.status_code == 200, r.text  # the operator's inspection
+
+    buyer = market_as(gate["url"], "subscriber-e", gate["logins"]["subscriber-e"])
+    before = balance(buyer)
+    buyer.order(tool, "per_use")
+    r = buyer.http.post(buyer.url + f"api/products/{tool}/versions/{version}/files/README.md")
+    assert r.status_code == 200, r.text
+    for method, path, body in (("POST", f"products/{tool}/predict", {"rows": [row]}),
+                               ("POST", "runs", {"product": tool}),
+                               ("POST", f"products/{tool}/versions/{version}/files/README.md",
+                                None)):
+        r = buyer.http.request(method, buyer.url + "api/" + path, json=body)
+        assert (r.status_code, r.json()["error"]) == (403, "no_entitlement"), (path, r.text)
+    assert balance(buyer) != before  # the one use was paid for, once
+    orders = [o for o in buyer.request("GET", "orders")["orders"] if o["product"] == tool]
+    assert len(orders) == 1 and orders[0]["entitlement"]["uses_left"] == 0, orders
+
+
+def test_a_version_not_on_sale_does_not_exist_for_other_units(gate, tmp_path):
+    """Every mode answers 404 (field ``version``) to another unit asking for a version that
+    is not the reviewed one on the shelf, so the version's existence does not leak."""
+    tool, pub, stranger = gate["tool"], gate["pub"], gate["stranger"]
+    bundle = new_product("tool", tool, tmp_path / "next")
+    manifest = yaml.safe_load((bundle / "product.yaml").read_text())
+    manifest.update(version="9.9.9", plans=[{"type": "per_use", "price": 10}],
+                    sharing=["download", "remote_run", "remote_call"])
+    (bundle / "product.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    assert pub.publish(bundle)["state"] == "submitted"
+    stranger.order(tool, "per_use")
+    for method, path, body in (
+            ("POST", f"products/{tool}/versions/9.9.9/files/README.md", None),
+            ("POST", "runs", {"product": tool, "version": "9.9.9"})):
+        r = stranger.http.request(method, stranger.url + "api/" + path, json=body)
+        assert (r.status_code, r.json()["field"]) == (404, "version"), (path, r.text)
+    # the owning unit's publisher previews it
+    r = pub.http.post(pub.url + f"api/products/{tool}/versions/9.9.9/files/README.md")
+    assert r.status_code == 200, r.text
