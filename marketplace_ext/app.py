@@ -22,7 +22,7 @@ from tornado.httpserver import HTTPServer
 from traitlets import Bool, Dict, Float, Integer, Unicode, default
 from traitlets.config import Application
 
-from . import __version__, dbutil, m2d, points, product_envs, remote_run
+from . import __version__, blob_gc, dbutil, m2d, points, product_envs, remote_run, run_queue
 from .blobs import BlobStore
 from .bundle import BundleLimits
 from .catalog import DEFAULT_TERMS
@@ -30,8 +30,10 @@ from .certlog import TransparencyLog
 from .download_links import DownloadLinks
 from .envs import EnvironmentBuilder
 from .federated import orm as _fl_orm  # noqa: F401  (its tables belong to the metadata)
-from .federated.projects import Coordinator
+from .federated.common import DEFAULT_MAX_PARAMETERS as FL_DEFAULT_MAX_PARAMETERS
+from .federated.rounds import Coordinator
 from .handlers import default_handlers
+from .handlers.base import MAX_JSON_BODY
 from .hubapi import HubAPI
 from .orm import Version, make_engine, make_session_factory, write_transaction
 from .platform import DataPlatform
@@ -216,9 +218,42 @@ class MarketplaceApp(Application):
         3600, help="The longest time limit a run request may ask for, in seconds."
     ).tag(config=True)
 
+    refunded_output_days = Integer(
+        7, help="""Days a refunded run's outputs (a per-use run that failed, timed out or was
+        cancelled) stay readable by the publishers of the product's unit, to debug their
+        product; its caller never gets them (a refund must not buy anything). The outputs
+        were computed on the caller's data, so 0 withholds them from everyone.""",
+    ).tag(config=True)
+
     predict_workers = Integer(
         4, help="""Warm kernels kept for remote calls (one per tool version and calling unit);
         the least recently used is stopped to make room.""",
+    ).tag(config=True)
+
+    predict_workers_per_unit = Integer(
+        2, help="""Warm remote-call kernels one calling unit may hold (0: no limit beyond
+        predict_workers). A unit's call needing one more stops that unit's least recently used
+        idle kernel, never another unit's; with all of that unit's kernels busy the call is
+        refused with 429 quota_exceeded (field "unit", Retry-After), nothing charged.""",
+    ).tag(config=True)
+
+    max_active_runs_per_unit = Integer(
+        4, help="""Runs (remote runs, a unit's own runs of its own products, model-to-data runs
+        on its platform) one unit may have queued or running at once (0: no limit). One more
+        is refused with 429 quota_exceeded (field "unit", Retry-After), nothing charged or
+        stored.""",
+    ).tag(config=True)
+
+    blob_gc_interval = Float(
+        3600.0, help="""Seconds between collections of orphan blobs (stored content no database
+        row refers to: failed uploads, expired download links). 0 disables the periodic pass;
+        `market blobs gc` runs one by hand.""",
+    ).tag(config=True)
+
+    blob_gc_grace = Float(
+        86400.0, help="""Seconds an orphan blob is kept before it is collected, so an upload in
+        flight or an unexpired download link is never broken; at least the download links'
+        lifetime (300 s).""",
     ).tag(config=True)
 
     predict_idle_timeout = Float(
@@ -250,6 +285,14 @@ class MarketplaceApp(Application):
         50 * 1024 * 1024,
         help="""The largest file a model-to-data run may return to its demander (a model, not a
         table); a larger declared output is withheld and stays with the data owner.""",
+    ).tag(config=True)
+
+    fl_max_parameters = Integer(
+        FL_DEFAULT_MAX_PARAMETERS,
+        help="""The most parameters a federated project's model may have (its model.json
+        "parameters"). Each update is about parameters / 100 Paillier ciphertexts, so this bounds
+        the size of updates, aggregates and the service's work per round; a project over it is
+        refused with 400 naming the field model.""",
     ).tag(config=True)
 
     fl_tick_interval = Float(
@@ -331,7 +374,12 @@ class MarketplaceApp(Application):
         self.predictor = PredictPool(
             var / "predict", max_workers=self.predict_workers,
             idle_timeout=self.predict_idle_timeout, call_timeout=self.predict_timeout,
-            max_rows=self.predict_max_rows, limits=limits)
+            max_rows=self.predict_max_rows, limits=limits,
+            max_workers_per_unit=self.predict_workers_per_unit)
+        run_queue.configure(max_active_per_unit=self.max_active_runs_per_unit)
+        if self.blob_gc_grace < self.download_links.ttl_seconds:
+            raise ValueError(f"blob_gc_grace ({self.blob_gc_grace:g} s) must be at least the "
+                             f"download links' lifetime ({self.download_links.ttl_seconds} s)")
         self.bundle_limits = BundleLimits(
             max_file_bytes=self.max_file_bytes, max_total_bytes=self.max_bundle_bytes,
             max_files=self.max_bundle_files, price_min=self.price_min, price_max=self.price_max,
@@ -463,11 +511,22 @@ class MarketplaceApp(Application):
                 self.log.exception("log integration failed; retrying")
             await asyncio.sleep(self.log_interval)
 
+    async def blob_gc_loop(self) -> None:
+        """Collect orphan blobs every ``blob_gc_interval`` seconds (first after one interval)."""
+        loop = asyncio.get_running_loop()
+        while self.blob_gc_interval > 0:
+            await asyncio.sleep(self.blob_gc_interval)
+            try:
+                await loop.run_in_executor(None, blob_gc.collect, self.session_factory,
+                                           self.blobs, self.blob_gc_grace)
+            except Exception:
+                self.log.exception("orphan blob collection failed; retrying next interval")
+
     async def serve(self) -> None:
         url = urlparse(self.service_url)
-        # room for the multipart envelope around the largest allowed bundle
-        server = HTTPServer(self.tornado_app, xheaders=True,
-                            max_body_size=self.max_bundle_bytes + 2**20)
+        # every handler of ours streams its body and raises this per route once the caller is
+        # authenticated (handlers/base.py); what does not stream (the OAuth callback) gets 1 MiB
+        server = HTTPServer(self.tornado_app, xheaders=True, max_body_size=MAX_JSON_BODY)
         server.listen(url.port or 80, url.hostname or "127.0.0.1")
         Path(self.pid_file).write_text(str(os.getpid()))
         self.log.info("Marketplace %s at %s%s", __version__, self.service_url, self.service_prefix)
@@ -479,6 +538,7 @@ class MarketplaceApp(Application):
         reconcile = asyncio.create_task(self.reconcile_loop())
         integrate = asyncio.create_task(self.log_loop())
         fl_rounds = asyncio.create_task(self.fl.loop())
+        collect_blobs = asyncio.create_task(self.blob_gc_loop())
         # the units' Spark servers come up in the background (a minute on two cores)
         await loop.run_in_executor(None, self._start_unit_servers)
         await self.runner.start()
@@ -489,6 +549,7 @@ class MarketplaceApp(Application):
             reconcile.cancel()
             integrate.cancel()
             fl_rounds.cancel()
+            collect_blobs.cancel()
             await self.runner.stop()
             if self.unit_servers is not None:
                 await loop.run_in_executor(None, self.unit_servers.stop)

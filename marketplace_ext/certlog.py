@@ -67,7 +67,7 @@ if TYPE_CHECKING:
 
 ENTRY_TYPES = (
     "unit_grant", "version_submitted", "shelf", "order", "refund", "download", "query", "run",
-    "prediction", "m2d", "fl_contribution", "fl_aggregate",
+    "prediction", "m2d", "fl_contribution", "fl_aggregate", "fl_unit_key",
 )
 
 # actors that are the service itself, not hub users: a hub user who happens to be called
@@ -174,7 +174,8 @@ def party_units_of(session: Session, entry_type: str, unit: str | None, details:
             found.append(_slug(session, project.unit_id))
             if entry_type == "fl_aggregate":
                 found += [_slug(session, m.unit_id) for m in session.scalars(
-                    select(FLMember).where(FLMember.project_id == project_id))]
+                    select(FLMember).where(FLMember.project_id == project_id,
+                                           FLMember.status == "approved"))]
     found += list(extra)
     return [u for u in dict.fromkeys(found) if u]
 

@@ -212,6 +212,32 @@ def cmd_log_fsck(args) -> int:
     return 1
 
 
+def cmd_blobs_gc(args) -> int:
+    from . import dbutil
+    from .blob_gc import collect
+    from .blobs import BlobStore
+    from .orm import make_engine, make_session_factory
+
+    url = args.db_url or f"sqlite:///{args.var_dir}/marketplace.sqlite"
+    if not args.db_url and not (Path(args.var_dir) / "marketplace.sqlite").exists():
+        print(f"error: no service database in {args.var_dir} (use --var-dir or --db-url)",
+              file=sys.stderr)
+        return 2
+    dbutil.check(url)
+    engine = make_engine(url)
+    try:
+        result = collect(make_session_factory(engine), BlobStore(Path(args.var_dir) / "blobs"),
+                         args.grace, dry_run=args.dry_run)
+    finally:
+        engine.dispose()
+    verb = "would delete" if args.dry_run else "deleted"
+    print(f"{result.blobs} blobs, {result.referenced} digests referenced; {verb} "
+          f"{len(result.deleted)} orphans ({result.deleted_bytes} bytes), kept "
+          f"{result.kept_young} younger than {args.grace:g} s, "
+          f"{result.incoming_removed} stale temporary files")
+    return 0
+
+
 def _add_connection_args(p) -> None:
     p.add_argument("--url", default=None, help="marketplace URL (default: $MARKETPLACE_URL)")
     p.add_argument("--token", default=None,
@@ -284,6 +310,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = log.add_parser("fsck", help="recompute the tree from the stored entries")
     p.add_argument("--db-url", default=os.environ.get("MARKET_DB_URL"))
     p.set_defaults(func=cmd_log_fsck)
+
+    blobs = sub.add_parser("blobs", help="the blob store").add_subparsers(dest="blobs",
+                                                                         required=True)
+    p = blobs.add_parser("gc", help="delete orphan blobs (no database row refers to them)")
+    p.add_argument("--db-url", default=os.environ.get("MARKET_DB_URL"))
+    p.add_argument("--grace", type=float, default=86400.0,
+                   help="keep orphans younger than this many seconds (default 86400)")
+    p.add_argument("--dry-run", action="store_true", help="report, delete nothing")
+    p.set_defaults(func=cmd_blobs_gc)
 
     demo = sub.add_parser("demo", help="demo set-up").add_subparsers(dest="demo", required=True)
     p = demo.add_parser("seed", help="create the demo accounts, units and memberships")

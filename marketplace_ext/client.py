@@ -159,6 +159,15 @@ class Market:
                             for name in run["artifacts"]}
         return run
 
+    def runs(self, scope: str = "mine", status: str | None = None, limit: int = 20,
+             offset: int = 0) -> dict:
+        """Your runs (``scope="mine"``) or your unit's (``"unit"``), newest first:
+        ``{"runs": [...], "total": n, ...}``."""
+        params: dict = {"scope": scope, "limit": limit, "offset": offset}
+        if status is not None:
+            params["status"] = status
+        return self.request("GET", "runs", params=params)
+
     def download(self, path: str, local: str | Path) -> str:
         """Save ``api/<path>`` to ``local``, checked against its X-Content-SHA256."""
         import hashlib

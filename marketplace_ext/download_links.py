@@ -64,7 +64,8 @@ class DownloadLinks:
         gone = NotFound("this download link is not valid (expired, or minted for another "
                         "user): POST again to get a new one", "token")
         payload, _, mac = token.partition(".")
-        if not payload or not hmac.compare_digest(mac.encode(), self._mac(payload).encode()):
+        if (not payload or not token.isascii()
+                or not hmac.compare_digest(mac.encode(), self._mac(payload).encode())):
             raise gone
         try:
             link = Link(**json.loads(_unb64(payload)))

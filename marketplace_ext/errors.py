@@ -63,6 +63,18 @@ class PayloadTooLarge(MarketError):
     code = "too_large"
 
 
+class QuotaExceeded(MarketError):
+    """A per-unit quota (runs queued or running, warm predict workers) is full; nothing was
+    charged or stored. ``retry_after`` (seconds) goes out as the ``Retry-After`` header."""
+
+    status = 429
+    code = "quota_exceeded"
+
+    def __init__(self, message: str, field: str | None = None, retry_after: int = 30):
+        super().__init__(message, field)
+        self.retry_after = retry_after
+
+
 class UpstreamUnavailable(MarketError):
     """A part we depend on (the hub API, the data platform) did not answer; nothing was changed."""
 

@@ -187,7 +187,8 @@ def check_schema(schema: object, field: str, depth: int = 0) -> dict:
                            f"{sorted(_SCHEMA_KEYWORDS)}", field)
     types = schema.get("type")
     types = [types] if isinstance(types, str) else types
-    if not isinstance(types, list) or not types or not all(t in _SCHEMA_TYPES for t in types):
+    if not isinstance(types, list) or not types or not all(
+            isinstance(t, str) and t in _SCHEMA_TYPES for t in types):
         raise InvalidField(f"type must be one or more of {sorted(_SCHEMA_TYPES)} (no strings: "
                            "they could carry rows)", f"{field}.type")
     if "array" in types:

@@ -35,11 +35,42 @@ def _merge(spec: dict, part: dict, source: str) -> None:
             target[name] = value
 
 
+_METHODS = ("get", "put", "post", "delete", "patch")
+_ERROR = {"$ref": "#/components/responses/Error"}
+
+
+def _add_standard_errors(spec: dict) -> None:
+    """The answers every route may give, documented once here rather than on each operation
+    of every part: 401 when it needs a login, 404 for a path id or name that does not exist
+    (``ids.parse_id``), 400 for a bad parameter or body, 413 for a body over its limit."""
+    default_security = spec.get("security")
+    for item in spec["paths"].values():
+        shared = item.get("parameters", [])
+        for method in _METHODS:
+            op = item.get(method)
+            if op is None:
+                continue
+            responses = op.setdefault("responses", {})
+            params = shared + op.get("parameters", [])
+            if op.get("security", default_security):
+                responses.setdefault("401", _ERROR)
+            if any(p.get("in") == "path" or "parameters/Product" in p.get("$ref", "")
+                   or "parameters/Version" in p.get("$ref", "") for p in params):
+                responses.setdefault("404", _ERROR)
+            if any(p.get("in") in ("query", "header") or "parameters/Limit" in p.get("$ref", "")
+                   or "parameters/Offset" in p.get("$ref", "") for p in params) \
+                    or "requestBody" in op:
+                responses.setdefault("400", _ERROR)
+            if "requestBody" in op:
+                responses.setdefault("413", _ERROR)
+
+
 @cache
 def _document() -> dict:
     spec = yaml.safe_load(SPEC_PATH.read_text())
     for part_path in PART_PATHS:
         _merge(spec, yaml.safe_load(part_path.read_text()), part_path.name)
+    _add_standard_errors(spec)
     spec["info"]["version"] = __version__
     return spec
 

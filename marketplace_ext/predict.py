@@ -34,8 +34,11 @@ Workers are keyed by version *and* kernel environment: the environment is fixed 
 starts, so callers whose environment differs (another unit's ``SPARK_REMOTE``) get workers of
 their own and never share a kernel's memory. At most ``max_workers`` workers exist; the least
 recently used idle one is stopped to make room (a caller waits when all of them are busy), and
-workers idle for ``idle_timeout`` seconds are stopped. Every process of a worker carries the
-runner's marker (``GRID_MARKET_RUN=<worker directory>``) and is killed with
+workers idle for ``idle_timeout`` seconds are stopped. A unit holds at most
+``max_workers_per_unit`` (0: no limit): one more stops that unit's least recently used idle
+worker (never another unit's); with all of them busy the call is refused (429
+``quota_exceeded``, field ``unit``, ``Retry-After``) before anything is charged. Every process
+of a worker carries the runner's marker (``GRID_MARKET_RUN=<worker directory>``) and is killed with
 :func:`marketplace_ext.sandbox.procs.kill_run_processes`. One pool per ``work_root``: on first
 use the pool kills and removes whatever a previous service left there.
 
@@ -61,7 +64,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty
 
-from .errors import MarketError
+from .errors import MarketError, QuotaExceeded
 from .predict_program import (
     InvalidRows,
     PredictError,
@@ -171,14 +174,17 @@ class PredictPool:
     def __init__(self, work_root: Path, *, kernel_name: str = "grid-python", max_workers: int = 4,
                  idle_timeout: float = 600, call_timeout: float = 60, max_rows: int = 10_000,
                  start_timeout: float = 60, max_output_bytes: int = 16 * 2**20,
-                 limits: Limits | None = None):
+                 limits: Limits | None = None, max_workers_per_unit: int = 0):
         if max_workers < 1:
             raise ValueError("max_workers must be at least 1")
+        if max_workers_per_unit < 0:
+            raise ValueError("max_workers_per_unit must be 0 (no limit) or more")
         if min(idle_timeout, call_timeout, start_timeout) <= 0 or max_rows < 1:
             raise ValueError("timeouts and max_rows must be positive")
         self.work_root = Path(work_root).resolve()
         self.kernel_name = kernel_name
         self.max_workers = max_workers
+        self.max_workers_per_unit = max_workers_per_unit
         self.idle_timeout = idle_timeout
         self.call_timeout = call_timeout
         self.max_rows = max_rows
@@ -303,8 +309,8 @@ class PredictPool:
                     self._workers.move_to_end(key)
                     worker.users += 1
                     return worker
-                victim = None
-                if len(self._workers) >= self.max_workers:
+                victim = self._unit_victim(unit)  # raises when all the unit's are busy
+                if victim is None and len(self._workers) >= self.max_workers:
                     victim_key = next((k for k, w in self._workers.items() if w.users == 0), None)
                     if victim_key is None:
                         await self._changed.wait()
@@ -324,6 +330,22 @@ class PredictPool:
             except Exception:
                 log.exception("stopping the evicted predict worker of %s", victim.version_key)
         return worker
+
+    def _unit_victim(self, unit: str | None) -> _Worker | None:
+        """With the unit at its quota, its least recently used idle worker, taken out of the
+        pool (the caller stops it); None below the quota. Call with ``_changed`` held."""
+        if not self.max_workers_per_unit:
+            return None
+        mine = [(k, w) for k, w in self._workers.items() if w.unit == unit]
+        if len(mine) < self.max_workers_per_unit:
+            return None
+        victim_key = next((k for k, w in mine if w.users == 0), None)
+        if victim_key is None:
+            raise QuotaExceeded(
+                f"unit {unit!r} has {len(mine)} warm predict workers, all busy; the limit is "
+                f"{self.max_workers_per_unit} per unit: retry shortly", "unit",
+                retry_after=max(1, int(self.call_timeout)))
+        return self._workers.pop(victim_key)
 
     async def _reap(self) -> None:
         interval = max(0.2, min(self.idle_timeout / 2, 30.0))

@@ -1,8 +1,12 @@
 """Publishing an uploaded bundle: unpack and validate it again (never trust the client), store
 its canonical archive content-addressed, and record the version with its signed agreement.
 
-The slow, blocking steps (unzip, nbformat/papermill inspection, zipping) run in an executor so
-the service's event loop stays responsive.
+The slow, blocking steps (unzip, nbformat/papermill inspection, zipping, writing the archive)
+run in an executor so the service's event loop stays responsive. Nothing is stored before it is
+authorized: the archive is only *staged* (written under a temporary name) until
+:func:`~.catalog.submit_version` has accepted the caller for that product (its unit, the
+agreement); then it is renamed into the blob store in the same transaction, and a refused or
+failed upload leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ from pathlib import Path
 
 from . import bundle as bundles
 from .auth import SCOPE_PUBLISH, Caller
+from .blobs import BlobStore, Staged
 from .catalog import Submission, submit_version
 from .errors import InvalidField
 from .orm import write_transaction
 
 
-def _prepare(data: bytes, limits: bundles.BundleLimits, workdir: Path) -> tuple[Submission, bytes]:
+def _prepare(data: bytes, limits: bundles.BundleLimits, workdir: Path,
+             blobs: BlobStore) -> tuple[Submission, Staged]:
     root = bundles.extract_upload(data, workdir / "bundle", limits)
     loaded = bundles.load_bundle(root, limits)
     archive = bundles.canonical_archive(root)
@@ -31,7 +37,7 @@ def _prepare(data: bytes, limits: bundles.BundleLimits, workdir: Path) -> tuple[
         files=loaded.files, sha256=bundles.archive_sha256(archive), size=len(archive),
         file_digests=digests,
     )
-    return sub, archive
+    return sub, blobs.stage(archive)
 
 
 async def publish_upload(market, caller: Caller, data: bytes, accept_terms: bool) -> dict:
@@ -45,20 +51,24 @@ async def publish_upload(market, caller: Caller, data: bytes, accept_terms: bool
         )
     workdir = Path(tempfile.mkdtemp(prefix="upload-", dir=market.tmp_dir))
     try:
-        sub, archive = await asyncio.get_running_loop().run_in_executor(
-            None, _prepare, data, market.bundle_limits, workdir
+        sub, staged = await asyncio.get_running_loop().run_in_executor(
+            None, _prepare, data, market.bundle_limits, workdir, market.blobs
         )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    # content-addressed and idempotent: if the database step fails, the blob is an orphan
-    # with no row pointing at it, never a row without its blob
-    market.blobs.put(archive)
-    with market.session_factory() as session:
-        write_transaction(session)
-        version, created = submit_version(session, market.signer, caller, sub,
-                                          market.sharing_terms)
-        result = {"product": version.product.name, "version": version.version,
-                  "sha256": version.sha256, "state": version.state, "created": created,
-                  "log_index": version.log_index}
-        session.commit()
+    try:
+        with market.session_factory() as session:
+            write_transaction(session)
+            # the product's unit and the agreement are checked here: only then is it stored
+            version, created = submit_version(session, market.signer, caller, sub,
+                                              market.sharing_terms)
+            result = {"product": version.product.name, "version": version.version,
+                      "sha256": version.sha256, "state": version.state, "created": created,
+                      "log_index": version.log_index}
+            # a rename; if the commit then fails, the blob is an orphan for blob_gc, never a
+            # row without its blob
+            staged.commit()
+            session.commit()
+    finally:
+        staged.discard()
     return result

@@ -17,11 +17,12 @@ import logging
 import re
 from datetime import timedelta
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from . import certlog, points, sharing
 from .auth import SCOPE_PUBLISH, Caller
-from .errors import InvalidField, MarketError, NotFound
+from .errors import Forbidden, InvalidField, MarketError, NotFound
 from .ids import parse_id
 from .orm import Entitlement, Order, Product, Run, Unit, Version, utcnow
 from .runner import RunRequest, queue_run, validate_parameters
@@ -210,3 +211,32 @@ def run_json(session: Session, run: Run, prefix: str, caller: Caller | None = No
                       for name, sha in artifacts.items()},
         "log_index": run.log_index,
     }
+
+
+RUN_LIST_SCOPES = ("mine", "unit")
+RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+def list_runs(session: Session, caller: Caller, scope: str, status: str | None, limit: int,
+              offset: int) -> tuple[list[Run], int]:
+    """The caller's own runs (``scope="mine"``) or every run of the caller's unit (``"unit"``),
+    newest first, paged; model-to-data runs belong to the data owner and are listed under
+    ``api/m2d``. Returns (page, total)."""
+    if scope not in RUN_LIST_SCOPES:
+        raise InvalidField(f"scope must be one of {', '.join(RUN_LIST_SCOPES)}", "scope")
+    if status is not None and status not in RUN_STATUSES:
+        raise InvalidField(f"status must be one of {', '.join(RUN_STATUSES)}", "status")
+    query = select(Run).where(Run.mode != "m2d")
+    if scope == "mine":
+        query = query.where(Run.user == caller.name)
+    else:
+        if caller.unit is None:
+            raise Forbidden(f"{caller.name} is not a member of any unit; ask an operator",
+                            "unit")
+        unit_id = session.scalar(select(Unit.id).where(Unit.slug == caller.unit))
+        query = query.where(Run.unit_id == unit_id)
+    if status is not None:
+        query = query.where(Run.status == status)
+    total = session.scalar(select(func.count()).select_from(query.subquery()))
+    page = session.scalars(query.order_by(Run.id.desc()).limit(limit).offset(offset)).all()
+    return list(page), total

@@ -79,8 +79,11 @@ def authorize_use(session: Session, caller: Caller, product_name: object, mode: 
     ``version`` asks for a version other than the one on the shelf (a preview: publishers of
     the owning unit and operators only). ``inspection`` lets an operator who belongs to no
     unit use the product without an entitlement (downloads: operators read what they review
-    and certify)."""
-    kinds, action = MODES[mode]
+    and certify). ``kinds`` narrows the product kinds the mode serves (``kind_rule`` says
+    which, in the 400's message): a view export is a download of data products only."""
+    mode_kinds, action = MODES[mode]
+    kinds = kinds or mode_kinds
+    kind_rule = kind_rule or _KIND_WORDS[mode]
     caller.require(SCOPE_SUBSCRIBE, action)
     if not isinstance(product_name, str) or not product_name:
         raise InvalidField("product is required: the product's name", "product")

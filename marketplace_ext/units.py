@@ -181,7 +181,8 @@ class UnitDirectory:
     async def remove_member(self, slug: str, user_name: str) -> None:
         # hub first: if it fails the membership stays whole on both sides
         with self.session_factory() as session:
-            remove_member(session, slug, user_name)
+            write_transaction(session)  # the dry run flushes a DELETE: "database is locked"
+            remove_member(session, slug, user_name)  # on SQLite without the write lock
             session.rollback()
         await self.hub.remove_from_group(f"unit-{slug}", [user_name])
         with self.session_factory() as session:

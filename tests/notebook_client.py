@@ -54,9 +54,11 @@ async def _execute(server_url: str, token: str, code: str, kernel: str, timeout:
                     "user_expressions": {}, "allow_stdin": False, "stop_on_error": True},
     }))
     out: list[str] = []
+    deadline = time.monotonic() + timeout  # for the whole execution, however chatty
     try:
         while True:
-            raw = await asyncio.wait_for(conn.read_message(), timeout)
+            raw = await asyncio.wait_for(conn.read_message(),
+                                         max(deadline - time.monotonic(), 0.001))
             if raw is None:
                 raise KernelError("kernel websocket closed")
             msg = json.loads(raw)

@@ -1,4 +1,5 @@
-"""Helpers for tests of sandboxed code: directories the sandbox accounts can reach.
+"""Fixtures for tests of sandboxed code (a plugin: ``pytest_plugins = ["sandbox_helpers"]``);
+the plain helpers are in helpers.py.
 
 bwrap mounts a run's directories as the sandbox's account, so every directory above them must
 let other accounts pass; pytest's own temporary root (/tmp/pytest-of-root) is 0700.
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import _roots
 
 
 @pytest.fixture
@@ -29,3 +31,11 @@ def reachable_module_tmp() -> Iterator[Path]:
     root.chmod(0o711)
     yield root
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _remove_sandbox_roots() -> Iterator[None]:
+    """Remove the work roots :func:`helpers.sandbox_root` made during the test."""
+    yield
+    while _roots:
+        shutil.rmtree(_roots.pop(), ignore_errors=True)

@@ -184,7 +184,9 @@ def built(reachable_module_tmp):
     start = time.monotonic()
     for t in threads:
         t.start()
+    deadline = time.monotonic() + 900  # a bound for the poll (pip), not a timing claim
     while any(t.is_alive() for t in threads):
+        assert time.monotonic() < deadline, "the builds did not end"
         seen.add(builders[0].status(digest).state)
         time.sleep(0.02)
     for t in threads:

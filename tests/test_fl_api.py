@@ -1,22 +1,32 @@
-"""The federated-learning API through the real hub and service: opening projects (key sizes),
-joining, key wrapping for late joiners, bad updates (each a 4xx naming its field, the round left
-as it was), rounds closing on quorum, at the deadline with the partners that sent, or void and
-reopened when too few did."""
+"""The federated-learning API through the real hub and service: opening projects (key sizes, the
+parameter cap), joining (allow-list, the initiator's approval, pending units taking no part),
+units' signing keys and signed member keys, key wrapping for late joiners, what non-members
+see, bad updates (each a 4xx naming its field, the round left as it was), rounds closing on
+quorum, at the deadline with the partners that sent, or void and reopened when too few did."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import io
+import json
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
-from helpers import market_as, project_name, save_model
+from helpers import fl_signing_key, market_as, project_name, save_model
 
 from marketplace_ext.client import Market, MarketAPIError
 from marketplace_ext.federated import keys, packing
-from marketplace_ext.federated.client import FederatedClient, FederatedError, bundle_zip
+from marketplace_ext.federated.client import (
+    FederatedClient,
+    FederatedError,
+    UnverifiedMemberKey,
+    bundle_zip,
+)
 
 
 def upload(m: Market, project: int, number: int, data: bytes, **params) -> requests.Response:
@@ -49,11 +59,13 @@ def users(platform_proc):
 
 
 @pytest.fixture(scope="module")
-def clients(users, tmp_path_factory):
-    """A federated client per unit (its publisher), each with a home of its own."""
+def clients(users, tmp_path_factory, platform_proc):
+    """A federated client per unit (its publisher), each with a home of its own and the unit's
+    signing key of this test session."""
     homes = tmp_path_factory.mktemp("fl-homes")
     return {u: FederatedClient(users(f"publisher-{u}"), home=homes / u, progress=False,
-                               poll=0.3) for u in "abcde"}
+                               poll=0.3, signing_key=fl_signing_key(platform_proc.var_dir, u))
+            for u in "abcde"}
 
 
 @pytest.fixture(scope="module")
@@ -62,17 +74,30 @@ def model_dir(tmp_path_factory) -> Path:
 
 
 def open_running(clients, model_dir, units: str = "abc", **options) -> dict:
-    """A started project of ``units`` (the first one initiates), keys wrapped for all."""
+    """A started project of ``units`` (the first one initiates, the others on its allow-list),
+    keys wrapped for all."""
     settings = dict(rounds=2, quorum=len(units), deadline_seconds=60, max_parties=5,
-                    max_weight=1000, clip=1.0)
+                    max_weight=1000, clip=1.0, allow_units=list(units[1:]))
     settings.update(options)
     first = clients[units[0]]
     project = first.open_project(project_name(), model_dir, **settings)
     for u in units[1:]:
-        clients[u].join(project["id"])
+        assert clients[u].join(project["id"])["status"] == "approved"
     assert sorted(first.wrap_pending(project["id"])) == sorted(units[1:])
     first.start(project["id"])
     return first.project(project["id"])
+
+
+def weights_zip(parameters: int) -> str:
+    """A model bundle claiming ``parameters`` parameters (the service reads only model.json)."""
+    weights = b"weights"
+    meta = {"spec": {}, "parameters": parameters,
+            "weights_sha256": hashlib.sha256(weights).hexdigest()}
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        zf.writestr("model.json", json.dumps(meta))
+        zf.writestr("weights.pt", weights)
+    return base64.b64encode(out.getvalue()).decode()
 
 
 def update_of(client: FederatedClient, project: dict, seed: int, weight: int):
@@ -114,6 +139,9 @@ def test_key_sizes(clients, model_dir, users):
     ({"pack": {"bits": 40}}, "pack.bits"),
     ({"pack": {"clip": -1}}, "pack.clip"),
     ({"dp": {"clip_norm": 1.0}}, "dp.noise_multiplier"),
+    ({"allow_units": ["b", "no-such-unit"]}, "allow_units"),
+    ({"allow_units": "b"}, "allow_units"),
+    ({"model": weights_zip(10**7)}, "model"),  # over fl_max_parameters: unbounded before
 ])
 def test_bad_project_requests(users, model_dir, change, field):
     pk, _ = keys.generate_paillier_keypair(2048)
@@ -135,7 +163,9 @@ def test_only_publishers_of_a_unit_open_and_join(users, clients, model_dir):
                                         deadline_seconds=30)
     r = sub.http.post(sub.url + f"api/fl/projects/{project['id']}/join", json={})
     assert r.status_code == 403
-    assert sub.request("GET", f"fl/projects/{project['id']}")["is_member"] is False
+    listed = {p["id"]: p for p in sub.request("GET", "fl/projects")["projects"]}
+    assert listed[project["id"]]["is_member"] is False
+    assert listed[project["id"]]["may_join"] is False  # subscribers do not join
     # starting needs min_updates members
     with pytest.raises(MarketAPIError) as e:
         clients["a"].start(project["id"])
@@ -254,7 +284,13 @@ def test_late_joiner_gets_a_wrapped_key_from_any_member(clients, users, model_di
     private_b = b.private_key(pid)
     assert private_b.public_key.n == a.private_key(pid).public_key.n and b.holds_key(project)
 
-    e.join(pid)
+    # e is not on the allow-list: it waits for a's approval and is served nothing meanwhile
+    assert e.join(pid)["status"] == "pending"
+    assert a.wrap_pending(pid) == [] and b.wrap_pending(pid) == []
+    r = e.market.http.get(e.market.url + f"api/fl/projects/{pid}/keys")
+    assert r.status_code == 403 and r.json()["field"] == "unit"
+    a.approve(pid, "e")
+    assert e.join(pid)["status"] == "approved"  # now registers its signed X25519 key
     awaiting = e.market.request("GET", f"fl/projects/{pid}/keys")
     assert awaiting["wrapped_key"] is None and awaiting["holds_key"] is False
     assert [w["unit"] for w in awaiting["awaiting"]] == ["e"]
@@ -286,11 +322,12 @@ def test_late_joiner_gets_a_wrapped_key_from_any_member(clients, users, model_di
     assert path.stat().st_mode & 0o777 == 0o600
     assert (e.key_dir(project) / "partner.key").stat().st_mode & 0o777 == 0o600
 
-    # re-registering a key drops the wrapped one: e waits again
-    e.market.request("PUT", f"fl/projects/{pid}/members/e", json={"x25519_public_key": other})
+    # re-registering a key (signed) drops the wrapped one: e waits again
+    signed = {"x25519_public_key": other, "x25519_signature": keys.sign_member_key(
+        e.unit_signing_key(), pid, "e", other)}
+    e.market.request("PUT", f"fl/projects/{pid}/members/e", json=signed)
     assert e.market.request("GET", f"fl/projects/{pid}/keys")["wrapped_key"] is None
-    r = b.market.http.put(b.market.url + f"api/fl/projects/{pid}/members/e",
-                          json={"x25519_public_key": other})
+    r = b.market.http.put(b.market.url + f"api/fl/projects/{pid}/members/e", json=signed)
     assert r.status_code == 403 and r.json()["field"] == "unit"
 
 
@@ -298,7 +335,8 @@ def test_other_units_are_refused(clients, users, model_dir):
     project = open_running(clients, model_dir, "ab", rounds=1)
     pid = project["id"]
     d = users("publisher-d")
-    for path in (f"fl/projects/{pid}/rounds/1", f"fl/projects/{pid}/rounds/1/aggregate",
+    for path in (f"fl/projects/{pid}", f"fl/projects/{pid}/members",
+                 f"fl/projects/{pid}/rounds/1", f"fl/projects/{pid}/rounds/1/aggregate",
                  f"fl/projects/{pid}/keys", f"fl/projects/{pid}/metrics",
                  f"fl/projects/{pid}/model", f"fl/projects/{pid}/rounds"):
         r = d.http.get(d.url + "api/" + path)
@@ -374,3 +412,125 @@ def test_round_panel_shows_the_round_the_chart_and_the_budget():
     wait_until(lambda: seen, timeout=10)
     assert seen[0].weight == 4 and list(seen[0].mean_update) == [1.0, 1.0, 1.0]
     assert "round 2: 2 units, total weight 7" in panel.log.value
+
+
+def test_joining_needs_the_initiators_approval_and_pending_units_take_no_part(clients, users,
+                                                                             model_dir):
+    """Before: any publisher's unit joined at once, the initiator's client wrapped the Paillier
+    key for it, and with two updates per round it could subtract its own and read the
+    partner's."""
+    a, b, d = clients["a"], clients["b"], clients["d"]
+    project = a.open_project(project_name(), model_dir, rounds=1, quorum=2, deadline_seconds=60,
+                             max_parties=5, max_weight=1000, allow_units=["b"])
+    pid = project["id"]
+    assert b.join(pid)["status"] == "approved"
+    listed = {p["id"]: p for p in d.projects()}[pid]
+    assert listed["may_join"] is True and listed["membership"] is None
+    assert set(listed) == {"id", "name", "title", "unit", "state", "may_join", "membership",
+                           "is_member"}  # no members, rounds or weights for a non-member
+    assert d.join(pid)["status"] == "pending"
+    assert {p["id"]: p for p in d.projects()}[pid]["membership"] == "pending"
+    assert a.requests(pid) == [m for m in a.project(pid)["members"] if m["unit"] == "d"]
+    assert sorted(a.wrap_pending(pid)) == ["b"]  # nothing for d
+    dm = users("publisher-d")
+    for path in (f"fl/projects/{pid}", f"fl/projects/{pid}/keys", f"fl/projects/{pid}/model",
+                 f"fl/projects/{pid}/rounds", f"fl/projects/{pid}/metrics"):
+        r = dm.http.get(dm.url + "api/" + path)
+        assert r.status_code == 403 and r.json() == {**r.json(), "error": "forbidden",
+                                                     "field": "unit"}, (path, r.text)
+    with pytest.raises(MarketAPIError) as err:
+        d.private_key(pid)
+    assert err.value.status == 403
+    # only the initiator's unit decides
+    for who in ("publisher-b", "publisher-d", "operator"):
+        m = users(who)
+        r = m.http.post(m.url + f"api/fl/projects/{pid}/members/d/decision",
+                        json={"decision": "approve"})
+        assert r.status_code == 403, (who, r.text)
+    for body, field in (({"decision": "maybe"}, "decision"), ({"decision": {"x": 1}}, "decision"),
+                        ({"decision": "approve", "why": "x"}, "why")):
+        r = a.market.http.post(a.market.url + f"api/fl/projects/{pid}/members/d/decision",
+                               json=body)
+        assert r.status_code == 400 and r.json()["field"] == field, r.text
+    a.start(pid)  # a and b: a pending d does not count, and sends nothing
+    _, packed = update_of(b, a.project(pid), 1, 10)
+    data = packing.ciphertexts_to_bytes(a.spec(project), packed.ciphertexts)
+    r = upload(dm, pid, 1, data, weight=10, clipped=packed.clipped,
+               key_fingerprint=project["key_fingerprint"])
+    assert r.status_code == 403 and r.json()["field"] == "unit"
+    assert a.round(pid, 1)["updates"] == [] and a.round(pid, 1)["active_members"] == 2
+    # approved late, d registers its signed key and gets the Paillier key wrapped
+    assert a.approve(pid, "d")["status"] == "approved"
+    assert d.join(pid)["x25519_signature"] is not None
+    assert a.wrap_pending(pid) == ["d"]
+    assert d.private_key(pid).public_key.n == a.private_key(pid).public_key.n
+    # a refused unit gets nothing and may not ask again
+    c = clients["c"]
+    assert c.join(pid)["status"] == "pending"
+    assert a.refuse(pid, "c")["status"] == "refused"
+    with pytest.raises(FederatedError, match="refused"):
+        c.join(pid)
+
+
+def test_member_keys_are_signed_and_clients_verify_them(clients, users, model_dir):
+    """Before: a member's X25519 key was taken as registered, with nothing tying it to its
+    unit, and the initiator's client wrapped the Paillier key for whatever key was there."""
+    project = open_running(clients, model_dir, "ab", rounds=1)
+    pid = project["id"]
+    a, b = clients["a"], clients["b"]
+    key = b.partner_public(project)
+    url = b.market.url + f"api/fl/projects/{pid}/members/b"
+    stranger = keys.generate_signing_key()
+    for body in ({"x25519_public_key": key},
+                 {"x25519_public_key": key, "x25519_signature": "A" * 86},
+                 {"x25519_public_key": key,
+                  "x25519_signature": keys.sign_member_key(stranger, pid, "b", key)}):
+        r = b.market.http.put(url, json=body)
+        assert r.status_code == 400 and r.json()["field"] == "x25519_signature", r.text
+
+    # the unit's signing key: public to read, first registered by the unit, replaced only by
+    # an operator, each certified
+    registered = users("publisher-c").request("GET", "fl/units/b/signing-key")
+    assert registered["ed25519_public_key"] == keys.signing_public_text(b.unit_signing_key())
+    assert registered["log_index"] is not None
+    new = keys.signing_public_text(stranger)
+    for who, status, field in (("publisher-c", 403, "unit"),
+                               ("publisher-b", 409, "ed25519_public_key"),
+                               ("subscriber-b", 403, None)):
+        m = users(who)
+        r = m.http.put(m.url + "api/fl/units/b/signing-key", json={"ed25519_public_key": new})
+        assert r.status_code == status and r.json()["field"] == field, (who, r.text)
+    for body, field in (({"ed25519_public_key": "xyz"}, "ed25519_public_key"),
+                        ({"ed25519_public_key": new, "more": 1}, "more")):
+        r = users("operator").http.put(users("operator").url + "api/fl/units/b/signing-key",
+                                       json=body)
+        assert r.status_code == 400 and r.json()["field"] == field, r.text
+    r = users("publisher-b").http.get(users("publisher-b").url + "api/fl/units/nope/signing-key")
+    assert r.status_code == 404
+
+    # a new member of b, then the operator replaces b's unit key: b's member key no longer
+    # verifies; a's client refuses to wrap for it (pinned key changed), and so does the service
+    e_project = a.open_project(project_name(), model_dir, rounds=1, quorum=2,
+                               deadline_seconds=60, allow_units=["b"])
+    b.join(e_project["id"])
+    operator = users("operator")
+    try:
+        replaced = operator.request("PUT", "fl/units/b/signing-key",
+                                    json={"ed25519_public_key": new})
+        assert replaced["log_index"] > registered["log_index"]
+        with pytest.raises(UnverifiedMemberKey, match="changed") as err:
+            a.wrap_pending(e_project["id"])
+        assert err.value.units == ["b"]
+        assert a.market.request("GET", f"fl/projects/{e_project['id']}/keys")["awaiting"][0][
+            "unit"] == "b"  # nothing was wrapped
+        with pytest.warns(UserWarning, match="changed"):  # the round loops' mode
+            assert a.wrap_pending(e_project["id"], strict=False) == []
+        # trusting the new key is not enough: b's member key is signed with the old one
+        a.trust_unit_key("b", new)
+        with pytest.raises(UnverifiedMemberKey, match="not signed"):
+            a.wrap_pending(e_project["id"])
+    finally:
+        operator.request("PUT", "fl/units/b/signing-key",
+                         json={"ed25519_public_key": registered["ed25519_public_key"]})
+        a.trust_unit_key("b", registered["ed25519_public_key"])
+    assert a.wrap_pending(e_project["id"]) == ["b"]

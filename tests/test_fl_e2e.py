@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from helpers import market_as, project_name, save_model
+from helpers import fl_signing_key, market_as, project_name, save_model
 
 from marketplace_ext.federated import packing
 from marketplace_ext.federated.client import FederatedClient
@@ -31,12 +31,15 @@ MODEL = {"weeks": 8, "pool_weeks": 2, "conv": 4, "wide": 4, "hidden": 4}
 DROPPED_ENV = ("JUPYTERHUB_", "MARKET_", "CONFIGPROXY_")
 
 
-def partner_env(market, home: Path, unit: str, spark_remote: str) -> dict[str, str]:
+def partner_env(market, home: Path, unit: str, spark_remote: str,
+                var_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(DROPPED_ENV)}
     # the partner's kernel runs in the sandbox, which sees the home (and the notebook's
-    # directory) only: the unit's FL keys live in it, as in a user's JupyterLab
+    # directory) only: the unit's FL keys live in it, as in a user's JupyterLab (the unit's
+    # signing key is this test session's, the one the unit registered first)
     home.mkdir(parents=True, exist_ok=True)
     env.update(
+        MARKET_FL_SIGNING_KEY=str(fl_signing_key(var_dir, unit, home)),
         HOME=str(home),
         MARKETPLACE_URL=market.url,
         MARKET_TOKEN=market.http.headers["Authorization"].split(" ", 1)[1],
@@ -50,7 +53,7 @@ def partner_env(market, home: Path, unit: str, spark_remote: str) -> dict[str, s
 
 
 def run_partners(project: int, markets: dict, homes: dict, work: Path, spark_remote_for,
-                 timeout: float = 600) -> dict[str, Path]:
+                 var_dir: Path, timeout: float = 600) -> dict[str, Path]:
     """Start every unit's papermill run at once; wait for all; return their output dirs."""
     procs: dict[str, subprocess.Popen] = {}
     outputs = {}
@@ -67,7 +70,7 @@ def run_partners(project: int, markets: dict, homes: dict, work: Path, spark_rem
                      "-p", "epochs", "2", "-p", "save_updates", "True",
                      "-p", "output_dir", "out", "-p", "timeout", "300"],
                     cwd=cwd, env=partner_env(markets[unit], homes[unit], unit,
-                                                     spark_remote_for(unit)),
+                                             spark_remote_for(unit), var_dir),
                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             time.sleep(2)  # kernels starting all at once on two cores time out
         deadline = time.monotonic() + timeout
@@ -135,20 +138,22 @@ def test_five_units_three_rounds_through_the_service(platform_proc, tmp_path):
     url, logins = platform_proc.url, platform_proc.logins()
     markets = {u: market_as(url, f"publisher-{u}", logins[f"publisher-{u}"]) for u in UNITS}
     homes = {u: tmp_path / f"home-{u}" for u in UNITS}
-    clients = {u: FederatedClient(markets[u], home=homes[u], progress=False, poll=0.5)
+    clients = {u: FederatedClient(markets[u], home=homes[u], progress=False, poll=0.5,
+                                  signing_key=fl_signing_key(platform_proc.var_dir, u, homes[u]))
                for u in UNITS}
     bundle = save_model(tmp_path / "model", MODEL, seed=3)
     a = clients["a"]
     project = a.open_project(project_name("theft"), bundle, rounds=ROUNDS, quorum=5,
-                             deadline_seconds=300, max_parties=5, max_weight=1000, clip=0.05)
+                             deadline_seconds=300, max_parties=5, max_weight=1000, clip=0.05,
+                             allow_units=list(UNITS[1:]))
     pid = project["id"]
     for unit in UNITS[1:]:
-        clients[unit].join(pid)
+        assert clients[unit].join(pid)["status"] == "approved"
     assert sorted(a.wrap_pending(pid)) == list(UNITS[1:])
     a.start(pid)
 
     outputs = run_partners(pid, markets, homes, tmp_path / "work",
-                           platform_proc.spark_remote_for)
+                           platform_proc.spark_remote_for, platform_proc.var_dir)
 
     info = a.project(pid)
     assert info["state"] == "finished"
@@ -194,7 +199,7 @@ def test_five_units_three_rounds_through_the_service(platform_proc, tmp_path):
          str(tmp_path / "results.ipynb"), "-k", "grid-python", "--start-timeout", "300",
          "-p", "project", str(pid)],
         env=partner_env(markets["b"], homes["b"], "b",
-                        platform_proc.spark_remote_for("b")),
+                        platform_proc.spark_remote_for("b"), platform_proc.var_dir),
         cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert results.returncode == 0, results.stderr[-3000:]
 
@@ -229,9 +234,10 @@ def test_five_units_three_rounds_through_the_service(platform_proc, tmp_path):
 
 
 def test_guided_notebooks_open_a_project_and_join_it(platform_proc, tmp_path):
-    """initiator.ipynb opens a project and waits for a partner, wrapping its key; meanwhile
-    partner.ipynb joins, gets the wrapped key, loads its unit's data and shows the round
-    panel; the initiator then starts round 1."""
+    """initiator.ipynb opens a project (b on its allow-list) and waits for a partner, wrapping
+    its key; meanwhile partner.ipynb joins (approved at once), registers its signed key, gets
+    the wrapped key, loads its unit's data and shows the round panel; the initiator then
+    starts round 1."""
     url, logins = platform_proc.url, platform_proc.logins()
     markets = {u: market_as(url, f"publisher-{u}", logins[f"publisher-{u}"]) for u in "ab"}
     homes = {u: tmp_path / f"home-{u}" for u in "ab"}
@@ -242,12 +248,15 @@ def test_guided_notebooks_open_a_project_and_join_it(platform_proc, tmp_path):
             [papermill, str(NOTEBOOK.with_name("initiator.ipynb")), "initiator.ipynb",
              "-k", "grid-python", "--start-timeout", "300", "-p", "name", name,
              "-p", "weeks", "8", "-p", "rounds", "1", "-p", "quorum", "2",
-             "-p", "expected_partners", "1", "-p", "wait_seconds", "300"],
+             "-p", "expected_partners", "1", "-p", "wait_seconds", "300",
+             "-p", "allow_units", "b"],
             env=partner_env(markets["a"], homes["a"], "a",
-                            platform_proc.spark_remote_for("a")), cwd=tmp_path, stdout=log,
+                            platform_proc.spark_remote_for("a"), platform_proc.var_dir),
+            cwd=tmp_path, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        b = FederatedClient(markets["b"], home=homes["b"], progress=False)
+        b = FederatedClient(markets["b"], home=homes["b"], progress=False,
+                            signing_key=fl_signing_key(platform_proc.var_dir, "b", homes["b"]))
         deadline = time.monotonic() + 240
         while not (found := [p for p in b.projects() if p["name"] == name]):
             assert initiator.poll() is None, (tmp_path / "initiator.log").read_text()[-3000:]
@@ -259,7 +268,8 @@ def test_guided_notebooks_open_a_project_and_join_it(platform_proc, tmp_path):
              "-k", "grid-python", "--start-timeout", "300", "--execution-timeout", "300",
              "-p", "project", str(pid)],
             env=partner_env(markets["b"], homes["b"], "b",
-                            platform_proc.spark_remote_for("b")), cwd=tmp_path,
+                            platform_proc.spark_remote_for("b"), platform_proc.var_dir),
+            cwd=tmp_path,
             capture_output=True, text=True, timeout=600)
         assert partner.returncode == 0, partner.stderr[-3000:]
         assert initiator.wait(300) == 0, (tmp_path / "initiator.log").read_text()[-3000:]
@@ -270,4 +280,5 @@ def test_guided_notebooks_open_a_project_and_join_it(platform_proc, tmp_path):
     info = b.project(pid)
     assert info["state"] == "running" and info["round"]["number"] == 1
     assert b.holds_key(info)  # unwrapped into b's home from what a's notebook wrapped
-    assert {m["unit"] for m in info["members"]} == {"a", "b"}
+    assert {m["unit"]: m["status"] for m in info["members"]} == {"a": "approved",
+                                                                  "b": "approved"}

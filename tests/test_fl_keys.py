@@ -227,3 +227,42 @@ def test_wrap_argument_checks(pair, partner):
         keys.wrap_private_key(sk, b"\x00" * 32, context=b"p")
     with pytest.raises(TypeError):
         keys.wrap_private_key(sk, keys.partner_public_bytes(partner), context="p")
+
+
+# --- units' signing keys and signed member keys -------------------------------------------------
+
+
+def test_signing_key_file_and_text_form(tmp_path):
+    key = keys.generate_signing_key()
+    path = keys.save_signing_key(key, tmp_path / "fl" / "unit-signing.key")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.stat().st_size == 32
+    with pytest.raises(FileExistsError):
+        keys.save_signing_key(keys.generate_signing_key(), path)
+    text = keys.signing_public_text(keys.load_signing_key(path))
+    assert text == keys.signing_public_text(key) and len(text) == 43
+    assert keys.encode_signing_public(keys.decode_signing_public(text)) == text
+    for bad in ("", "x" * 43, text + "A", 42, base64.urlsafe_b64encode(b"\0" * 31).decode()):
+        with pytest.raises(KeyFormatError):
+            keys.decode_signing_public(bad)
+
+
+def test_member_key_signature_binds_key_project_and_unit(partner):
+    unit_key = keys.generate_signing_key()
+    public = keys.signing_public_text(unit_key)
+    x25519 = keys.encode_public(keys.partner_public_bytes(partner))
+    signature = keys.sign_member_key(unit_key, 7, "b", x25519)
+    keys.verify_member_key(public, signature, 7, "b", x25519)  # no exception
+    other_x = keys.encode_public(keys.partner_public_bytes(keys.generate_partner_key()))
+    other_unit_key = keys.signing_public_text(keys.generate_signing_key())
+    for args in [(public, signature, 8, "b", x25519), (public, signature, 7, "c", x25519),
+                 (public, signature, 7, "b", other_x),
+                 (other_unit_key, signature, 7, "b", x25519),
+                 (public, signature[:-2] + "AA", 7, "b", x25519),
+                 (public, None, 7, "b", x25519), (public, "", 7, "b", x25519),
+                 ("garbage", signature, 7, "b", x25519)]:
+        with pytest.raises(keys.KeySignatureError):
+            keys.verify_member_key(*args)
+    statement = keys.member_key_statement(7, "b", x25519)
+    assert b'"purpose":"grid-market/fl/member-key/v1"' in statement
+    with pytest.raises(TypeError):
+        keys.member_key_statement("7", "b", x25519)

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 from canaries import find_canaries
-from helpers import market_as, training_notebook
+from helpers import SANDBOX_PROBE, market_as, training_notebook
 
 from marketplace_ext.bundle import new_product
 from marketplace_ext.client import Market, MarketAPIError
@@ -66,25 +66,6 @@ raise ValueError(spark.table("customers").toPandas().to_csv())
 """
 
 
-PROBE = """
-import socket
-def _try_read(path):
-    try:
-        open(path, "rb").read(1)
-        return "read"
-    except OSError as e:
-        return type(e).__name__
-def _try_connect(port):
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=3).close()
-        return "connected"
-    except OSError as e:
-        return type(e).__name__
-print("PROBE", " ".join([f"{p}={_try_read(p)}" for p in SECRETS]
-                        + [f"port{p}={_try_connect(p)}" for p in PORTS]))
-"""
-
-
 def test_model_to_data_egress_carries_no_rows(data_product, platform_proc):
     """Ways to smuggle the owner's rows out: a pickled DataFrame as model.pt, the table inside
     a declared JSON file, the table in an error message. Each stays with the owner. The
@@ -95,7 +76,10 @@ def test_model_to_data_egress_carries_no_rows(data_product, platform_proc):
                                        "marketplace.sqlite", "platform/unit_servers.json")]
     ports = [int(env[k]) for k in ("MARKET_HUB_API_PORT", "MARKET_PROXY_API_PORT",
                                    "MARKET_SERVICE_PORT")]
-    probe = f"SECRETS = {secrets_!r}\nPORTS = {ports!r}\n" + PROBE
+    # the marker is spelt apart so that the line found below is the output, not the source
+    probe = SANDBOX_PROBE + (
+        f"\nprint('PRO' + 'BE', ' '.join([f'{{p}}={{read(p)}}' for p in {secrets_!r}]"
+        f" + [f'port{{p}}={{connect(\"127.0.0.1\", p)}}' for p in {ports!r}]))\n")
     sub.order(name, "per_use")
     request = sub.send_model(name, training_notebook(LEAKS + probe),
                              ["outputs/model.pt", "outputs/metrics.json"],

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from helpers import make_bundle, wait_until_async
 
 from marketplace_ext.bundle import archive_sha256, canonical_archive
 from marketplace_ext.launcher import pid_alive
@@ -63,26 +64,6 @@ if op == "chdir":
     os.chdir("/")
 """,
 )
-
-
-def make_bundle(root: Path, manifest: str, parameters: str | None = None,
-                cells: tuple[str, ...] = (), files: dict[str, str] | None = None) -> bytes:
-    """A canonical archive of a bundle written under ``root``: the manifest, a notebook (a
-    ``parameters``-tagged cell, then ``cells``) when ``parameters`` is given, and ``files``."""
-    root.mkdir(parents=True)
-    (root / "product.yaml").write_text(manifest)
-    if parameters is not None:
-        nb = nbformat.v4.new_notebook()
-        first = nbformat.v4.new_code_cell(parameters)
-        first.metadata["tags"] = ["parameters"]
-        nb.cells = [nbformat.v4.new_markdown_cell("# probe"), first,
-                    *(nbformat.v4.new_code_cell(c) for c in cells)]
-        nb.metadata["kernelspec"] = {"name": "grid-python", "display_name": "grid",
-                                     "language": "python"}
-        nbformat.write(nb, root / "main.ipynb")
-    for name, text in (files or {}).items():
-        (root / name).write_text(text)
-    return canonical_archive(root)
 
 
 def reachable(tmp_path: Path) -> Path:
@@ -232,8 +213,8 @@ def test_errors_env_and_concurrency_in_one_warm_kernel(tmp_path, monkeypatch):
                 await call([{"op": "dict"}])
             answers = await asyncio.gather(*(call([{"op": "echo", "n": n}]) for n in range(3)))
             # a caller that goes away mid-call: the call finishes, the kernel keeps serving
-            gone = asyncio.ensure_future(call([{"op": "sleep", "s": 1, "pidfile": "c.pid"}]))
-            await asyncio.sleep(0.5)
+            gone = asyncio.ensure_future(call([{"op": "sleep", "s": 2, "pidfile": "c.pid"}]))
+            await wait_until_async((directory / "work" / "c.pid").exists, 60, "the call to run")
             gone.cancel()
             [late] = await call([{"op": "echo", "n": 9}])
             assert gone.cancelled() and late["kernel"] == echo["kernel"]
@@ -296,8 +277,7 @@ def test_timeout_dead_kernel_and_shutdown_during_a_call(tmp_path):
         pidfile = pool.workers()[0].directory / "work" / "child.pid"
         # shutdown while a call runs: the call ends at once and nothing is left
         running = asyncio.ensure_future(call([{"op": "sleep", "s": 60, "pidfile": "child.pid"}]))
-        while not pidfile.exists():
-            await asyncio.sleep(0.05)
+        await wait_until_async(pidfile.exists, 60, "the call to run")
         await pool.shutdown()
         with pytest.raises(PredictUnavailable):  # cut, not run to its end
             await running
@@ -358,9 +338,10 @@ def test_idle_worker_is_stopped_and_shutdown_while_starting(tmp_path):
             # shut down while a worker's kernel starts: nothing is left once shutdown returns
             starting = asyncio.ensure_future(
                 pool.predict("probe-v2", lambda: data, [{"op": "echo"}], {}))
-            while not (pool.workers() and pool.workers()[0].directory):
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0.2)
+            # the kernel's process is there, the kernel not yet ready
+            await wait_until_async(
+                lambda: pool.workers() and pool.workers()[0].directory and marked(work), 60,
+                "the kernel to start", poll=0.01)
             await pool.shutdown()
             left = marked(work)
             with pytest.raises(PredictUnavailable):

@@ -5,162 +5,29 @@ that no process of a run outlives it."""
 from __future__ import annotations
 
 import asyncio
-import io
-import itertools
 import json
 import os
-import shutil
 import subprocess
-import tempfile
 import time
-import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
 import pytest
+from helpers import World, make_world, notebook, run_to_end
 
-from marketplace_ext import dbutil
-from marketplace_ext.blobs import BlobStore
 from marketplace_ext.errors import Conflict, InvalidField, NotFound
 from marketplace_ext.launcher import pid_alive
 from marketplace_ext.orm import (
-    Product,
     Run,
-    Unit,
-    Version,
-    make_engine,
-    make_session_factory,
     utcnow,
     write_transaction,
 )
 from marketplace_ext.parameters import validate_parameters
-from marketplace_ext.runner import Runner, RunRequest, queue_run
+from marketplace_ext.runner import Runner
 from marketplace_ext.sandbox.procs import MARKER_ENV, processes_of
 from marketplace_ext.sandbox.workspace import inside
 
-_versions = itertools.count(1)
-
-
-def notebook(parameters: str, *cells: str) -> bytes:
-    nb = nbformat.v4.new_notebook()
-    first = nbformat.v4.new_code_cell(parameters)
-    first.metadata["tags"] = ["parameters"]
-    nb.cells = [nbformat.v4.new_markdown_cell("# test product"), first,
-                *(nbformat.v4.new_code_cell(c) for c in cells)]
-    nb.metadata["kernelspec"] = {"name": "grid-python", "display_name": "Python 3 (grid)",
-                                 "language": "python"}
-    return nbformat.writes(nb).encode()
-
-
-def bundle(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for name, data in sorted(files.items()):
-            zf.writestr(name, data)
-    return buf.getvalue()
-
-
-def run_to_end(runner: Runner, run_id: int, timeout: float) -> Run:
-    """Start the runner, wait for ``run_id`` to end, stop the runner."""
-
-    async def main():
-        await runner.start()
-        try:
-            return await runner.wait(run_id, timeout)
-        finally:
-            await runner.stop()
-
-    return asyncio.run(main())
-
-
-@dataclass
-class World:
-    sf: object
-    blobs: BlobStore
-    work_root: Path
-    unit_id: int
-    product_id: int
-    bundles: dict[int, tuple[bytes, str, list[str]]] = field(default_factory=dict)
-    finished: list[tuple[int, str]] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
-
-    def version(self, nb: bytes, outputs: list[str] = (), files: dict | None = None) -> int:
-        with self.sf() as s:
-            write_transaction(s)
-            v = Version(product_id=self.product_id, version=f"1.0.{next(_versions)}",
-                        sha256=os.urandom(32).hex(), state="on_shelf", title="t", summary="",
-                        tags="[]", manifest="{}", parameters="{}", files="[]", readme="",
-                        size=0, created_by="test")
-            s.add(v)
-            s.commit()
-            self.bundles[v.id] = (bundle({"main.ipynb": nb, "README.md": b"# t\n",
-                                          **(files or {})}), "main.ipynb", list(outputs))
-            return v.id
-
-    def queue(self, version_id: int, parameters: dict | None = None, timeout: int = 60,
-              **data) -> int:
-        with self.sf() as s:
-            write_transaction(s)
-            run = queue_run(s, RunRequest(
-                product_id=self.product_id, version_id=version_id, unit_id=self.unit_id,
-                user="alice", mode="remote_run", parameters=parameters or {},
-                timeout_seconds=timeout, **data))
-            s.commit()
-            return run.id
-
-    def get(self, run_id: int) -> Run:
-        with self.sf() as s:
-            return s.get(Run, run_id)
-
-    def runner(self, **kw) -> Runner:
-        def on_finished(session, run):
-            assert session.in_transaction()
-            self.finished.append((run.id, run.status))
-
-        kw.setdefault("max_workers", 2)
-        kw.setdefault("poll_interval", 0.2)
-        return Runner(self.sf, self.blobs, self.work_root,
-                      bundle_for=lambda s, run: self.bundles[run.version_id],
-                      env_for=lambda s, run: dict(self.env), on_finished=on_finished, **kw)
-
-    def calls(self, run_id: int) -> list[str]:
-        return [status for rid, status in self.finished if rid == run_id]
-
-
-def make_world(url: str, tmp_path: Path):
-    dbutil.upgrade(url)
-    engine = make_engine(url)
-    sf = make_session_factory(engine)
-    with sf() as s:
-        write_transaction(s)
-        unit = Unit(slug="north", name="North", created_by="test")
-        s.add(unit)
-        s.flush()
-        product = Product(name="p", kind="application", unit_id=unit.id, created_by="test")
-        s.add(product)
-        s.commit()
-        ids = unit.id, product.id
-    return engine, World(sf, BlobStore(tmp_path / "blobs"), sandbox_root(tmp_path), *ids)
-
-
-def sandbox_root(tmp_path: Path) -> Path:
-    """A work root the sandbox accounts can reach (pytest's own directories are 0700)."""
-    root = Path(tempfile.mkdtemp(prefix=f"runs-{tmp_path.name}-"))
-    root.chmod(0o711)
-    _roots.append(root)
-    return root
-
-
-_roots: list[Path] = []
-
-
-@pytest.fixture(autouse=True)
-def _remove_sandbox_roots():
-    yield
-    while _roots:
-        shutil.rmtree(_roots.pop(), ignore_errors=True)
-
+pytest_plugins = ["sandbox_helpers"]  # removes the work roots of make_world after each test
 
 @pytest.fixture
 def world(tmp_path):
@@ -564,21 +431,32 @@ def test_one_worker_runs_fifo_one_at_a_time_with_uploads(world):
             world.queue(without_path, data_kind="upload", data_sha256=sha, data_name="m.csv"),
             world.queue(missing_output)]
     runner = world.runner(max_workers=1)
-    overlap: list[int] = []
+    samples: list[tuple[str, ...]] = []
+
+    def statuses() -> tuple[str, ...]:
+        # the last run first: if a run is seen out of the queue, the one before it (read
+        # afterwards) must be seen ended, with no clock involved
+        return tuple(reversed([world.get(r).status for r in reversed(runs)]))
 
     async def main():
         await runner.start()
         try:
-            while any(world.get(r).status in ("queued", "running") for r in runs):
-                overlap.append(sum(world.get(r).status == "running" for r in runs))
+            deadline = time.monotonic() + 300  # a bound for the poll, not a timing claim
+            samples.append(statuses())
+            while {"queued", "running"} & set(samples[-1]):
+                assert time.monotonic() < deadline, "the runs did not end"
                 await asyncio.sleep(0.1)
+                samples.append(statuses())
             return [await runner.wait(r, 5) for r in runs]
         finally:
             await runner.stop()
 
     a, b, c = asyncio.run(main())
-    assert max(overlap) == 1 and runner.peak_running == 1
-    assert a.started_at < a.finished_at <= b.started_at < b.finished_at <= c.started_at
+    # one at a time, in the queue's order: a run leaves the queue only once the one before ended
+    assert max(s.count("running") for s in samples) == 1 and runner.peak_running == 1
+    for sample in samples:
+        for before, after in zip(sample, sample[1:], strict=False):
+            assert after == "queued" or before not in ("queued", "running"), samples
     assert a.status == "succeeded", a.error
     summary = json.loads(world.blobs.get(json.loads(a.artifacts)["outputs/summary.json"]))
     workdir = world.work_root.resolve() / f"run-{a.id}"

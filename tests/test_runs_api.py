@@ -72,7 +72,7 @@ def shop(platform_proc, tmp_path_factory):
     pub = market_as(url, "publisher-a", logins["publisher-a"])
     sub = market_as(url, "subscriber-c", logins["subscriber-c"])
     name = publish_counter(pub, op, tmp_path_factory.mktemp("runs"))
-    return {"name": name, "sub": sub, "op": op, "pub": pub,
+    return {"name": name, "sub": sub, "op": op, "pub": pub, "logins": logins, "url": url,
             "other": market_as(url, "subscriber-d", logins["subscriber-d"]),
             "var": platform_proc.var_dir}
 
@@ -115,6 +115,7 @@ def test_run_on_own_data_then_no_second_run(shop, tmp_path):
         time.sleep(0.3)
     index = sub.request("GET", f"runs/{run['id']}")["log_index"]
     while sub.request("GET", "log/checkpoint")["size"] <= index:
+        assert time.monotonic() < deadline
         time.sleep(0.3)
     entry = sub.request("GET", f"log/entries/{index}")["statement"]
     assert entry["type"] == "run" and entry["status"] == "succeeded"
@@ -129,8 +130,19 @@ def test_failed_and_timed_out_runs_refund_and_leave_no_kernel(shop):
     failed = sub.run(name, {"fail": True}, progress=False, poll=0.5)
     assert failed["status"] == "failed" and "ValueError: asked to fail" in failed["error"]
     assert balance(sub) == before
+    # a refund buys nothing: the partial output is withheld from the caller's unit ...
     html = sub.http.get(sub.url + f"api/runs/{failed['id']}/output.html")
-    assert html.status_code == 200 and "asked to fail" in html.text  # the error cell is kept
+    assert html.status_code == 410 and html.json()["error"] == "withheld", html.text
+    shown = sub.request("GET", f"runs/{failed['id']}")
+    assert shown["outputs_withheld"] is True and shown["output_html"] is None
+    # ... and kept for the product's publishers to debug (the error cell is kept)
+    pub = shop["pub"]
+    assert pub.request("GET", f"runs/{failed['id']}")["output_html"] is not None
+    html = pub.http.get(pub.url + f"api/runs/{failed['id']}/output.html")
+    assert html.status_code == 200 and "asked to fail" in html.text
+    # nobody else: a subscriber of the product's unit gets nothing either
+    same_unit = market_as(shop["url"], "subscriber-a", shop["logins"]["subscriber-a"])
+    assert same_unit.http.get(same_unit.url + f"api/runs/{failed['id']}").status_code == 404
 
     sub.order(name, "per_use")
     slow = sub.run(name, {"sleep": 120}, timeout_seconds=8, progress=False, poll=0.5)
@@ -270,10 +282,36 @@ def test_unreviewed_version_runs_only_as_the_owning_units_preview(shop, platform
     pub, name = shop["pub"], shop["name"]
     assert pub.publish(counter_bundle(name, tmp_path, "1.0.1"))["state"] == "submitted"
     same_unit_subscriber = market_as(url, "subscriber-a", logins["subscriber-a"])
-    for who in (shop["sub"], same_unit_subscriber):
+    # another unit does not learn that an unreviewed version exists (404); a subscriber of
+    # the owning unit sees it on the product page but may not run it (403)
+    for who, status in ((shop["sub"], 404), (same_unit_subscriber, 403)):
         with pytest.raises(MarketAPIError) as e:
             who.run(name, version="1.0.1", wait=False)
-        assert e.value.status == 403 and e.value.field == "version", e.value
+        assert e.value.status == status and e.value.field == "version", e.value
     run = pub.run(name, version="1.0.1", progress=False, poll=0.5)
     assert run["status"] == "succeeded", run["error"]
     assert run["version"] == "1.0.1"
+
+
+def test_run_history_lists_the_callers_and_the_units_runs(shop):
+    """GET api/runs: the caller's own runs by default, its unit's with scope=unit, paged and
+    newest first; never another unit's; bad arguments name their field."""
+    sub, other = shop["sub"], shop["other"]
+    mine = sub.runs(limit=2)
+    assert mine["total"] >= 3 and len(mine["runs"]) == 2  # the earlier tests' runs
+    assert [r["id"] for r in mine["runs"]] == sorted((r["id"] for r in mine["runs"]),
+                                                     reverse=True)
+    assert {r["user"] for r in mine["runs"]} == {"subscriber-c"}
+    page2 = sub.runs(limit=2, offset=2)
+    assert not {r["id"] for r in page2["runs"]} & {r["id"] for r in mine["runs"]}
+    failed = sub.runs(status="failed")["runs"]
+    assert failed and all(r["status"] == "failed" and r["outputs_withheld"] for r in failed)
+    unit_runs = sub.runs(scope="unit", limit=100)
+    assert {r["id"] for r in sub.runs(limit=100)["runs"]} <= {r["id"] for r in unit_runs["runs"]}
+    # subscriber-d (unit d) sees none of unit c's runs
+    theirs = {r["id"] for r in other.runs(scope="unit", limit=100)["runs"]}
+    assert not theirs & {r["id"] for r in unit_runs["runs"]}
+    for params, field in (({"scope": "everyone"}, "scope"), ({"status": "lost"}, "status"),
+                          ({"limit": 0}, "limit")):
+        r = sub.http.get(sub.url + "api/runs", params=params)
+        assert r.status_code == 400 and r.json()["field"] == field, r.text

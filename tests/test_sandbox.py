@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-from test_predict import make_bundle
-from test_runner import _remove_sandbox_roots, make_world, notebook, run_to_end  # noqa: F401
+from helpers import SANDBOX_PROBE as PROBE
+from helpers import SLEEP_MARK, make_bundle, make_world, notebook, run_to_end
 
 from marketplace_ext.predict import PredictError, PredictPool
 from marketplace_ext.sandbox import usage
@@ -25,65 +25,6 @@ from marketplace_ext.sandbox.procs import descendants
 pytest_plugins = ["sandbox_helpers"]
 
 ROOT = Path(__file__).resolve().parent.parent
-SLEEP_MARK = "987.25"  # a double-forked `sleep` the probes leave behind
-
-PROBE = '''\
-import json, os, socket, subprocess, sys, time
-
-def read(path):
-    try:
-        open(path, "rb").read(1)
-        return "read"
-    except OSError as e:
-        return type(e).__name__
-
-def write(path):
-    try:
-        with open(path, "w") as f:
-            f.write("x")
-        return "written"
-    except OSError as e:
-        return type(e).__name__
-
-def connect(host, port, payload=b""):
-    try:
-        with socket.create_connection((host, port), timeout=5) as s:
-            if not payload:
-                return "connected"
-            s.sendall(payload)
-            s.shutdown(socket.SHUT_WR)
-            return s.recv(100).decode()
-    except OSError as e:
-        return type(e).__name__
-
-def processes():
-    out = {}
-    for p in os.listdir("/proc"):
-        if p.isdigit():
-            try:
-                out[p] = open(f"/proc/{p}/cmdline", "rb").read().replace(b"\\0", b" ").decode()
-            except OSError:
-                pass
-    return out
-
-def probe(targets):
-    # a daemon: double-forked, in a session of its own; the sandbox must end it anyway
-    subprocess.Popen(["sh", "-c", "sleep SLEEP_MARK >/dev/null 2>&1 &"],
-                     start_new_session=True).wait()
-    return {
-        "uid": os.getuid(),
-        "reads": {p: read(p) for p in targets["secrets"]},
-        "writes": {p: write(p) for p in targets["outside"]},
-        "work": write("ok.txt"), "tmp": write("/tmp/ok.txt"),
-        "others": {str(port): connect("127.0.0.1", port) for port in targets["ports"]},
-        "relay": connect("localhost", targets["relay"], b"ping") if targets["relay"] else None,
-        "processes": processes(),
-        "env": sorted(os.environ),
-        "listing": sorted(os.listdir(os.path.dirname(targets["package"]))),
-    }
-'''.replace("SLEEP_MARK", SLEEP_MARK)
-
-
 class _Echo(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         data = b""

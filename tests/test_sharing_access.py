@@ -71,6 +71,10 @@ def test_modes_a_product_does_not_offer_are_refused(gate):
     m.order(tool, "per_use")
     r = m.http.post(m.url + f"api/products/{tool}/query", json={"sql": "SELECT 1"})
     assert r.status_code == 400 and r.json()["field"] == "product"  # a tool has no views
+    assert r.json()["message"].endswith("only data products answer queries"), r.text
+    r = m.http.post(m.url + f"api/products/{tool}/views/customers_public/export")
+    assert r.status_code == 400 and r.json()["message"].endswith(
+        "only data products export views"), r.text
     r = m.http.post(m.url + "api/runs", json={"product": data})
     assert r.status_code == 400 and r.json()["field"] == "product"  # data does not run
 

@@ -9,15 +9,26 @@ fingerprint) a directory ``~/.grid-market/fl/<fingerprint[:16]>/`` (0700) holdin
 * ``paillier.json``: the Paillier private key p, q (0600), generated here by the initiator or
   unwrapped from what another member's client posted;
 * ``round-<n>.npy``: the decrypted mean update of each published round (to rebuild the global
-  model without decrypting again), and ``model/``: the project's initial model bundle.
+  model without decrypting again), and ``model/``: the project's initial model bundle;
+
+and, for all projects, ``unit-signing.key``: the unit's Ed25519 signing key (0600; another
+path with ``signing_key=`` or ``$MARKET_FL_SIGNING_KEY``, e.g. a file the unit's publishers
+share). Its public half is registered with the service once per unit; it signs the unit's
+X25519 keys, and every client checks that signature before it wraps the Paillier key for a
+member. ``unit-keys.json`` pins the signing keys of the other units this client has seen.
 
 The service never sees a private key, a plaintext update or a plaintext aggregate: updates are
 clipped, quantized, packed and encrypted here (:mod:`marketplace_ext.federated.packing`) and
 only ciphertexts are uploaded. A typical partner round::
 
     fl = FederatedClient()
-    fl.join(project_id)
+    fl.join(project_id, wait=3600)               # until the initiator's unit approves
     result = fl.run_round(project_id, train)     # train(global_vector) -> (delta, weight)
+
+and the initiator approves those who asked (or names them in ``allow_units`` when opening)::
+
+    fl.requests(project_id)                      # units waiting for approval
+    fl.approve(project_id, "b")
 
 The model is rebuilt by every party as ``initial weights + sum of the decrypted mean updates``
 in float64, from identical aggregates: every party holds the same global model.
@@ -30,7 +41,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import time
 import zipfile
 from collections.abc import Callable
@@ -40,17 +50,17 @@ from typing import Any
 
 import numpy as np
 
-from ..client import Market, MarketAPIError
+from ..client import Market
 from . import keys, packing
+from .enrol_client import EnrolmentMixin, FederatedError, UnverifiedMemberKey, write_private
+
+__all__ = ["FederatedClient", "FederatedError", "RoundResult", "UnverifiedMemberKey",
+           "bundle_zip"]
 
 DEFAULT_HOME = Path("~/.grid-market/fl")
 ENCRYPT_CHUNK = 16  # ciphertexts per progress step
 MAX_POOL = 4096  # obfuscators kept ready: 2 MiB for 2048-bit keys
 DECRYPT_WORKERS = 2  # gmpy2 releases the GIL: decryption uses both cores
-
-
-class FederatedError(RuntimeError):
-    """A federated step could not be done (no key yet, a round that does not come, ...)."""
 
 
 @dataclass(frozen=True)
@@ -67,22 +77,6 @@ class RoundResult:
     global_vector: np.ndarray  # the new global model (float64)
     aggregate_sha256: str
     log_index: int | None
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` with mode 0600, atomically."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _progress(total: int, desc: str, unit: str, enabled: bool):
@@ -113,6 +107,14 @@ class _UploadBody:
         return chunk
 
 
+def _unit_list(units: list[str] | str | None) -> list[str]:
+    if units is None:
+        return []
+    if isinstance(units, str):  # "b,c" or "bc"-style notebook parameters: comma-separated
+        return [u.strip() for u in units.split(",") if u.strip()]
+    return list(units)
+
+
 def bundle_zip(directory: Path | str) -> bytes:
     """The upload form of a :func:`model.save_bundle` directory: a zip of ``model.json`` and
     ``weights.pt`` (fixed timestamps, so the same bundle gives the same bytes)."""
@@ -126,13 +128,16 @@ def bundle_zip(directory: Path | str) -> bytes:
     return out.getvalue()
 
 
-class FederatedClient:
+class FederatedClient(EnrolmentMixin):
     """One unit's client; ``home`` defaults to ``$MARKET_FL_HOME`` or ``~/.grid-market/fl``."""
 
     def __init__(self, market: Market | None = None, home: Path | str | None = None,
-                 progress: bool = True, poll: float = 1.0):
+                 progress: bool = True, poll: float = 1.0,
+                 signing_key: Path | str | None = None):
         self.market = market or Market()
         self.home = Path(home or os.environ.get("MARKET_FL_HOME") or DEFAULT_HOME).expanduser()
+        self.signing_key_path = Path(signing_key or os.environ.get("MARKET_FL_SIGNING_KEY")
+                                     or self.home / "unit-signing.key").expanduser()
         self.progress = progress
         self.poll = poll
         self._unit: str | None = None
@@ -182,10 +187,13 @@ class FederatedClient:
                      deadline_seconds: int, min_updates: int = 2, key_size: int = 2048,
                      title: str | None = None, task: str = "binary classification",
                      bits: int = 16, clip: float = 1.0, max_parties: int = 10,
-                     max_weight: int = 100_000, dp: dict | None = None) -> dict:
+                     max_weight: int = 100_000, dp: dict | None = None,
+                     allow_units: list[str] | str | None = None) -> dict:
         """Generate the project's Paillier key pair here, keep the private key in the home
         (0600) and open the project with the public key and the model bundle in ``model_dir``
-        (see :func:`marketplace_ext.federated.model.save_bundle`). Returns the project."""
+        (see :func:`marketplace_ext.federated.model.save_bundle`). Units in ``allow_units``
+        are approved as soon as they join; any other waits for :meth:`approve`. Returns the
+        project."""
         import base64
 
         public_key, private_key = keys.generate_paillier_keypair(key_size)
@@ -201,6 +209,7 @@ class FederatedClient:
                      "max_weight": max_weight},
             "dp": dp,
             "model": base64.b64encode(bundle_zip(model_dir)).decode(),
+            "allow_units": _unit_list(allow_units),
         }
         project = self.market.request("POST", "fl/projects", json=body)
         self.ensure_partner_key(project)
@@ -214,7 +223,7 @@ class FederatedClient:
 
     def _save_private_key(self, project: dict, private_key) -> None:
         path = self.key_dir(project) / "paillier.json"
-        _write_private(path, json.dumps({"p": str(private_key.p), "q": str(private_key.q)})
+        write_private(path, json.dumps({"p": str(private_key.p), "q": str(private_key.q)})
                        .encode())
 
     def ensure_partner_key(self, project: dict):
@@ -228,21 +237,6 @@ class FederatedClient:
 
     def partner_public(self, project: dict) -> str:
         return keys.encode_public(keys.partner_public_bytes(self.ensure_partner_key(project)))
-
-    def join(self, project: int) -> dict:
-        """Join for this unit with this home's X25519 key (re-registering it if the service has
-        another one, e.g. after the home was lost); returns the membership."""
-        info = self.project(project)
-        mine = self.partner_public(info)
-        member = next((m for m in info["members"]
-                       if m["unit"] == self.unit and m["left_at"] is None), None)
-        if member is None:
-            return self.market.request("POST", f"fl/projects/{info['id']}/join",
-                                       json={"x25519_public_key": mine})
-        if member["x25519_public_key"] != mine and member["role"] != "initiator":
-            return self.market.request("PUT", f"fl/projects/{info['id']}/members/{self.unit}",
-                                       json={"x25519_public_key": mine})
-        return member
 
     def private_key(self, project: int | dict, wait: float = 0.0):
         """The Paillier private key: from the home, else unwrapped from what a member posted
@@ -275,30 +269,6 @@ class FederatedClient:
 
     def holds_key(self, project: dict) -> bool:
         return (self.key_dir(project) / "paillier.json").exists()
-
-    def wrap_pending(self, project: int | dict) -> list[str]:
-        """Wrap the Paillier private key for every member awaiting one (needs the key in this
-        home); returns the units served. Another member serving one first is fine."""
-        info = project if isinstance(project, dict) else self.project(project)
-        if not self.holds_key(info):
-            return []
-        private = self.private_key(info)
-        found = self.market.request("GET", f"fl/projects/{info['id']}/keys")
-        served = []
-        for waiting in found["awaiting"]:
-            wrapped = keys.wrap_private_key(
-                private, keys.decode_public(waiting["x25519_public_key"]),
-                context=self._context(info, waiting["unit"]))
-            try:
-                self.market.request("POST", f"fl/projects/{info['id']}/keys", json={
-                    "unit": waiting["unit"], "x25519_public_key": waiting["x25519_public_key"],
-                    "key_fingerprint": info["key_fingerprint"], "wrapped_key": wrapped})
-            except MarketAPIError as e:
-                if e.status != 409:  # 409: served by someone else, or the key changed meanwhile
-                    raise
-                continue
-            served.append(waiting["unit"])
-        return served
 
     # --- the model ----------------------------------------------------------------------------
 
@@ -351,7 +321,7 @@ class FederatedClient:
                                                and rnd["number"] > number):
                 return None
             if wrap:
-                self.wrap_pending(info)
+                self.wrap_pending(info, strict=False)
             if time.monotonic() >= deadline:
                 raise FederatedError(f"round {number or 'any'} of project {project} did not "
                                      f"open within {timeout:.0f}s")
@@ -440,7 +410,7 @@ class FederatedClient:
             workers=DECRYPT_WORKERS)
         buf = io.BytesIO()
         np.save(buf, mean)
-        _write_private(path, buf.getvalue())
+        write_private(path, buf.getvalue())
         return mean
 
     def _aggregate_bytes(self, project: dict, number: int, wait: float):
@@ -471,7 +441,7 @@ class FederatedClient:
             if (resubmit is not None and rnd["state"] == "open" and rnd["attempt"] != attempt
                     and not any(u["unit"] == self.unit for u in rnd["updates"])):
                 attempt = resubmit(rnd)["attempt"]
-            self.wrap_pending(project)
+            self.wrap_pending(project, strict=False)
             if time.monotonic() >= deadline:
                 raise FederatedError(f"round {number} of project {project} was not published "
                                      f"within {timeout:.0f}s")

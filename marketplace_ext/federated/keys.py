@@ -11,6 +11,13 @@ exchange; info = ``WRAP_INFO + context``), AES-256-GCM with a random 96-bit nonc
 ``context`` (e.g. the project's id) as associated data, so a blob wrapped for one project does
 not open as another's. The plaintext is ``{"p": "<decimal>", "q": "<decimal>"}``.
 
+A unit authenticates its members' X25519 keys with an Ed25519 *unit signing key* kept in the
+unit's own FL home (0600); the service stores only its public half (registered once by a
+publisher of the unit, replaced only by an operator, both certified in the log). A member's
+X25519 key is registered with the unit key's signature over :func:`member_key_statement`, and a
+client verifies that signature (:func:`verify_member_key`) before it wraps the Paillier key
+for that member.
+
 Binary values in JSON are URL-safe base64 without padding.
 """
 
@@ -26,8 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import phe
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -41,6 +49,7 @@ from cryptography.hazmat.primitives.serialization import (
 KEY_SIZES = (2048, 3072)
 WRAP_VERSION = 1
 WRAP_INFO = b"grid-market fl key wrap v1"
+MEMBER_KEY_PURPOSE = "grid-market/fl/member-key/v1"
 _B64 = re.compile(r"[A-Za-z0-9_-]*={0,2}")
 
 
@@ -50,6 +59,10 @@ class KeySizeError(ValueError):
 
 class KeyFormatError(ValueError):
     """A key (JSON, text, file or raw bytes) is malformed."""
+
+
+class KeySignatureError(ValueError):
+    """A member's X25519 key is not signed by its unit's registered Ed25519 key."""
 
 
 class KeyUnwrapError(ValueError):
@@ -153,9 +166,13 @@ def save_partner_key(private_key: X25519PrivateKey, path: Path | str, *,
     Refuses to replace an existing key unless ``overwrite``: a lost partner key makes every
     private key wrapped for it unreadable. The file appears complete or not at all.
     """
-    path = Path(path)
+    return _save_raw_key(private_key, Path(path), "partner key", overwrite)
+
+
+def _save_raw_key(private_key: X25519PrivateKey | Ed25519PrivateKey, path: Path, what: str,
+                  overwrite: bool) -> Path:
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace the partner key")
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace the {what}")
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     raw = private_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -179,6 +196,84 @@ def load_partner_key(path: Path | str) -> X25519PrivateKey:
     if len(raw) != 32:
         raise KeyFormatError(f"{path} holds {len(raw)} bytes, not a raw 32-byte X25519 key")
     return X25519PrivateKey.from_private_bytes(raw)
+
+
+# --- unit signing keys (Ed25519) ----------------------------------------------------------------
+
+def generate_signing_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+def signing_public_text(private_key: Ed25519PrivateKey) -> str:
+    """Text form (URL-safe base64, 43 characters) of a signing key's public half."""
+    return _b64encode(private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+
+
+def encode_signing_public(raw: bytes) -> str:
+    if not isinstance(raw, bytes) or len(raw) != 32:
+        raise KeyFormatError("an Ed25519 public key is 32 raw bytes")
+    return _b64encode(raw)
+
+
+def decode_signing_public(text: Any) -> bytes:
+    """The raw 32 bytes of an Ed25519 public key's text form (a valid curve point)."""
+    raw = _b64decode(text, "the Ed25519 public key", KeyFormatError)
+    if len(raw) != 32:
+        raise KeyFormatError(f"an Ed25519 public key is 32 bytes, this text gives {len(raw)}")
+    try:
+        Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError as e:
+        raise KeyFormatError(f"not an Ed25519 public key: {e}") from None
+    return raw
+
+
+def save_signing_key(private_key: Ed25519PrivateKey, path: Path | str, *,
+                     overwrite: bool = False) -> Path:
+    """Write the unit's raw 32-byte Ed25519 private key with mode 0600 (see
+    :func:`save_partner_key`)."""
+    return _save_raw_key(private_key, Path(path), "unit signing key", overwrite)
+
+
+def load_signing_key(path: Path | str) -> Ed25519PrivateKey:
+    raw = Path(path).read_bytes()
+    if len(raw) != 32:
+        raise KeyFormatError(f"{path} holds {len(raw)} bytes, not a raw 32-byte Ed25519 key")
+    return Ed25519PrivateKey.from_private_bytes(raw)
+
+
+def member_key_statement(project_id: int, unit: str, x25519_public_key: str) -> bytes:
+    """What a unit signs to vouch for a member key: the key, bound to one project and unit."""
+    if isinstance(project_id, bool) or not isinstance(project_id, int):
+        raise TypeError("project_id must be an int")
+    return json.dumps({"purpose": MEMBER_KEY_PURPOSE, "project": project_id, "unit": unit,
+                       "x25519_public_key": x25519_public_key},
+                      sort_keys=True, separators=(",", ":")).encode()
+
+
+def sign_member_key(signing_key: Ed25519PrivateKey, project_id: int, unit: str,
+                    x25519_public_key: str) -> str:
+    """The unit's signature (URL-safe base64, 86 characters) on a member's X25519 key."""
+    return _b64encode(signing_key.sign(member_key_statement(project_id, unit,
+                                                            x25519_public_key)))
+
+
+def verify_member_key(signing_public: str, signature: Any, project_id: int, unit: str,
+                      x25519_public_key: str) -> None:
+    """Raise :class:`KeySignatureError` unless ``signature`` is ``signing_public``'s signature
+    on ``x25519_public_key`` for ``unit`` in ``project_id``."""
+    try:
+        public = Ed25519PublicKey.from_public_bytes(decode_signing_public(signing_public))
+        raw = _b64decode(signature, "the signature", KeySignatureError)
+    except KeyFormatError as e:
+        raise KeySignatureError(str(e)) from None
+    if len(raw) != 64:
+        raise KeySignatureError(f"an Ed25519 signature is 64 bytes, this text gives {len(raw)}")
+    try:
+        public.verify(raw, member_key_statement(project_id, unit, x25519_public_key))
+    except InvalidSignature:
+        raise KeySignatureError(
+            f"the X25519 key of unit {unit} in project {project_id} is not signed by the unit's "
+            "registered Ed25519 key") from None
 
 
 # --- wrapping -----------------------------------------------------------------------------------

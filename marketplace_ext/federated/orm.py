@@ -1,4 +1,5 @@
-"""Tables of the federated-learning zone (owned by :mod:`marketplace_ext.federated.projects`).
+"""Tables of the federated-learning zone (owned by :mod:`marketplace_ext.federated`: projects,
+enrolment, rounds).
 
 What the service keeps is deliberately incomplete: the Paillier *public* key, each member's
 X25519 public key and the Paillier private key *wrapped* for it, digests and sizes of encrypted
@@ -52,6 +53,8 @@ class FLProject(Base):
     model_sha256: Mapped[str] = mapped_column(String(64), nullable=False)  # a blob
     model_spec: Mapped[str] = mapped_column(Text, nullable=False)  # JSON
     current_round: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    # JSON list of unit slugs whose joins are approved at once (NULL: the initiator approves each)
+    allow_list: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
@@ -78,10 +81,19 @@ class FLMember(Base):
         ForeignKey("units.id", name="fk_fl_members_unit_id"), nullable=False
     )
     role: Mapped[str] = mapped_column(String(16), nullable=False)  # initiator | partner
+    # pending (asked to join) | approved (takes part) | refused; only approved members see the
+    # project, get a wrapped key, send updates and count toward a quorum
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="approved",
+                                        server_default="approved")
+    decided_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     joined_by: Mapped[str] = mapped_column(String(255), nullable=False)
     joined_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
     left_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     public_key: Mapped[str | None] = mapped_column(String(64), nullable=True)  # X25519, b64
+    # Ed25519 signature (base64url) of the unit's registered signing key over
+    # keys.member_key_statement(project, unit, public_key)
+    key_signature: Mapped[str | None] = mapped_column(String(128), nullable=True)
     key_registered_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
     key_registered_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     wrapped_key: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON, opaque
@@ -89,6 +101,24 @@ class FLMember(Base):
     wrapped_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
     project: Mapped[FLProject] = relationship(back_populates="members")
+    unit: Mapped[Unit] = relationship()
+
+
+class FLUnitKey(Base):
+    """A unit's Ed25519 public key for the federated zone: it signs the unit's members' X25519
+    keys. The private half lives in the unit's own FL home, never on the service. Registered
+    first by a publisher of the unit, replaced only by an operator; both are certified."""
+
+    __tablename__ = "fl_unit_keys"
+
+    unit_id: Mapped[int] = mapped_column(
+        ForeignKey("units.id", name="fk_fl_unit_keys_unit_id"), primary_key=True
+    )
+    public_key: Mapped[str] = mapped_column(String(64), nullable=False)  # base64url, 32 bytes
+    registered_by: Mapped[str] = mapped_column(String(255), nullable=False)
+    registered_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+    log_index: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
     unit: Mapped[Unit] = relationship()
 
 

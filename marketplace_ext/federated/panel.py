@@ -48,7 +48,8 @@ def seconds_left(deadline: str | None, now: datetime | None = None) -> float | N
 def round_status_html(project: dict) -> str:
     """A short HTML summary of the project's current round."""
     rnd = project.get("round")
-    active = [m for m in project["members"] if m["left_at"] is None]
+    active = [m for m in project["members"]
+              if m["left_at"] is None and m.get("status", "approved") == "approved"]
     head = (f"<b>{html.escape(project['title'])}</b> &middot; {project['state']} &middot; "
             f"{len(active)} units: {', '.join(html.escape(m['unit']) for m in active)}")
     if rnd is None:

@@ -42,10 +42,12 @@ class ServiceAggregate:
             for unit, (user, password) in logins.items()}
         model_dir = save_bundle(build_model(spec, seed=seed), spec, self.home / "model")
         initiator, *partners = self.clients.values()
+        # the partner units are on the allow-list: approved as soon as they join
         self.project = initiator.open_project(
             f"theft-experiment-{secrets.token_hex(3)}", model_dir, rounds=rounds,
             quorum=len(self.clients), deadline_seconds=3600, key_size=key_bits, bits=bits,
-            clip=clip, max_parties=len(self.clients), max_weight=max_weight)["id"]
+            clip=clip, max_parties=len(self.clients), max_weight=max_weight,
+            allow_units=list(logins)[1:])["id"]
         for client in partners:
             client.join(self.project)
         initiator.wrap_pending(self.project)

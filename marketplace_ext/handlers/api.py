@@ -17,16 +17,23 @@ from .. import (
     remote_call,
     remote_run,
 )
-from ..auth import SCOPE_APPROVE
+from ..auth import SCOPE_APPROVE, SCOPE_PUBLISH, SCOPE_SUBSCRIBE
 from ..downloads import deliver_file, plan_export, record_export
-from ..errors import InvalidField, MethodNotAllowed, NotFound, PayloadTooLarge, PlatformUnavailable
+from ..errors import (
+    Forbidden,
+    InvalidField,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    PlatformUnavailable,
+)
 from ..hubapi import ROLE_GROUPS
 from ..ids import parse_id
 from ..openapi import openapi_document
 from ..orm import write_transaction
 from ..publishing import publish_upload
 from ..units import get_unit, list_units, validate_slug
-from .base import APIHandler
+from .base import MULTIPART_ENVELOPE, APIHandler
 
 
 def unit_json(unit, member_count: int | None = None) -> dict:
@@ -159,6 +166,15 @@ class ProductsHandler(APIHandler):
             "total": total, "limit": limit, "offset": offset,
         })
 
+    def max_body_bytes(self) -> int:
+        if self.request.method == "POST":  # the bundle upload (multipart)
+            return self.market.bundle_limits.max_total_bytes + MULTIPART_ENVELOPE
+        return self.body_limit
+
+    def check_before_body(self) -> None:
+        if self.request.method == "POST":
+            self.caller.require(SCOPE_PUBLISH, "publishing a product")
+
     @web.authenticated
     async def post(self):
         files = self.request.files.get("bundle")
@@ -231,7 +247,8 @@ class OrdersHandler(APIHandler):
     @web.authenticated
     def get(self):
         if self.caller.unit is None:
-            raise InvalidField(f"{self.caller.name} is not a member of any unit", "unit")
+            raise Forbidden(f"{self.caller.name} is not a member of any unit; ask an operator",
+                            "unit")
         limit = self.int_argument("limit", 50, 1, 200)
         offset = self.int_argument("offset", 0, 0, 10**9)
         orders, total = points.list_orders(self.db, get_unit(self.db, self.caller.unit),
@@ -283,6 +300,8 @@ class AccountsHandler(APIHandler):
 class SpendOnPostOnly:
     """GET of a path that spends a use: refused, so a link or an ``<img>`` never spends."""
 
+    refused_methods = ("GET",)  # not listed in a 405's Allow header
+
     @web.authenticated
     def get(self, *args, **kwargs):
         raise MethodNotAllowed("downloading spends a use, so it takes a POST; its answer "
@@ -293,8 +312,8 @@ class FileDownloadHandler(SpendOnPostOnly, APIHandler):
     @web.authenticated
     def post(self, product, version, path):
         delivery = deliver_file(self.db, self.market.blobs, self.caller, product, version, path)
-        # stored before the commit: a crash between the two leaves an orphan blob (nothing
-        # collects those yet), never a spent use without its file
+        # stored before the commit: a crash between the two leaves an orphan blob (blob_gc
+        # collects it), never a spent use without its file
         self.market.blobs.put(delivery.data)
         self.db.commit()
         self._write_link(delivery.sha256, delivery.filename, "application/octet-stream",
@@ -402,31 +421,73 @@ class RunsHandler(APIHandler):
     """JSON body, or multipart: field ``request`` (the same JSON) and file ``data`` (a CSV or
     Parquet file the notebook gets as ``input_path``)."""
 
-    @web.authenticated
-    def post(self):
-        market = self.market
-        upload = None
-        if self.request.files or self.get_body_argument("request", None) is not None:
-            body = self._multipart_request()
-            files = self.request.files.get("data")
-            if not files:
-                raise InvalidField("upload the data file as multipart field 'data'", "data")
-            name = remote_run.check_upload(files[0]["filename"], files[0]["body"],
-                                           market.max_file_bytes)
-            upload = (market.blobs.put(files[0]["body"]), name)
-        else:
-            body = self.json_body()
-        if upload is None and self.caller.unit:
-            # a run on a unit platform that is down or restarting takes no points: 503 up front
-            down = market.data_platform.unit_down(self.caller.unit)
-            if down:
-                raise PlatformUnavailable(down, "unit")
-        run = remote_run.submit_run(self.db, self.caller, body, market.run_timeout,
-                                    market.run_max_timeout, upload)
-        self.db.commit()
-        market.runner.kick()
-        self.write_json(remote_run.run_json(self.db, run, market.service_prefix), status=201)
+    def max_body_bytes(self) -> int:
+        if self.request.method == "POST":  # multipart with the data file (JSON stays 1 MiB)
+            return self.market.max_file_bytes + MULTIPART_ENVELOPE
+        return self.body_limit
 
+    def check_before_body(self) -> None:
+        if self.request.method == "POST":
+            self.caller.require(SCOPE_SUBSCRIBE, "running a product")
+
+    @web.authenticated
+    def get(self):
+        """The caller's runs (``scope=mine``, the default) or its unit's (``scope=unit``)."""
+        limit = self.int_argument("limit", 20, 1, 100)
+        offset = self.int_argument("offset", 0, 0, 10**9)
+        scope = self.get_query_argument("scope", "mine")
+        runs, total = remote_run.list_runs(self.db, self.caller, scope,
+                                           self.get_query_argument("status", None), limit,
+                                           offset)
+        days = self.market.refunded_output_days
+        prefix = self.market.service_prefix
+        self.write_json({"runs": [remote_run.run_json(self.db, r, prefix, self.caller, days)
+                                  for r in runs],
+                         "total": total, "limit": limit, "offset": offset, "scope": scope})
+
+    @web.authenticated
+    async def post(self):
+        market = self.market
+        staged = name = None
+        try:
+            if self.request.files or self.get_body_argument("request", None) is not None:
+                body = self._multipart_request()
+                files = self.request.files.get("data")
+                if not files:
+                    raise InvalidField("upload the data file as multipart field 'data'", "data")
+                # checked and staged (written, not yet addressable) off the event loop; stored
+                # only once the run is authorized, charged and queued, below
+                name, staged = await asyncio.get_running_loop().run_in_executor(
+                    None, self._check_and_stage, files[0])
+            else:
+                body = self.json_body()
+            if staged is None and self.caller.unit:
+                # a run on a unit platform that is down or restarting takes no points: 503 up front
+                down = market.data_platform.unit_down(self.caller.unit)
+                if down:
+                    raise PlatformUnavailable(down, "unit")
+            # no await from here on: the write transaction starts with self.db
+            run = remote_run.submit_run(self.db, self.caller, body, market.run_timeout,
+                                        market.run_max_timeout,
+                                        (staged.sha256, name) if staged else None)
+            if staged is not None:
+                staged.commit()  # authorized: the file enters the store (a rename)
+            self.db.commit()
+        finally:
+            if staged is not None:
+                staged.discard()  # refused or failed: the staged file goes
+        market.runner.kick()
+        self.write_json(remote_run.run_json(self.db, run, market.service_prefix, self.caller),
+                        status=201)
+
+
+    def _check_and_stage(self, upload: dict) -> tuple[str, object]:
+        data, limit = upload["body"], self.market.max_file_bytes
+        if len(data) > limit:
+            raise PayloadTooLarge(f"the uploaded file is {len(data)} bytes; the limit is "
+                                  f"{limit}", "data")
+        name = remote_run.check_upload(upload["filename"], data, limit)
+        return name, self.market.blobs.stage(data)
 
     def _multipart_request(self) -> dict:
         raw = self.get_body_argument("request", None)
@@ -445,8 +506,10 @@ class RunsHandler(APIHandler):
 class RunHandler(APIHandler):
     @web.authenticated
     def get(self, run):
-        found = remote_run.get_run(self.db, self.caller, run)
-        self.write_json(remote_run.run_json(self.db, found, self.market.service_prefix))
+        days = self.market.refunded_output_days
+        found = remote_run.get_run(self.db, self.caller, run, days)
+        self.write_json(remote_run.run_json(self.db, found, self.market.service_prefix,
+                                            self.caller, days))
 
 
 class RunCancelHandler(APIHandler):
@@ -456,13 +519,16 @@ class RunCancelHandler(APIHandler):
         self.db.rollback()  # the runner commits the cancellation in its own transaction
         with self.market.session_factory() as session:
             cancelled = self.market.runner.cancel(session, found.id)
-        self.write_json(remote_run.run_json(self.db, cancelled, self.market.service_prefix))
+        self.write_json(remote_run.run_json(self.db, cancelled, self.market.service_prefix,
+                                            self.caller))
 
 
 class RunOutputHandler(APIHandler):
     @web.authenticated
     def get(self, run):
-        found = remote_run.get_run(self.db, self.caller, run)
+        days = self.market.refunded_output_days
+        found = remote_run.get_run(self.db, self.caller, run, days)
+        remote_run.check_outputs_readable(self.db, self.caller, found, days)
         if not found.html_sha256:
             raise NotFound(f"run {found.id} has no output yet ({found.status})", "run")
         self.set_header("Content-Type", "text/html; charset=utf-8")
@@ -474,7 +540,9 @@ class RunOutputHandler(APIHandler):
 class RunArtifactHandler(APIHandler):
     @web.authenticated
     def get(self, run, name):
-        found = remote_run.get_run(self.db, self.caller, run)
+        days = self.market.refunded_output_days
+        found = remote_run.get_run(self.db, self.caller, run, days)
+        remote_run.check_outputs_readable(self.db, self.caller, found, days)
         sha = json.loads(found.artifacts or "{}").get(name)
         if sha is None:
             raise NotFound(f"run {found.id} has no artifact {name!r}", "name")
@@ -539,7 +607,7 @@ default_handlers = [
     (r"/api/products/(?P<product>[^/]+)/versions/(?P<version>[^/]+)/files/(?P<path>.+)",
      FileDownloadHandler),
     (r"/api/products/(?P<product>[^/]+)/views/(?P<view>[^/]+)/export", ViewExportHandler),
-    (r"/api/downloads/(?P<token>[A-Za-z0-9_.-]+)", DownloadLinkHandler),
+    (r"/api/downloads/(?P<token>[^/]+)", DownloadLinkHandler),
     (r"/api/log/key", LogKeyHandler),
     (r"/api/log/checkpoint", CheckpointHandler),
     (r"/api/log/entries/(?P<index>[^/]+)", LogEntryHandler),

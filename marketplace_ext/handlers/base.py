@@ -1,24 +1,77 @@
-"""Base handlers: hub OAuth, the caller, JSON bodies, errors as ``{error, message, field}``."""
+"""Base handlers: hub OAuth, the caller, request bodies read only after the caller is known,
+JSON bodies, errors as ``{error, message, field}``.
+
+Every handler streams its request body (``@web.stream_request_body``): Tornado then calls
+:meth:`BaseHandler.prepare` as soon as the headers are in, before any byte of the body is read.
+``prepare`` refuses a ``Content-Length`` above the route's :attr:`BaseHandler.body_limit` (413),
+authenticates the caller (401) and runs the route's cheap checks (:meth:`check_before_body`,
+e.g. the publish scope: 403) - all before the body is read. A body refused there and larger
+than ``DISCARD_LIMIT`` is answered at once with ``Connection: close`` (the proxy must not reuse
+the connection); what the client still sends is dropped unread by Tornado for at most
+``LINGER_SECONDS`` before the close (a lingering close: closing on unread data would reset the
+connection and a client still sending would lose the answer). A small refused body is read
+and dropped, then answered, and the connection stays usable. Accepted bodies are gathered in
+``data_received``: in memory up to ``MAX_JSON_BODY``, beyond that spooled to a temporary file
+under the service's ``tmp`` dir.
+When the body is complete (just before the handler's method runs) it becomes
+``self.request.body`` and is parsed as Tornado would (``request.files``, body arguments), so
+handlers read it as usual.
+
+Cookie-authenticated writes must send the xsrf token in the ``X-XSRFToken`` header or the
+query (``_xsrf``): the check runs before the body, so an ``_xsrf`` form field is not seen.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import logging
 import re
+import tempfile
 from urllib.parse import quote
 
 from jupyterhub.services.auth import HubOAuthenticated
 from sqlalchemy.orm import Session
-from tornado import web
+from tornado import httputil, web
+from tornado.http1connection import HTTP1Connection
 
 from ..auth import Caller, caller_from_model
-from ..errors import InvalidField, MarketError, Unauthenticated
+from ..errors import InvalidField, MarketError, PayloadTooLarge, QuotaExceeded, Unauthenticated
 from ..orm import write_transaction
 from ..units import unit_of
 
 log = logging.getLogger("marketplace")
 
 MAX_JSON_BODY = 1024 * 1024
+#: a multipart upload's envelope (boundaries, headers, a small JSON field) beyond its file
+MULTIPART_ENVELOPE = 1024 * 1024
+_METHODS = ("get", "head", "post", "delete", "patch", "put", "options")
+
+
+#: how long a connection refused before its body was read keeps reading (and dropping) it
+LINGER_SECONDS = 5.0
+
+
+def _after_body(method):
+    """Wrap an HTTP method so that the streamed body is complete (and parsed) before it runs,
+    and a refusal decided before the body was read is raised first."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        if getattr(self, "_body", None) is None:  # a subclass with a prepare() of its own
+            return method(self, *args, **kwargs)
+        if self._spool is not None:
+            async def spooled():
+                await asyncio.get_running_loop().run_in_executor(None, self._load_spool)
+                result = method(self, *args, **kwargs)
+                return await result if asyncio.iscoroutine(result) else result
+            return spooled()
+        self._complete_body(bytes(self._body))
+        return method(self, *args, **kwargs)
+
+    wrapper._after_body = True
+    return wrapper
 
 
 def content_disposition(filename: str) -> str:
@@ -30,8 +83,157 @@ def content_disposition(filename: str) -> str:
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
+@web.stream_request_body
 class BaseHandler(HubOAuthenticated, web.RequestHandler):
-    """Common ground of API and page handlers."""
+    """Common ground of API and page handlers (see the module docstring for bodies)."""
+
+    #: the largest request body this route reads (a class attribute; :meth:`max_body_bytes`
+    #: may compute it from the configuration)
+    body_limit: int = MAX_JSON_BODY
+    #: a refused body up to this size is read and dropped (the connection stays usable); a
+    #: larger one is never read and the connection is closed
+    DISCARD_LIMIT = 64 * 1024
+    # class defaults: Tornado may answer an error (405, a bad path) before prepare() runs
+    _body = None
+    _spool = None
+    _close_connection = False
+    _linger_after = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # the methods the class defines itself (inherited ones are wrapped where defined; a
+        # mixin's stay as they are, and the class's __dict__ keeps saying what it implements)
+        for name in _METHODS:
+            method = cls.__dict__.get(name)
+            if callable(method) and not getattr(method, "_after_body", False):
+                setattr(cls, name, _after_body(method))
+
+    def max_body_bytes(self) -> int:
+        """This route's body limit; the default is :attr:`body_limit`."""
+        return self.body_limit
+
+    def check_before_body(self) -> None:
+        """Checks of the route cheap enough to run before the body is read (a scope); raise a
+        :class:`MarketError` to refuse. The caller is already authenticated."""
+
+    async def prepare(self) -> None:
+        self._body = bytearray()
+        self._spool = None
+        self._received = 0
+        self._refusal: MarketError | None = None
+        headers = self.request.headers
+        raw = headers.get("Content-Length", "")
+        announced = int(raw) if raw.isascii() and raw.isdigit() else None
+        chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
+        limit = self._limit = self.max_body_bytes()
+        # whatever is answered, Tornado must not refuse the body itself (a bare 400 without
+        # our JSON): the limit is enforced here and, for a chunked body, in data_received
+        self.request.connection.set_max_body_size(2**62 if chunked else max(limit, announced or 0))
+        if not chunked and not announced:
+            return  # no body: the method's own @web.authenticated decides, as usual
+        try:
+            if not self.current_user:
+                raise Unauthenticated("log in through the hub or send 'Authorization: token "
+                                      "...' (checked before the body is read)")
+            if announced is not None and announced > limit:
+                raise PayloadTooLarge(f"the body is {announced} bytes; this route takes at most "
+                                      f"{limit}", "body")
+            self.check_before_body()
+        except MarketError as e:
+            if announced is None or announced > self.DISCARD_LIMIT:
+                raise  # refused unread: see send_error
+            self._refusal = e  # answered once the small body is in and dropped
+
+    async def data_received(self, chunk: bytes) -> None:
+        if self._body is None or self._finished:
+            return
+        self._received += len(chunk)
+        if self._refusal is not None:
+            return  # dropped
+        if self._received > self._limit:  # a chunked body that outgrew the route's limit
+            self._drop_spool()
+            self._close_connection = True
+            self.send_error(413, exc_info=(PayloadTooLarge, PayloadTooLarge(
+                f"the body is larger than this route's limit of {self._limit} bytes", "body"),
+                None))
+            return
+        if self._spool is None and len(self._body) + len(chunk) <= MAX_JSON_BODY:
+            self._body += chunk
+            return
+        loop = asyncio.get_running_loop()
+        if self._spool is None:
+            self._spool = await loop.run_in_executor(None, self._open_spool)
+            pending, self._body = bytes(self._body), bytearray()
+            await loop.run_in_executor(None, self._spool.write, pending)
+        await loop.run_in_executor(None, self._spool.write, chunk)
+
+    def finish(self, chunk=None):
+        connection = self.request.connection
+        if (self._linger_after and not self._finished
+                and isinstance(connection, HTTP1Connection) and not connection._read_finished):
+            # Answered before the body was read. Tornado would close the connection at once,
+            # and a close with unread data resets it: a client (or the proxy) still sending
+            # loses the answer. So the body is read and dropped (never handed to us) for at
+            # most LINGER_SECONDS, a lingering close as nginx does; the answer said
+            # "Connection: close". (_read_finished is Tornado's own flag, read in
+            # HTTP1Connection.finish to decide that close.)
+            connection.set_body_timeout(LINGER_SECONDS)
+            connection._read_finished = True
+            try:
+                return super().finish(chunk)
+            finally:
+                connection._read_finished = False
+        headers = self.request.headers
+        if (not self._finished and isinstance(connection, HTTP1Connection)
+                and not connection._read_finished and headers.get("Content-Length", "0") == "0"
+                and "Transfer-Encoding" not in headers):
+            # answered before Tornado read an empty body (an unsupported method's 405 comes
+            # before prepare): nothing is left to read, so the connection stays usable rather
+            # than being closed without a "Connection: close" (the proxy would reuse it: 503)
+            connection._read_finished = True
+            try:
+                return super().finish(chunk)
+            finally:
+                connection._read_finished = False
+        return super().finish(chunk)
+
+    def _open_spool(self):
+        directory = getattr(self.market, "tmp_dir", None)
+        return tempfile.TemporaryFile(prefix="body-", dir=directory)
+
+    def _load_spool(self) -> None:
+        """Blocking (run in an executor): the spooled body read back and parsed."""
+        spool, self._spool = self._spool, None
+        try:
+            spool.seek(0)
+            data = spool.read()
+        finally:
+            spool.close()
+        self._complete_body(data)
+
+    def _drop_spool(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+
+    def _complete_body(self, data: bytes) -> None:
+        if self._refusal is not None:
+            raise self._refusal
+        self._body = bytearray()  # the body lives on as request.body only
+        self.request.body = data
+        if data:
+            try:
+                httputil.parse_body_arguments(self.request.headers.get("Content-Type", ""),
+                                              data, self.request.body_arguments,
+                                              self.request.files, self.request.headers)
+            except httputil.HTTPInputError as e:
+                raise InvalidField(f"the body is malformed: {e}", "body") from e
+            for k, v in self.request.body_arguments.items():
+                self.request.arguments.setdefault(k, []).extend(v)
+
+    def on_connection_close(self) -> None:
+        self._drop_spool()
+        super().on_connection_close()
 
     @property
     def market(self):
@@ -48,6 +250,7 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         return self._db
 
     def on_finish(self) -> None:
+        self._drop_spool()
         if hasattr(self, "_db"):
             self._db.close()
 
@@ -71,7 +274,23 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         exc_info = kwargs.get("exc_info")
         if exc_info and isinstance(exc_info[1], MarketError):
             status_code = exc_info[1].status
+        raw = self.request.headers.get("Content-Length", "")
+        has_body = (raw.isascii() and raw.isdigit() and int(raw) > 0) or (
+            "chunked" in self.request.headers.get("Transfer-Encoding", "").lower())
+        prepared = self._prepared_future
+        if has_body and prepared is not None and not prepared.done():
+            # answered in prepare() (also a subclass's own), before any byte of the body was
+            # read: the connection is not reused (Connection: close) and closes lingering
+            self._close_connection = self._linger_after = True
+            if raw.isascii() and raw.isdigit():
+                # and Tornado must not refuse that body itself with a bare 400 after our answer
+                self.request.connection.set_max_body_size(max(int(raw), MAX_JSON_BODY))
         super().send_error(status_code, **kwargs)
+
+    def clear(self) -> None:
+        super().clear()
+        if self._close_connection:  # also on the error answer, which clears the headers
+            self.set_header("Connection", "close")
 
     def log_exception(self, typ, value, tb) -> None:
         if isinstance(value, MarketError):
@@ -86,6 +305,20 @@ class APIHandler(BaseHandler):
 
     def get_login_url(self):
         raise Unauthenticated("log in through the hub or send 'Authorization: token ...'")
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        # Tornado's @web.authenticated answers an anonymous write 403; the API says 401 for
+        # every request without a login, whatever its method (a body is refused earlier)
+        method = self.request.method.lower()
+        # (a method the route does not have stays Tornado's 405, with or without a login)
+        # (a small body from an anonymous caller is already refused: read, dropped, answered)
+        if (self.request.method not in ("GET", "HEAD", "OPTIONS") and not self._finished
+                and self._refusal is None
+                and getattr(type(self), method, None) is not getattr(web.RequestHandler, method,
+                                                                     None)
+                and not self.current_user):
+            raise Unauthenticated("log in through the hub or send 'Authorization: token ...'")
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
@@ -136,6 +369,13 @@ class APIHandler(BaseHandler):
 
     def write_error(self, status_code: int, **kwargs) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, QuotaExceeded):
+            self.set_header("Retry-After", str(exc.retry_after))
+        if status_code == 405:  # RFC 9110: a 405 lists the methods the resource supports
+            refused = getattr(self, "refused_methods", ())
+            self.set_header("Allow", ", ".join(
+                m for m in ("GET", "POST", "PUT", "DELETE") if m not in refused
+                and getattr(type(self), m.lower()) is not getattr(web.RequestHandler, m.lower())))
         if isinstance(exc, MarketError):
             payload = exc.to_dict()
         elif isinstance(exc, web.HTTPError):

@@ -1,5 +1,6 @@
 """Handlers of the federated-learning zone under ``api/fl/``; the rules are in
-:mod:`marketplace_ext.federated.projects`."""
+:mod:`marketplace_ext.federated` (``projects``: opening and reading, ``enrolment``: joining,
+approval and keys, ``rounds``: rounds, updates, aggregates and metrics)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,19 @@ import asyncio
 from tornado import web
 
 from ..auth import SCOPE_PUBLISH
-from ..errors import InvalidField, MarketError, PayloadTooLarge
-from ..federated import projects
+from ..errors import InvalidField, MarketError, PayloadTooLarge, Unauthenticated
+from ..federated import common, enrolment, projects, rounds
 from .base import APIHandler
 
-MAX_ROUND = projects.MAX_ROUNDS
+MAX_ROUND = common.MAX_ROUNDS
 
 
 def _round_number(raw: str) -> int:
-    return projects.parse_query_int(raw, "round", 1, MAX_ROUND)
+    return common.parse_query_int(raw, "round", 1, MAX_ROUND)
+
+
+def _get_project(db, ident: str):
+    return common.get_project(db, ident)
 
 
 class ProjectsHandler(APIHandler):
@@ -31,7 +36,7 @@ class ProjectsHandler(APIHandler):
         body = self.json_body()
         # base64 and zip checks of the model: off the event loop, before any transaction
         req = await asyncio.get_running_loop().run_in_executor(
-            None, projects.parse_project_request, body)
+            None, projects.parse_project_request, body, self.market.fl_max_parameters)
         project = projects.create_project(self.db, caller, req, self.market.blobs)
         self.db.commit()
         self.set_header("Location",
@@ -42,7 +47,7 @@ class ProjectsHandler(APIHandler):
 class ProjectHandler(APIHandler):
     @web.authenticated
     def get(self, project):
-        found = projects.get_project(self.db, project)
+        found = _get_project(self.db, project)
         self.write_json(projects.project_json(self.db, found, self.caller))
 
 
@@ -50,10 +55,12 @@ class JoinHandler(APIHandler):
     @web.authenticated
     def post(self, project):
         body = self.json_body() if self.request.body else {}
+        common.reject_unknown(body, {"x25519_public_key", "x25519_signature"})
         key = body.get("x25519_public_key")
-        key = projects.parse_x25519_key(key) if key is not None else None
-        found = projects.get_project(self.db, project)
-        member, created = projects.join(self.db, self.caller, found, key)
+        key = common.parse_x25519_key(key) if key is not None else None
+        found = _get_project(self.db, project)
+        member, created = enrolment.join(self.db, self.caller, found, key,
+                                         body.get("x25519_signature"))
         self.db.commit()
         self.write_json(projects.member_json(member), status=201 if created else 200)
 
@@ -61,38 +68,64 @@ class JoinHandler(APIHandler):
 class MembersHandler(APIHandler):
     @web.authenticated
     def get(self, project):
-        found = projects.get_project(self.db, project)
+        found = _get_project(self.db, project)
+        common.require_viewer(self.db, self.caller, found, "reading a project's members")
         self.write_json({"members": [projects.member_json(m) for m in found.members]})
 
 
 class MemberHandler(APIHandler):
     @web.authenticated
     def put(self, project, unit):
-        key = projects.parse_x25519_key(self.json_body().get("x25519_public_key"))
-        found = projects.get_project(self.db, project)
-        member = projects.register_key(self.db, self.caller, found, unit, key)
+        body = self.json_body()
+        found = _get_project(self.db, project)
+        member = enrolment.register_key(self.db, self.caller, found, unit, body)
         self.db.commit()
         self.write_json(projects.member_json(member))
 
     @web.authenticated
     def delete(self, project, unit):
-        found = projects.get_project(self.db, project)
-        member = projects.leave(self.db, self.caller, found, unit)
+        found = _get_project(self.db, project)
+        member = enrolment.leave(self.db, self.caller, found, unit)
         self.db.commit()
         self.write_json(projects.member_json(member))
+
+
+class DecisionHandler(APIHandler):
+    @web.authenticated
+    def post(self, project, unit):
+        body = self.json_body()
+        found = _get_project(self.db, project)
+        member = enrolment.decide(self.db, self.caller, found, unit, body)
+        self.db.commit()
+        self.write_json(projects.member_json(member))
+
+
+class UnitKeyHandler(APIHandler):
+    @web.authenticated
+    def get(self, unit):
+        self.write_json(projects.unit_key_json(enrolment.get_unit_key(self.db, unit)))
+
+    @web.authenticated
+    def put(self, unit):
+        body = self.json_body()
+        common.reject_unknown(body, {"ed25519_public_key"})
+        key = enrolment.parse_signing_key(body.get("ed25519_public_key"))
+        found, changed = enrolment.register_unit_key(self.db, self.caller, unit, key)
+        self.db.commit()
+        self.write_json(projects.unit_key_json(found), status=201 if changed else 200)
 
 
 class KeysHandler(APIHandler):
     @web.authenticated
     def get(self, project):
-        found = projects.get_project(self.db, project)
-        self.write_json(projects.keys_json(self.db, self.caller, found))
+        found = _get_project(self.db, project)
+        self.write_json(enrolment.keys_json(self.db, self.caller, found))
 
     @web.authenticated
     def post(self, project):
         body = self.json_body()
-        found = projects.get_project(self.db, project)
-        member = projects.post_wrapped_key(self.db, self.caller, found, body)
+        found = _get_project(self.db, project)
+        member = enrolment.post_wrapped_key(self.db, self.caller, found, body)
         self.db.commit()
         self.write_json(projects.member_json(member), status=201)
 
@@ -100,8 +133,8 @@ class KeysHandler(APIHandler):
 class ModelHandler(APIHandler):
     @web.authenticated
     def get(self, project):
-        found = projects.get_project(self.db, project)
-        projects.require_member(self.db, self.caller, found, "downloading a project's model")
+        found = _get_project(self.db, project)
+        common.require_member(self.db, self.caller, found, "downloading a project's model")
         self.set_attachment(f"fl-project-{found.id}-model.zip", "application/zip")
         self.set_header("X-Content-SHA256", found.model_sha256)
         self.finish(self.market.blobs.get(found.model_sha256))
@@ -110,16 +143,16 @@ class ModelHandler(APIHandler):
 class RoundsHandler(APIHandler):
     @web.authenticated
     def get(self, project):
-        found = projects.get_project(self.db, project)
-        projects.require_member(self.db, self.caller, found, "reading rounds")
-        rounds = [projects.round_json(self.db, found, projects.get_round(self.db, found, n))
+        found = _get_project(self.db, project)
+        common.require_viewer(self.db, self.caller, found, "reading rounds")
+        listed = [projects.round_json(self.db, found, common.get_round(self.db, found, n))
                   for n in range(1, found.current_round + 1)]
-        self.write_json({"rounds": rounds})
+        self.write_json({"rounds": listed})
 
     @web.authenticated
     def post(self, project):
-        found = projects.get_project(self.db, project)
-        rnd = projects.start(self.db, self.caller, found)
+        found = _get_project(self.db, project)
+        rnd = rounds.start(self.db, self.caller, found)
         self.db.commit()
         self.write_json(projects.round_json(self.db, found, rnd), status=201)
 
@@ -127,9 +160,9 @@ class RoundsHandler(APIHandler):
 class RoundHandler(APIHandler):
     @web.authenticated
     def get(self, project, number):
-        found = projects.get_project(self.db, project)
-        projects.require_member(self.db, self.caller, found, "reading a round")
-        rnd = projects.get_round(self.db, found, _round_number(number))
+        found = _get_project(self.db, project)
+        common.require_viewer(self.db, self.caller, found, "reading a round")
+        rnd = common.get_round(self.db, found, _round_number(number))
         self.write_json(projects.round_json(self.db, found, rnd))
 
 
@@ -157,6 +190,11 @@ class UpdatesHandler(APIHandler):
             return
         length = self.request.headers.get("Content-Length", "")
         announced = int(length) if length.isascii() and length.isdigit() else None
+        if not self.current_user:
+            # 401 at once (@web.authenticated would answer an anonymous POST 403), the body
+            # unread: the proxy must not reuse the connection if one was announced
+            self._close = bool(announced) or announced is None
+            raise Unauthenticated("log in through the hub or send 'Authorization: token ...'")
         try:
             self._update = self._check(announced)
         except MarketError as e:
@@ -168,12 +206,12 @@ class UpdatesHandler(APIHandler):
             self._update = None
         self.request.connection.set_max_body_size(announced)
 
-    def _check(self, announced: int | None) -> projects.UpdateRequest:
+    def _check(self, announced: int | None) -> rounds.UpdateRequest:
         caller = self.caller
         number = _round_number(self.path_kwargs["number"])
         with self.market.session_factory() as session:
-            project = projects.get_project(session, self.path_kwargs["project"])
-            update = projects.check_update(
+            project = _get_project(session, self.path_kwargs["project"])
+            update = rounds.check_update(
                 session, caller, project, number, self.get_query_argument("weight", None),
                 self.get_query_argument("clipped", None),
                 self.get_query_argument("key_fingerprint", None))
@@ -210,14 +248,14 @@ class UpdatesHandler(APIHandler):
         data = b"".join(self._chunks)
         self._chunks = []
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, projects.check_update_bytes, update.spec, data)
+        await loop.run_in_executor(None, rounds.check_update_bytes, update.spec, data)
         sha = await loop.run_in_executor(None, self.market.blobs.put, data)
         # no await from here on: the write transaction starts with self.db
-        found = projects.get_project(self.db, project)
-        recorded, rnd = projects.record_update(self.db, self.caller, found, update, sha,
-                                               len(data))
+        found = _get_project(self.db, project)
+        recorded, rnd = rounds.record_update(self.db, self.caller, found, update, sha,
+                                             len(data))
         self.db.commit()
-        if rnd.state == projects.AGGREGATING:
+        if rnd.state == common.AGGREGATING:
             self.market.fl.kick()
         self.write_json({"round": rnd.number, "attempt": rnd.attempt, "round_state": rnd.state,
                          "unit": update.unit, "sha256": sha, "size": len(data),
@@ -228,9 +266,9 @@ class UpdatesHandler(APIHandler):
 class AggregateHandler(APIHandler):
     @web.authenticated
     def get(self, project, number):
-        found = projects.get_project(self.db, project)
-        rnd, aggregate = projects.aggregate_of(self.db, self.caller, found,
-                                               _round_number(number))
+        found = _get_project(self.db, project)
+        rnd, aggregate = rounds.aggregate_of(self.db, self.caller, found,
+                                             _round_number(number))
         self.set_attachment(f"fl-project-{found.id}-round-{rnd.number}-aggregate.bin")
         self.set_header("X-Content-SHA256", aggregate.sha256)
         self.set_header("X-Log-Index", str(aggregate.log_index))
@@ -243,14 +281,14 @@ class AggregateHandler(APIHandler):
 class MetricsHandler(APIHandler):
     @web.authenticated
     def get(self, project):
-        found = projects.get_project(self.db, project)
-        self.write_json({"metrics": projects.metrics_json(self.db, self.caller, found)})
+        found = _get_project(self.db, project)
+        self.write_json({"metrics": rounds.metrics_json(self.db, self.caller, found)})
 
     @web.authenticated
     def post(self, project):
         body = self.json_body()
-        found = projects.get_project(self.db, project)
-        row = projects.post_metrics(self.db, self.caller, found, body)
+        found = _get_project(self.db, project)
+        row = rounds.post_metrics(self.db, self.caller, found, body)
         self.db.commit()
         self.write_json({"round": row.round, "unit": self.caller.unit}, status=201)
 
@@ -259,10 +297,12 @@ _P = r"/api/fl/projects/(?P<project>[^/]+)"
 
 default_handlers = [
     (r"/api/fl/projects", ProjectsHandler),
+    (r"/api/fl/units/(?P<unit>[^/]+)/signing-key", UnitKeyHandler),
     (_P, ProjectHandler),
     (_P + r"/join", JoinHandler),
     (_P + r"/members", MembersHandler),
     (_P + r"/members/(?P<unit>[^/]+)", MemberHandler),
+    (_P + r"/members/(?P<unit>[^/]+)/decision", DecisionHandler),
     (_P + r"/keys", KeysHandler),
     (_P + r"/model", ModelHandler),
     (_P + r"/rounds", RoundsHandler),
