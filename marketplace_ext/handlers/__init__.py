@@ -1,7 +1,8 @@
-"""Tornado handlers: ``api`` (JSON REST), ``m2d`` (model-to-data), ``fl`` (federated
-learning) and ``pages`` (HTML), each with ``default_handlers``."""
+"""Tornado handlers: ``api`` (JSON REST), ``runs`` (remote runs), ``m2d`` (model-to-data), ``fl``
+(federated learning) and ``pages`` (HTML), each with ``default_handlers``."""
 
-from . import api, fl, m2d, pages
+from . import api, fl, m2d, pages, runs
 
-default_handlers = (api.default_handlers + m2d.default_handlers + fl.default_handlers
+default_handlers = (api.default_handlers + runs.default_handlers + m2d.default_handlers
+                    + fl.default_handlers
                     + pages.default_handlers)

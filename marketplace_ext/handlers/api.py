@@ -15,17 +15,14 @@ from .. import (
     points,
     product_envs,
     remote_call,
-    remote_run,
 )
-from ..auth import SCOPE_APPROVE, SCOPE_PUBLISH, SCOPE_SUBSCRIBE
+from ..auth import SCOPE_APPROVE, SCOPE_PUBLISH
 from ..downloads import deliver_file, plan_export, record_export
 from ..errors import (
     Forbidden,
     InvalidField,
     MethodNotAllowed,
-    NotFound,
     PayloadTooLarge,
-    PlatformUnavailable,
 )
 from ..hubapi import ROLE_GROUPS
 from ..ids import parse_id
@@ -417,142 +414,6 @@ class CosignaturesHandler(APIHandler):
         self.write_json(result)
 
 
-class RunsHandler(APIHandler):
-    """JSON body, or multipart: field ``request`` (the same JSON) and file ``data`` (a CSV or
-    Parquet file the notebook gets as ``input_path``)."""
-
-    def max_body_bytes(self) -> int:
-        if self.request.method == "POST":  # multipart with the data file (JSON stays 1 MiB)
-            return self.market.max_file_bytes + MULTIPART_ENVELOPE
-        return self.body_limit
-
-    def check_before_body(self) -> None:
-        if self.request.method == "POST":
-            self.caller.require(SCOPE_SUBSCRIBE, "running a product")
-
-    @web.authenticated
-    def get(self):
-        """The caller's runs (``scope=mine``, the default) or its unit's (``scope=unit``)."""
-        limit = self.int_argument("limit", 20, 1, 100)
-        offset = self.int_argument("offset", 0, 0, 10**9)
-        scope = self.get_query_argument("scope", "mine")
-        runs, total = remote_run.list_runs(self.db, self.caller, scope,
-                                           self.get_query_argument("status", None), limit,
-                                           offset)
-        days = self.market.refunded_output_days
-        prefix = self.market.service_prefix
-        self.write_json({"runs": [remote_run.run_json(self.db, r, prefix, self.caller, days)
-                                  for r in runs],
-                         "total": total, "limit": limit, "offset": offset, "scope": scope})
-
-    @web.authenticated
-    async def post(self):
-        market = self.market
-        staged = name = None
-        try:
-            if self.request.files or self.get_body_argument("request", None) is not None:
-                body = self._multipart_request()
-                files = self.request.files.get("data")
-                if not files:
-                    raise InvalidField("upload the data file as multipart field 'data'", "data")
-                # checked and staged (written, not yet addressable) off the event loop; stored
-                # only once the run is authorized, charged and queued, below
-                name, staged = await asyncio.get_running_loop().run_in_executor(
-                    None, self._check_and_stage, files[0])
-            else:
-                body = self.json_body()
-            if staged is None and self.caller.unit:
-                # a run on a unit platform that is down or restarting takes no points: 503 up front
-                down = market.data_platform.unit_down(self.caller.unit)
-                if down:
-                    raise PlatformUnavailable(down, "unit")
-            # no await from here on: the write transaction starts with self.db
-            run = remote_run.submit_run(self.db, self.caller, body, market.run_timeout,
-                                        market.run_max_timeout,
-                                        (staged.sha256, name) if staged else None)
-            if staged is not None:
-                staged.commit()  # authorized: the file enters the store (a rename)
-            self.db.commit()
-        finally:
-            if staged is not None:
-                staged.discard()  # refused or failed: the staged file goes
-        market.runner.kick()
-        self.write_json(remote_run.run_json(self.db, run, market.service_prefix, self.caller),
-                        status=201)
-
-
-    def _check_and_stage(self, upload: dict) -> tuple[str, object]:
-        data, limit = upload["body"], self.market.max_file_bytes
-        if len(data) > limit:
-            raise PayloadTooLarge(f"the uploaded file is {len(data)} bytes; the limit is "
-                                  f"{limit}", "data")
-        name = remote_run.check_upload(upload["filename"], data, limit)
-        return name, self.market.blobs.stage(data)
-
-    def _multipart_request(self) -> dict:
-        raw = self.get_body_argument("request", None)
-        if raw is None:
-            raise InvalidField("send the run request as multipart field 'request' (JSON)",
-                               "request")
-        try:
-            body = json.loads(raw)
-        except ValueError as e:
-            raise InvalidField(f"request is not valid JSON: {e}", "request") from e
-        if not isinstance(body, dict):
-            raise InvalidField("request must be a JSON object", "request")
-        return body
-
-
-class RunHandler(APIHandler):
-    @web.authenticated
-    def get(self, run):
-        days = self.market.refunded_output_days
-        found = remote_run.get_run(self.db, self.caller, run, days)
-        self.write_json(remote_run.run_json(self.db, found, self.market.service_prefix,
-                                            self.caller, days))
-
-
-class RunCancelHandler(APIHandler):
-    @web.authenticated
-    def post(self, run):
-        found = remote_run.get_run(self.db, self.caller, run)
-        self.db.rollback()  # the runner commits the cancellation in its own transaction
-        with self.market.session_factory() as session:
-            cancelled = self.market.runner.cancel(session, found.id)
-        self.write_json(remote_run.run_json(self.db, cancelled, self.market.service_prefix,
-                                            self.caller))
-
-
-class RunOutputHandler(APIHandler):
-    @web.authenticated
-    def get(self, run):
-        days = self.market.refunded_output_days
-        found = remote_run.get_run(self.db, self.caller, run, days)
-        remote_run.check_outputs_readable(self.db, self.caller, found, days)
-        if not found.html_sha256:
-            raise NotFound(f"run {found.id} has no output yet ({found.status})", "run")
-        self.set_header("Content-Type", "text/html; charset=utf-8")
-        # product code wrote this page: no scripts, no same-origin access to the service
-        self.set_header("Content-Security-Policy", "sandbox")
-        self.finish(self.market.blobs.get(found.html_sha256))
-
-
-class RunArtifactHandler(APIHandler):
-    @web.authenticated
-    def get(self, run, name):
-        days = self.market.refunded_output_days
-        found = remote_run.get_run(self.db, self.caller, run, days)
-        remote_run.check_outputs_readable(self.db, self.caller, found, days)
-        sha = json.loads(found.artifacts or "{}").get(name)
-        if sha is None:
-            raise NotFound(f"run {found.id} has no artifact {name!r}", "name")
-        self.set_attachment(name)
-        self.set_header("X-Content-SHA256", sha)
-        if found.log_index is not None:
-            self.set_header("X-Log-Index", str(found.log_index))
-        self.finish(self.market.blobs.get(sha))
-
-
 class QueryHandler(APIHandler):
     @web.authenticated
     async def post(self, product):
@@ -616,9 +477,4 @@ default_handlers = [
     (r"/api/log/cosignatures", CosignaturesHandler),
     (r"/api/products/(?P<product>[^/]+)/query", QueryHandler),
     (r"/api/products/(?P<product>[^/]+)/predict", PredictHandler),
-    (r"/api/runs", RunsHandler),
-    (r"/api/runs/(?P<run>[^/]+)", RunHandler),
-    (r"/api/runs/(?P<run>[^/]+)/cancel", RunCancelHandler),
-    (r"/api/runs/(?P<run>[^/]+)/output.html", RunOutputHandler),
-    (r"/api/runs/(?P<run>[^/]+)/artifacts/(?P<name>.+)", RunArtifactHandler),
 ]
