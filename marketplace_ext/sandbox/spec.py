@@ -225,16 +225,17 @@ def mounts(spec: SandboxSpec) -> list[tuple[str, str, bool]]:
     :func:`marketplace_ext.accounts.traversable_problem`). Handing bwrap descriptors opened by
     root (``--bind-fd``) does not avoid that: bwrap 0.8 then fails with EACCES too."""
     out: list[tuple[str, str, bool]] = []
+    # /tmp first: the interpreter, this package (a checkout under /tmp) and a working
+    # directory (pytest's) may lie under it, and a later bind shows through an earlier one
+    if spec.tmp_dir:
+        # /dev/shm too: bwrap's /dev is a tmpfs (memory no limit sees); POSIX shared memory
+        # and semaphores work as files there
+        out += [(spec.tmp_dir, "/tmp", True), (spec.tmp_dir, "/dev/shm", True)]
     prefixes = [p for p in spec.python_prefixes if p and not p.startswith("/usr/")
                 and p != "/usr"]
     out += [(p, p, False) for p in dict.fromkeys(prefixes)]
     if not any(str(PACKAGE_DIR).startswith(p.rstrip("/") + "/") for p in prefixes):
         out.append((str(PACKAGE_DIR), str(PACKAGE_DIR), False))  # an editable install
-    # /tmp first: a working directory may lie under it (pytest's do)
-    if spec.tmp_dir:
-        # /dev/shm too: bwrap's /dev is a tmpfs (memory no limit sees); POSIX shared memory
-        # and semaphores work as files there
-        out += [(spec.tmp_dir, "/tmp", True), (spec.tmp_dir, "/dev/shm", True)]
     out.append((spec.workdir, spec.workdir, True))
     out += list(spec.binds)
     if spec.socket_dir:  # the relays' sockets, and a kernel's (ipc transport)
