@@ -12,7 +12,7 @@ KERNELS := $(wildcard kernels/*/kernel.json)
 # pip lists index locations it cannot read as warnings; they are noise here
 PIP_QUIET := sed "/^WARNING: Location/d"
 
-.PHONY: install reachable sandbox run test lint bench clean
+.PHONY: install reachable sandbox browser run test lint bench clean
 
 install: reachable $(STAMP) $(CHP) sandbox
 
@@ -54,10 +54,23 @@ $(CHP): package.json
 	npm install --no-audit --no-fund --loglevel=error
 	@touch $@
 
+# the browser tests drive Debian's chromium through Playwright; never a downloaded browser
+browser:
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "Installing chromium (for the browser tests) ..."; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
+	      || { apt-get update -q >/dev/null && \
+	           DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }; \
+	  else \
+	    echo "chromium is missing: install it as root (apt-get install chromium)" >&2; exit 1; \
+	  fi; }
+	@test -x /usr/bin/chromium
+
 run: install
 	$(BIN)/market run
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest
 
 lint: install

@@ -131,6 +131,44 @@ def logins(platform_proc) -> dict[str, str]:
     return platform_proc.logins()
 
 
+# --- browsers --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium driven by Playwright (one per test module: Playwright's sync API
+    keeps an event loop of its own, so it is not shared across modules' asyncio tests)."""
+    from browser import CHROMIUM, CHROMIUM_ARGS
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page_as(browser, hub_url, logins):
+    """``page_as(user, narrow=False)``: a new browser context logged in as demo ``user``,
+    on the shelf; closed after the test."""
+    from browser import NARROW, login
+
+    contexts = []
+
+    def open_page(user: str, narrow: bool = False, password: str | None = None):
+        context = browser.new_context(viewport=NARROW if narrow else {"width": 1280,
+                                                                      "height": 900})
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        login(page, hub_url, user, password or logins[user])
+        return page
+
+    yield open_page
+    for context in contexts:
+        context.close()
+
+
 # --- databases -------------------------------------------------------------------------------
 
 

@@ -388,3 +388,86 @@ class APIHandler(BaseHandler):
             payload = {"error": "internal", "message": "internal error", "field": None}
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(json.dumps(payload))
+
+
+#: no inline script or style anywhere: a product card's README is publisher HTML (sanitized by
+#: nh3), and the policy is the second line of defence if the sanitizer misses something.
+#: ``frame-src 'self'``: a run's output is shown in a sandboxed iframe of our own origin
+PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+            "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'self'; "
+            "frame-src 'self'")
+
+
+class PageHandler(BaseHandler):
+    """An HTML page and, where it has one, its form (POSTed back to the same URL).
+
+    Conventions every page follows:
+
+    - the template gets ``prefix``, ``hub_prefix``, ``caller`` (or None), ``xsrf`` (the token a
+      form sends in its action's query: the check runs before the body is read), ``errors``
+      (field name -> message; ``"_form"`` for one not tied to a field) and ``form`` (the values
+      posted, to fill the form again);
+    - a POST that succeeds redirects (303) to the page showing the result, so a reload never
+      repeats it; one that fails renders the same page with the API's field errors next to the
+      fields and nothing written (:meth:`render_form_error`);
+    - an expired login sends the browser to the hub's login and back to the page it was on
+      (the form's page: a form posts to its own page's URL, whose GET shows the form).
+    """
+
+    #: the nav entry this page belongs to (``shelf``, ``runs``, ``publish``, ``review``,
+    #: ``m2d``, ``fl``, ``account``, ``log``)
+    nav = ""
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Security-Policy", PAGE_CSP)
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Cache-Control", "no-store")
+
+    def template_namespace(self) -> dict:
+        caller = None
+        if self.current_user:
+            try:
+                caller = self.caller
+            except MarketError:
+                caller = None
+        return {
+            "prefix": self.market.service_prefix,
+            "hub_prefix": self.market.hub_prefix,
+            "caller": caller,
+            "xsrf": self.xsrf_token.decode() if caller else "",
+            "nav": self.nav,
+            "errors": {},
+            "form": {},
+        }
+
+    def render_template(self, name: str, status: int = 200, **ns) -> None:
+        template = self.settings["jinja_env"].get_template(name)
+        namespace = self.template_namespace()
+        namespace.update(ns)
+        self.set_status(status)
+        self.finish(template.render(**namespace))
+
+    def render_form_error(self, name: str, error: MarketError, **ns) -> None:
+        """Render page ``name`` again with ``error`` next to its field, at the error's status;
+        the caller's values come back in ``form`` so nothing typed is lost."""
+        form = {k: self.get_body_argument(k, "") for k in self.request.body_arguments}
+        ns.setdefault("form", form)
+        ns["errors"] = {error.field or "_form": error.message}
+        self.render_template(name, status=error.status, **ns)
+
+    def redirect_after_post(self, path: str) -> None:
+        """303 See Other to ``path`` under the service (Post/Redirect/Get)."""
+        self.redirect(self.market.service_prefix + path.lstrip("/"), status=303)
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, Unauthenticated) and not self._finished:
+            # an expired login on a form: log in again, then back to this page
+            self.clear()
+            self.redirect(self.get_login_url(), status=303)
+            return
+        message = getattr(exc, "message", None) or self._reason
+        template = self.settings["jinja_env"].get_template("error.html")
+        namespace = self.template_namespace()
+        namespace.update(status_code=status_code, message=message)
+        self.finish(template.render(**namespace))

@@ -6,37 +6,17 @@ from jupyterhub.services.auth import HubOAuthCallbackHandler
 from sqlalchemy import select
 from tornado import web
 
-from .. import catalog, m2d, points, product_envs
+from .. import catalog, points, product_envs
 from ..errors import NotFound
 from ..orm import Version
 from ..units import get_unit
-from .base import BaseHandler
-
-#: no inline script or style anywhere: a product card's README is publisher HTML (sanitized by
-#: nh3), and the policy is the second line of defence if the sanitizer misses something
-PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-            "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'self'")
-
-
-class PageHandler(BaseHandler):
-    def set_default_headers(self) -> None:
-        self.set_header("Content-Security-Policy", PAGE_CSP)
-        self.set_header("X-Content-Type-Options", "nosniff")
-
-    def render_template(self, name: str, **ns) -> None:
-        template = self.settings["jinja_env"].get_template(name)
-        ns.setdefault("prefix", self.market.service_prefix)
-        ns.setdefault("hub_prefix", self.market.hub_prefix)
-        self.finish(template.render(**ns))
-
-    def write_error(self, status_code: int, **kwargs) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        message = getattr(exc, "message", None) or self._reason
-        self.render_template("error.html", status_code=status_code, message=message)
+from .base import PageHandler
 
 
 class HomeHandler(PageHandler):
     """Who am I, my unit's balance, and the shelf with its filters."""
+
+    nav = "shelf"
 
     @web.authenticated
     def get(self):
@@ -74,22 +54,8 @@ class ProductPage(PageHandler):
                              stats=points.usage_stats(self.db, p), envs=envs)
 
 
-class ModelToDataPage(PageHandler):
-    """The requests of the caller's unit, with their code for the owner to read."""
-
-    @web.authenticated
-    def get(self):
-        requests = m2d.list_requests(self.db, self.caller)
-        code = {r.id: m2d.notebook_cells(self.market.blobs, r) for r in requests}
-        self.render_template(
-            "m2d.html", caller=self.caller, code=code,
-            requests=[m2d.request_json(self.db, self.caller, r, self.market.service_prefix)
-                      for r in requests])
-
-
 default_handlers = [
     (r"/?", HomeHandler),
     (r"/products/(?P<product>[^/]+)", ProductPage),
-    (r"/m2d", ModelToDataPage),
     (r"/oauth_callback", HubOAuthCallbackHandler),
 ]
