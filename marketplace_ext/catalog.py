@@ -23,7 +23,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
-from . import certlog
+from . import certlog, points
 from .auth import SCOPE_PUBLISH, Caller
 from .errors import Conflict, Forbidden, InvalidField, NotFound
 from .orm import Agreement, Product, Tag, Transition, Unit, Version
@@ -34,6 +34,8 @@ DRAFT, SUBMITTED, ON_SHELF, REJECTED, OFF_SHELF, SUPERSEDED = (
     "draft", "submitted", "on_shelf", "rejected", "off_shelf", "superseded",
 )
 KINDS = ("data", "tool", "application")
+#: shelf orders: by name, newest product first, most units using it first
+SORTS = ("name", "new", "used")
 TRANSITIONS = {
     None: {DRAFT},
     DRAFT: {SUBMITTED},
@@ -265,9 +267,12 @@ def set_shelf(session: Session, caller: Caller, product: Product, state: object,
 
 def list_products(session: Session, caller: Caller, *, kind: str | None = None,
                   tag: str | None = None, unit: str | None = None, q: str | None = None,
-                  limit: int = 50, offset: int = 0) -> tuple[list[Product], int]:
+                  limit: int = 50, offset: int = 0,
+                  sort: str = "name") -> tuple[list[Product], int]:
     """The shelf: on-shelf products for everyone, plus all of the caller's unit's products;
-    operators see everything."""
+    operators see everything. ``sort`` is one of :data:`SORTS`."""
+    if sort not in SORTS:
+        raise InvalidField(f"sort must be one of {', '.join(SORTS)}", "sort")
     current = aliased(Version)
     query = select(Product).join(Unit, Product.unit_id == Unit.id).outerjoin(
         current, Product.current_version_id == current.id
@@ -294,8 +299,26 @@ def list_products(session: Session, caller: Caller, *, kind: str | None = None,
         )
         query = query.where(or_(func.lower(Product.name).like(like), latest.exists()))
     total = session.scalar(select(func.count()).select_from(query.subquery()))
-    items = session.scalars(query.order_by(Product.name).limit(limit).offset(offset)).all()
+    order = {"name": (Product.name,),
+             "new": (Product.created_at.desc(), Product.id.desc()),
+             "used": (points.buyers_count_expr().desc(), Product.name)}[sort]
+    items = session.scalars(query.order_by(*order).limit(limit).offset(offset)).all()
     return list(items), total
+
+
+def shelf_facets(session: Session, caller: Caller) -> dict:
+    """The tags and units of the products the caller sees, for the shelf's filters."""
+    products, _ = list_products(session, caller, limit=1000)
+    tags = sorted({t.lower() for p in products for t in product_summary(p, caller)["tags"]})
+    return {"tags": tags, "units": sorted({p.unit.slug for p in products})}
+
+
+def version_files(version: Version | None) -> list[dict]:
+    """The files of a version with their certified sha256, by path."""
+    if version is None:
+        return []
+    return [{"path": path, "sha256": digest}
+            for path, digest in sorted(json.loads(version.file_digests).items())]
 
 
 def render_readme(markdown: str) -> str:
@@ -353,3 +376,4 @@ def product_detail(p: Product, caller: Caller) -> dict:
         ],
     })
     return data
+

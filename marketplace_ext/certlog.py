@@ -200,6 +200,36 @@ def access(session: Session, row: LogEntry, viewer: Caller | None) -> str | None
     return None
 
 
+def own_entries(session: Session, viewer: Caller, limit: int = 50,
+                before: int | None = None) -> list[dict]:
+    """The entries ``viewer`` acted in or whose unit is a party to, newest first (at most
+    ``limit``, below index ``before``): index, type, time and why the viewer may read them."""
+    mine = [LogEntry.actor == viewer.name]
+    if viewer.unit:
+        mine.append(LogEntry.parties.like(f'%"{viewer.unit}"%'))
+    query = select(LogEntry).where(or_(*mine), LogEntry.details.is_not(None))
+    if before is not None:
+        query = query.where(LogEntry.idx < before)
+    rows = session.scalars(query.order_by(LogEntry.idx.desc()).limit(limit))
+    found = [(r, access(session, r, viewer)) for r in rows]
+    return [{"index": r.idx, "type": r.kind, "time": json.loads(r.data).get("time"),
+             "access": why} for r, why in found if why is not None]
+
+
+def recent_checkpoints(session: Session, limit: int = 20) -> list[dict]:
+    """The latest signed checkpoints, newest first, with the witnesses that co-signed each."""
+    rows = session.scalars(select(LogCheckpoint).order_by(LogCheckpoint.size.desc())
+                           .limit(limit)).all()
+    sizes = [r.size for r in rows]
+    witnessed: dict[int, list[str]] = {}
+    for c in session.scalars(select(LogCosignature).where(LogCosignature.size.in_(sizes))
+                             .order_by(LogCosignature.witness)):
+        witnessed.setdefault(c.size, []).append(c.witness)
+    return [{"size": r.size, "root": b64(bytes.fromhex(r.root)),
+             "created_at": r.created_at.isoformat() + "Z",
+             "witnesses": witnessed.get(r.size, [])} for r in rows]
+
+
 class SqlNodeStore:
     """:class:`merkle.NodeStore` over the ``log_nodes`` table, in one session."""
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import requests
 
 from .bundle import BundleInvalid, canonical_archive, validate_dir
+from .reprs import Product, ProductList, Run, RunList, Statement
 
 
 class MarketAPIError(RuntimeError):
@@ -84,11 +85,13 @@ class Market:
         return self.request("GET", "terms")["terms"]
 
     def products(self, **filters) -> list[dict]:
-        """The shelf; filters: kind, tag, unit, q, limit, offset."""
-        return self.request("GET", "products", params=filters)["products"]
+        """The shelf; filters: kind, tag, unit, q, limit, offset (a table in a notebook)."""
+        return ProductList(Product(p) for p in
+                           self.request("GET", "products", params=filters)["products"])
 
     def product(self, name: str) -> dict:
-        return self.request("GET", f"products/{name}")
+        """One product with its plans, versions and parameters (a card in a notebook)."""
+        return Product(self.request("GET", f"products/{name}"))
 
     def publish(self, path: str | Path, accept_terms: bool = True) -> dict:
         """Submit the bundle directory ``path`` as a new version (validated again server-side).
@@ -157,7 +160,7 @@ class Market:
             run["files"] = {name: self.download(f"runs/{run['id']}/artifacts/{name}",
                                                 Path(download_to) / name)
                             for name in run["artifacts"]}
-        return run
+        return Run(run)
 
     def runs(self, scope: str = "mine", status: str | None = None, limit: int = 20,
              offset: int = 0) -> dict:
@@ -166,7 +169,26 @@ class Market:
         params: dict = {"scope": scope, "limit": limit, "offset": offset}
         if status is not None:
             params["status"] = status
-        return self.request("GET", "runs", params=params)
+        page = self.request("GET", "runs", params=params)
+        return RunList(page, runs=[Run(r) for r in page["runs"]])
+
+    def get_run(self, run: int) -> dict:
+        """One run as it is now (status, progress, outputs)."""
+        return Run(self.request("GET", f"runs/{run}"))
+
+    def cancel_run(self, run: int) -> dict:
+        return Run(self.request("POST", f"runs/{run}/cancel"))
+
+    def orders(self, limit: int = 50, offset: int = 0) -> dict:
+        """Your unit's orders, newest first: ``{"orders": [...], "total": n, ...}``."""
+        return self.request("GET", "orders", params={"limit": limit, "offset": offset})
+
+    def statement(self, limit: int = 50, offset: int = 0, unit: str | None = None) -> dict:
+        """Your unit's account (``unit``: another, for operators): the balance and its
+        transfers, newest first (a table in a notebook)."""
+        slug = unit or self.me()["unit"]["slug"]
+        return Statement(self.request("GET", f"units/{slug}/account",
+                                      params={"limit": limit, "offset": offset}))
 
     def download(self, path: str, local: str | Path) -> str:
         """Save ``api/<path>`` to ``local``, checked against its X-Content-SHA256."""

@@ -45,6 +45,18 @@ def product_views(product) -> list[dict]:
     return manifest.get("views", [])
 
 
+def view_schemas(product) -> list[dict]:
+    """What a subscriber may query: each published view with the columns it keeps (a dropped
+    column is not there) and the rule applied to each, and its row filter."""
+    def rule(spec: object) -> str:
+        return spec if isinstance(spec, str) else (spec or {}).get("rule", "keep")
+
+    return [{"view": v["view"], "row_filter": v.get("row_filter"),
+             "columns": [{"name": name, "rule": rule(spec)}
+                         for name, spec in v.get("columns", {}).items() if rule(spec) != "drop"]}
+            for v in product_views(product)]
+
+
 def publish_views(platform, unit: str, views: list[dict]) -> list[str]:
     """Create a data product's views on its unit's platform (blocking: run in an executor)."""
     return [platform.create_view(unit, policy) for policy in views]

@@ -456,3 +456,53 @@ def usage_stats(session: Session, product: Product) -> dict:
             "orders": session.scalar(select(func.count()).select_from(Order)
                                      .where(Order.product_id == product.id))}
 
+
+def buyers_count_expr():
+    """A correlated count of the other units that bought a product (paid orders), to sort the
+    shelf by use; ``Product`` is the outer query's row."""
+    return (select(func.count(func.distinct(Order.unit_id)))
+            .where(Order.product_id == Product.id, Order.status == "paid",
+                   Order.unit_id != Product.unit_id)
+            .correlate(Product).scalar_subquery())
+
+
+def units_using_counts(session: Session, products: list[Product]) -> dict[int, int]:
+    """Units using each product (:func:`usage_stats`' ``units_using``) in one query."""
+    ids = [p.id for p in products]
+    if not ids:
+        return {}
+    rows = session.execute(
+        select(Order.product_id, func.count(func.distinct(Order.unit_id)))
+        .join(Product, Product.id == Order.product_id)
+        .where(Order.product_id.in_(ids), Order.status == "paid",
+               Order.unit_id != Product.unit_id)
+        .group_by(Order.product_id)).all()
+    bought = dict(rows)
+    return {i: 1 + bought.get(i, 0) for i in ids}
+
+
+def entitlement_json(ent: Entitlement, now: datetime | None = None) -> dict:
+    """An entitlement as pages and clients show it, with ``usable``: whether a use would pass
+    :func:`check` today."""
+    now = now or utcnow()
+    usable = ent.status == "active" and (
+        (ent.valid_until is not None and ent.valid_until > now)
+        or (ent.uses_left is not None and ent.uses_left > 0))
+    return {"id": ent.id, "order": ent.order_id, "product": ent.order.product.name,
+            "plan": ent.plan, "status": ent.status, "usable": usable,
+            "valid_from": ent.valid_from.isoformat() + "Z",
+            "valid_until": ent.valid_until.isoformat() + "Z" if ent.valid_until else None,
+            "uses_left": ent.uses_left}
+
+
+def list_entitlements(session: Session, unit: Unit, product: Product | None = None,
+                      limit: int = 200) -> list[dict]:
+    """The unit's entitlements (of one product, or all), usable ones first, newest first."""
+    query = select(Entitlement).where(Entitlement.unit_id == unit.id)
+    if product is not None:
+        query = query.where(Entitlement.product_id == product.id)
+    found = session.scalars(query.order_by(Entitlement.id.desc()).limit(limit)).all()
+    now = utcnow()
+    items = [entitlement_json(e, now) for e in found]
+    return sorted(items, key=lambda e: not e["usable"])
+

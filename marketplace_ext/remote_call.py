@@ -7,7 +7,9 @@ only a call that answered consumes the per-use order and is certified (:func:`re
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 from dataclasses import dataclass
 
@@ -15,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from . import sharing
 from .auth import Caller
+from .errors import InvalidField
 from .predict import check_rows
 
 
@@ -58,3 +61,44 @@ def record_call(session: Session, caller: Caller, plan: CallPlan, predictions: l
     return sharing.record_use(
         session, caller, plan.grant, "prediction", _digest(predictions),
         bundle_sha256=plan.bundle_sha256, rows=len(plan.rows), rows_sha256=_digest(plan.rows))
+
+
+ROW_FORMATS = ("csv", "json")
+
+
+def _cell(value: str) -> object:
+    """A CSV cell as the JSON value a person meant: a number if it reads as one, empty as
+    null, text otherwise."""
+    if value == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def parse_rows(text: object, fmt: object) -> list:
+    """Rows pasted into a page: CSV with a header line, or JSON (an array of objects, or one
+    object). Raises a 400 naming ``rows`` (``format`` for an unknown format); the rows'
+    shape is checked again by :func:`plan_call`."""
+    if fmt not in ROW_FORMATS:
+        raise InvalidField(f"format must be one of {', '.join(ROW_FORMATS)}", "format")
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidField("rows are required: paste CSV with a header line, or JSON", "rows")
+    if fmt == "json":
+        try:
+            rows = json.loads(text)
+        except ValueError as e:
+            raise InvalidField(f"rows are not valid JSON: {e}", "rows") from e
+        return [rows] if isinstance(rows, dict) else rows
+    reader = csv.DictReader(io.StringIO(text.strip()))
+    if not reader.fieldnames or any(not (f or "").strip() for f in reader.fieldnames):
+        raise InvalidField("the CSV needs a header line naming every column", "rows")
+    rows = []
+    for number, record in enumerate(reader, start=2):
+        if None in record:  # more cells than the header names
+            raise InvalidField(f"line {number} has more cells than the header", "rows")
+        rows.append({k.strip(): _cell((v or "").strip()) for k, v in record.items()})
+    return rows

@@ -6,6 +6,9 @@ this unit's round in a background thread (the kernel stays responsive while the 
 the others), a live chart of every unit's validation metric per round and, with differential
 privacy, the privacy budget this unit has spent.
 
+It is drawn in the look of the marketplace's pages and widgets (:mod:`marketplace_ext.reprs`:
+the same card, badges and palette as ``Shop`` and ``RunForm``).
+
 Background threads only ever set widget values (HTML text, the chart's PNG bytes): an Output
 widget's ``with out:`` capture follows the *current cell's* message, so used from a thread it
 would put output in the wrong place.
@@ -23,6 +26,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from ..reprs import BAD, BRAND, MUTED, badge, box
 from .client import FederatedClient, RoundResult
 
 
@@ -46,22 +50,22 @@ def seconds_left(deadline: str | None, now: datetime | None = None) -> float | N
 
 
 def round_status_html(project: dict) -> str:
-    """A short HTML summary of the project's current round."""
+    """A short HTML summary of the project's current round (a card as on the pages)."""
     rnd = project.get("round")
     active = [m for m in project["members"]
               if m["left_at"] is None and m.get("status", "approved") == "approved"]
-    head = (f"<b>{html.escape(project['title'])}</b> &middot; {project['state']} &middot; "
-            f"{len(active)} units: {', '.join(html.escape(m['unit']) for m in active)}")
+    title = f"{html.escape(project['title'])} {badge(project['state'])}"
+    head = f"{len(active)} units: {', '.join(html.escape(m['unit']) for m in active)}"
     if rnd is None:
-        return head + "<br>no round open yet (the initiator starts the project)"
+        return box(title, f"{head}<br>no round open yet (the initiator starts the project)")
     sent = [u["unit"] for u in rnd["updates"]]
     left = seconds_left(rnd["deadline"])
     clock = "" if left is None or rnd["state"] != "open" else (
         f" &middot; deadline in {max(left, 0):.0f}s")
-    return (f"{head}<br>round <b>{rnd['number']}</b> of {project['rounds']} "
-            f"(attempt {rnd['attempt']}) &middot; <b>{rnd['state']}</b>{clock}<br>"
-            f"updates in: {len(sent)} / quorum {rnd['quorum']} "
-            f"({', '.join(map(html.escape, sent)) or 'none yet'})")
+    return box(title, f"{head}<br>round <b>{rnd['number']}</b> of {project['rounds']} "
+               f"(attempt {rnd['attempt']}) &middot; {badge(rnd['state'])}{clock}<br>"
+               f"updates in: {len(sent)} / quorum {rnd['quorum']} "
+               f"({', '.join(map(html.escape, sent)) or 'none yet'})")
 
 
 class RoundPanel:
@@ -88,8 +92,12 @@ class RoundPanel:
                                icon="upload")
         self.button.on_click(lambda _: self._run_round())
         self.log = w.HTML(layout={"max_height": "12em", "overflow": "auto"})
+        self.heading = w.HTML(box(f"Federated project {self.project}",
+                                  f'<span style="color:{MUTED}">this unit: '
+                                  f"<code>{html.escape(str(fl.unit))}</code></span>"))
         self.chart = w.Image(format="png", layout={"max_width": "640px"})
-        self.widget = w.VBox([self.status, self.budget, self.button, self.log, self.chart])
+        self.widget = w.VBox([self.heading, self.status, self.budget, self.button, self.log,
+                              self.chart])
         self._stop = threading.Event()
         self._busy = False
         self._charted: object = None
@@ -129,17 +137,19 @@ class RoundPanel:
             spent = [r["metrics"].get("epsilon") for r in metrics
                      if r["unit"] == self.fl.unit and r["metrics"].get("epsilon") is not None]
             eps = max(spent) if spent else 0.0
-            self.budget.value = (f"differential privacy: noise multiplier "
-                                 f"{dp['noise_multiplier']}, clip norm {dp['clip_norm']}; "
-                                 f"budget spent by {self.fl.unit}: <b>&epsilon; = {eps:.2f}</b> "
-                                 f"(&delta; = {dp['delta']:g})")
+            self.budget.value = box("Differential privacy", (
+                f"noise multiplier {dp['noise_multiplier']}, clip norm {dp['clip_norm']}; "
+                f"budget spent by {html.escape(str(self.fl.unit))}: <b>&epsilon; = {eps:.2f}</b> "
+                f"(&delta; = {dp['delta']:g})"))
         if series == self._charted:
             return
         self._charted = series
         self.chart.value = chart_png(series, self.metric)
 
     def say(self, line: str) -> None:
-        self.log.value += f"<div>{html.escape(line)}</div>"
+        colour = BAD if "failed" in line else BRAND
+        self.log.value += (f'<div style="border-left:3px solid {colour};padding-left:6px">'
+                           f"{html.escape(line)}</div>")
 
     def _run_round(self) -> None:
         if self._busy:

@@ -1,32 +1,90 @@
-"""HTML pages of the service; browsers log in through hub OAuth (redirect)."""
+"""HTML pages of the shop: the shelf, a product, buying it. Browsers log in through hub OAuth
+(redirect). Each handler parses, authorizes, calls the same domain function as the JSON API
+(``handlers/api.py``) and renders; a POST that succeeds redirects (303) to its result."""
 
 from __future__ import annotations
 
+import uuid
+
 from jupyterhub.services.auth import HubOAuthCallbackHandler
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from tornado import web
 
-from .. import catalog, points, product_envs
-from ..errors import NotFound
+from .. import catalog, interface, points, product_envs
+from ..auth import Caller
+from ..errors import MarketError, NotFound
 from ..orm import Version
 from ..units import get_unit
 from .base import PageHandler
 
 
+def shown_error(error: MarketError, fields: tuple[str, ...]) -> MarketError:
+    """``error`` as a page shows it: next to its field when the form has that field, in the
+    page's banner (``_form``) otherwise; same message and status."""
+    if error.field in fields:
+        return error
+    shown = MarketError(error.message, None)
+    shown.status, shown.code = error.status, error.code
+    return shown
+
+
+def unit_balance(session: Session, caller: Caller) -> tuple[object, int | None]:
+    """The caller's unit and its balance in centipoints (None, None outside any unit)."""
+    if caller.unit is None:
+        return None, None
+    unit = get_unit(session, caller.unit)
+    return unit, points.unit_account(session, unit).balance
+
+
+def product_namespace(session: Session, market, caller: Caller, name: str) -> dict:
+    """What every page about one product shows: its detail, its usage, the caller's
+    entitlements to it, its files (with their certified sha256) and views."""
+    p = catalog.get_product(session, name, caller)
+    detail = catalog.product_detail(p, caller)
+    unit, _ = unit_balance(session, caller)
+    sharing = detail["manifest"].get("sharing", [])
+    return {
+        "product": detail,
+        "stats": points.usage_stats(session, p),
+        "envs": product_envs.environments(market.envs, p, caller),
+        "entitlements": points.list_entitlements(session, unit, p) if unit else [],
+        "own_product": caller.unit is not None and caller.unit == p.unit.slug,
+        "files": catalog.version_files(p.current_version) if "download" in sharing else [],
+        "views": (interface.view_schemas(p)
+                  if p.kind == "data" and p.current_version is not None else []),
+        "sharing": sharing,
+    }
+
+
 class HomeHandler(PageHandler):
-    """Who am I, my unit's balance, and the shelf with its filters."""
+    """Who am I, my unit's balance, and the shelf: search, filters by kind, tag and unit,
+    sorted by name, newest or most used."""
 
     nav = "shelf"
 
     @web.authenticated
     def get(self):
         caller = self.caller
-        unit = get_unit(self.db, caller.unit) if caller.unit else None
-        balance = points.format_points(points.unit_account(self.db, unit).balance) if unit else None
-        kind = self.get_query_argument("kind", "") or None
-        q = self.get_query_argument("q", "") or None
+        unit, balance = unit_balance(self.db, caller)
+        facets = catalog.shelf_facets(self.db, caller)
+        arg = self.get_query_argument
+        filters = {"q": arg("q", "").strip(), "kind": arg("kind", ""), "tag": arg("tag", ""),
+                   "unit": arg("unit", ""), "sort": arg("sort", "name")}
+        # a filter value the shelf does not offer is ignored (a stale bookmark), not an error
+        if filters["kind"] not in catalog.KINDS:
+            filters["kind"] = ""
+        if filters["tag"] not in facets["tags"]:
+            filters["tag"] = ""
+        if filters["unit"] not in facets["units"]:
+            filters["unit"] = ""
+        if filters["sort"] not in catalog.SORTS:
+            filters["sort"] = "name"
         products, total = catalog.list_products(
-            self.db, caller, kind=kind if kind in catalog.KINDS else None, q=q, limit=200)
+            self.db, caller, kind=filters["kind"] or None, tag=filters["tag"] or None,
+            unit=filters["unit"] or None, q=filters["q"] or None, sort=filters["sort"],
+            limit=200)
+        using = points.units_using_counts(self.db, products)
         review_queue = []
         if caller.is_operator:
             review_queue = self.db.scalars(
@@ -37,25 +95,91 @@ class HomeHandler(PageHandler):
         except NotFound:
             checkpoint = None
         self.render_template(
-            "home.html", caller=caller, unit=unit, balance=balance, kind=kind or "", q=q or "",
-            checkpoint=checkpoint,
-            products=[catalog.product_summary(p, caller) for p in products], total=total,
-            kinds=catalog.KINDS, review_queue=review_queue,
+            "home.html", unit=unit,
+            balance=points.format_points(balance) if balance is not None else None,
+            filters=filters, facets=facets, kinds=catalog.KINDS, checkpoint=checkpoint,
+            products=[{**catalog.product_summary(p, caller), "units_using": using[p.id]}
+                      for p in products],
+            total=total, review_queue=review_queue,
         )
 
 
 class ProductPage(PageHandler):
+    """The product card, plans, usage, versions, the caller's entitlements, and its tools:
+    buy, try it (remote call), the SQL box (interface), files and view exports (download)."""
+
+    nav = "shelf"
+
     @web.authenticated
     def get(self, product):
-        p = catalog.get_product(self.db, product, self.caller)
-        envs = product_envs.environments(self.market.envs, p, self.caller)
-        self.render_template("product.html", caller=self.caller,
-                             product=catalog.product_detail(p, self.caller),
-                             stats=points.usage_stats(self.db, p), envs=envs)
+        self.render_template("product.html",
+                             **product_namespace(self.db, self.market, self.caller, product))
+
+
+BUY_FIELDS = ("plan", "idempotency_key")
+
+
+class BuyPage(PageHandler):
+    """Choose a plan, see its price and the balance after, confirm. The form carries an
+    idempotency key made when the form is shown, so a second submit of the same form returns
+    the first order instead of buying again. ``?order=<id>`` shows a placed order and its
+    entitlement."""
+
+    nav = "shelf"
+
+    def _namespace(self, name: str) -> dict:
+        caller = self.caller
+        p = catalog.get_product(self.db, name, caller)
+        detail = catalog.product_summary(p, caller)
+        unit, balance = unit_balance(self.db, caller)
+        plans = []
+        for plan in detail["plans"]:
+            price = int(plan["price"]) * points.CENTS
+            after = None if balance is None else balance - price
+            plans.append({"type": plan["type"], "price": points.format_points(price),
+                          "after": None if after is None else points.format_points(after),
+                          "affordable": after is not None and after >= 0})
+        return {"product": detail, "plans": plans, "unit": unit,
+                "balance": None if balance is None else points.format_points(balance),
+                "own_product": caller.unit == p.unit.slug,
+                "idempotency_key": f"page-{uuid.uuid4().hex}"}
+
+    @web.authenticated
+    def get(self, product):
+        order_id = self.get_query_argument("order", None)
+        ns = self._namespace(product)
+        if order_id is not None:
+            order = points.get_order(self.db, order_id)
+            if self.caller.unit is None or order.unit.slug != self.caller.unit \
+                    or order.product.name != product:
+                raise NotFound(f"no order {order_id!r} of your unit", "order")
+            ns["order"] = points.order_json(order)
+        else:
+            chosen = self.get_query_argument("plan", "")
+            ns["form"] = {"plan": chosen} if chosen else {}
+        self.render_template("buy.html", **ns)
+
+    @web.authenticated
+    def post(self, product):
+        body = {"product": product, "plan": self.get_body_argument("plan", None),
+                "idempotency_key": self.get_body_argument("idempotency_key", None)}
+        try:
+            name, plan, key = points.validate_order_request(body)
+            order, _ = points.place_order(self.db, self.caller, self.market.economy, name,
+                                          plan, key)
+            self.db.commit()
+        except MarketError as e:
+            self.db.rollback()  # nothing half-written
+            self.render_form_error("buy.html", shown_error(e, BUY_FIELDS),
+                                   insufficient=isinstance(e, points.InsufficientPoints),
+                                   **self._namespace(product))
+            return
+        self.redirect_after_post(f"products/{product}/buy?order={order.id}")
 
 
 default_handlers = [
     (r"/?", HomeHandler),
     (r"/products/(?P<product>[^/]+)", ProductPage),
+    (r"/products/(?P<product>[^/]+)/buy", BuyPage),
     (r"/oauth_callback", HubOAuthCallbackHandler),
 ]
