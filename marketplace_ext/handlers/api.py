@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
 from sqlalchemy import text
 from tornado import web
@@ -28,7 +27,7 @@ from ..hubapi import ROLE_GROUPS
 from ..ids import parse_id
 from ..openapi import openapi_document
 from ..orm import write_transaction
-from ..publishing import publish_upload
+from ..publishing import publish_upload, review_version
 from ..units import get_unit, list_units, validate_slug
 from .base import MULTIPART_ENVELOPE, APIHandler
 
@@ -201,33 +200,8 @@ class ReviewHandler(APIHandler):
     async def post(self, product, version):
         self.caller.require(SCOPE_APPROVE, "reviewing a version")
         body = self.json_body()
-        if body.get("decision") == "approve":
-            await self._publish_views(product, version)
-        p = catalog.get_product(self.db, product, self.caller)
-        v = catalog.get_version(p, version)
-        catalog.review(self.db, self.caller, p, v, body.get("decision"), body.get("reason"))
-        build = None
-        if v.state == catalog.ON_SHELF:
-            build = product_envs.approve_environment(self.db, self.market.blobs,
-                                                     self.market.envs, v)
-        self.db.commit()
-        if build is not None:
-            self.market.build_environment(build)
-        self.write_json(catalog.version_json(v, full=True))
-
-    async def _publish_views(self, product: str, version: str) -> None:
-        """A data product's views exist on its unit's platform before it goes on the shelf;
-        built outside any transaction (Spark is slow), so a failure approves nothing."""
-        with self.market.session_factory() as session:
-            p = catalog.get_product(session, product, self.caller)
-            v = catalog.get_version(p, version)
-            if p.kind != "data" or v.state != catalog.SUBMITTED:
-                return
-            views = json.loads(v.manifest).get("views", [])
-            unit = p.unit.slug
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, interface.publish_views, self.market.data_platform,
-                                   unit, views)
+        self.write_json(await review_version(self.market, self.caller, product, version,
+                                             body.get("decision"), body.get("reason")))
 
 
 class ShelfHandler(APIHandler):
