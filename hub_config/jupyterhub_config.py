@@ -97,8 +97,14 @@ c.Spawner.start_timeout = 90
 c.Spawner.env_keep = ["JUPYTERHUB_SINGLEUSER_APP", "LANG", "LC_ALL", "PATH"]
 # users' kernels start in the sandbox (kernels/grid-python: own PID and network namespaces, only
 # the unit's Spark endpoint reachable); the plain python3 kernelspec would bypass it
+# JupyterLab: a "Grid Data Supermarket" Launcher card (a prebuilt extension, no build step)
+# and Help-menu entries, the news prompt off (settings overrides); the "Start here" folder of
+# every home is GridSpawner.start_here (marketplace_ext/start_here.py)
+LAB = ROOT / "marketplace_ext" / "jupyterlab"
 c.Spawner.args = ["--KernelSpecManager.allowed_kernelspecs=grid-python",
-                  "--MultiKernelManager.default_kernel_name=grid-python"]
+                  "--MultiKernelManager.default_kernel_name=grid-python",
+                  f"--LabApp.extra_labextensions_path={LAB / 'labextensions'}",
+                  f"--LabApp.app_settings_dir={LAB / 'settings'}"]
 
 MARKETPLACE_URL = f"{PUBLIC_URL.rstrip('/')}/services/marketplace/"
 

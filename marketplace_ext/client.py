@@ -235,6 +235,14 @@ class Market:
         return self.request("POST", f"products/{product}/predict", json={"rows": rows})[
             "predictions"]
 
+    def query(self, product: str, sql: str, limit: int | None = None) -> dict:
+        """Interface: one SELECT over a data product's granted views, run on its publisher's
+        platform: ``{"columns", "rows", "truncated", "log_index"}``."""
+        body: dict = {"sql": sql}
+        if limit is not None:
+            body["limit"] = limit
+        return self.request("POST", f"products/{product}/query", json=body)
+
     def send_model(self, product: str, notebook: str | Path | dict, outputs: list[str],
                    parameters: dict | None = None, purpose: str = "",
                    timeout_seconds: int | None = None,

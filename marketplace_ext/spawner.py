@@ -34,7 +34,7 @@ from pathlib import Path
 
 from jupyterhub.spawner import LocalProcessSpawner
 from jupyterhub.traitlets import ByteSpecification
-from traitlets import Float, Integer, Unicode, default
+from traitlets import Bool, Float, Integer, Unicode, default
 
 from . import accounts
 from .envs import without_secrets
@@ -155,6 +155,13 @@ class GridSpawner(LocalProcessSpawner):
         limiting means on a machine without cgroup v2; 0 leaves the priority as it is.""",
     ).tag(config=True)
 
+    start_here = Bool(
+        True,
+        help="""Put (and refresh) the "Start here" folder in each home at every spawn: a
+        welcome notebook, the guided federated-learning notebooks and "Publish a product"
+        (:mod:`marketplace_ext.start_here`). Files the user edited are never overwritten.""",
+    ).tag(config=True)
+
     cgroup_parent = Unicode(
         "gds-users",
         help="""cgroup v2 only: the cgroup (under /sys/fs/cgroup) holding one child cgroup
@@ -219,6 +226,7 @@ class GridSpawner(LocalProcessSpawner):
             self._leave_other_units(groups[0] if groups else "")
         except accounts.AccountError as e:
             raise SpawnError(f"no system account for {self.user.name}: {e}") from e
+        self._install_start_here(account)
         if cgroup2_available():
             self._cgroup = self._make_cgroup()
         else:
@@ -228,6 +236,28 @@ class GridSpawner(LocalProcessSpawner):
                               "server runs at nice %d", self.cpu_limit, self.account,
                               self.cpu_nice)
         return account
+
+    def _install_start_here(self, account: accounts.Account) -> None:
+        """Refresh the home's "Start here" folder (:mod:`marketplace_ext.start_here`) as the
+        user's own account, so nothing in the home the user controls is written by root. A
+        failure is logged and the server starts anyway."""
+        if not self.start_here:
+            return
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": self.home}
+        try:
+            runuser = shutil.which("runuser", path=env["PATH"]) or "runuser"
+            done = subprocess.run(
+                [runuser, "-u", account.name, "--", sys.executable, "-m",
+                 "marketplace_ext.start_here", self.home],
+                capture_output=True, text=True, timeout=60, env=env, cwd="/")
+        except (OSError, subprocess.TimeoutExpired) as e:
+            self.log.warning("Start-here folder of %s not refreshed: %s", self.user.name, e)
+            return
+        if done.returncode:
+            self.log.warning("Start-here folder of %s not refreshed: %s", self.user.name,
+                             done.stderr.strip()[-500:])
+        else:
+            self.log.info("Start-here folder of %s: %s", self.user.name, done.stdout.strip())
 
     async def start(self):
         self._account = await asyncio.to_thread(self._prepare)

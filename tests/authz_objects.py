@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import base64
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import yaml
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -150,3 +152,80 @@ def make_objects(url: str, logins: dict[str, str], tmp: Path) -> Ctx:
     wait_until(lambda: c.pub.request("GET", f"runs/{o['run']}")["status"]
                not in ("queued", "running"), 600, "the fixture's run", poll=1)
     return c
+
+
+# --- the HTML pages' requests -----------------------------------------------------------------
+# Token-authenticated, as every row (a token needs no xsrf token; a browser's cookie does). A
+# form POST carries a value the domain refuses only after its authorization checks, so no
+# demo unit spends a point and no demo product changes.
+
+Builder = Callable[[Ctx, str, bool], Call]
+
+
+def page(path: str) -> Builder:
+    return lambda ctx, role, fresh: Call("GET", path.format(**ctx.objects))
+
+
+def form(path: str, data: dict[str, str]) -> Builder:
+    return lambda ctx, role, fresh: Call("POST", path.format(**ctx.objects), {
+        "data": {k: v.format(**ctx.objects) for k, v in data.items()}})
+
+
+def _link_page(ctx: Ctx, role: str, fresh: bool) -> Call:
+    """The page of a download link minted for publisher-a (free: its own unit's tool), minted
+    again when the row's older one may be near its 5-minute lifetime."""
+    token, minted = ctx.objects.get("page_link", ("", 0.0))
+    if time.monotonic() - minted > 60:
+        tool = ctx["tool"]
+        link = ctx.pub.request("POST", f"products/{tool['name']}/versions/{tool['version']}"
+                                       "/files/README.md")
+        token = link["url"].rsplit("/", 1)[1]
+        ctx.objects["page_link"] = (token, time.monotonic())
+    return Call("GET", f"products/{ctx['tool']['name']}/download?link={quote(token, safe='')}")
+
+
+def _buy_form(ctx: Ctx, role: str, fresh: bool) -> Call:
+    return Call("POST", f"products/{ctx['orderable']['name']}/buy", {"data": {
+        "plan": "year", "idempotency_key": f"authz-page-{secrets.token_hex(8)}"}})
+
+
+P = "products/{tool[name]}"
+S = "products/{submitted[name]}"
+PAGE_BUILDERS: dict[tuple[str, str], Builder] = {
+    ("/account", "GET"): page("account"),
+    ("/products/{product}/buy", "GET"): page(S + "/buy"),
+    ("/products/{product}/buy", "POST"): _buy_form,
+    ("/products/{product}/try", "GET"): page(S + "/try"),
+    ("/products/{product}/try", "POST"): form(P + "/try", {"rows": "[]", "format": "json"}),
+    ("/products/{product}/sql", "GET"): page(S + "/sql"),
+    ("/products/{product}/sql", "POST"):
+        form("products/{data[name]}/sql", {"sql": "", "limit": ""}),
+    ("/products/{product}/download", "GET"): _link_page,
+    ("/products/{product}/download", "POST"):
+        form(P + "/download", {"version": "{tool[version]}", "path": "no-such-file.txt"}),
+    ("/products/{product}/export", "GET"): page("products/{data[name]}/export"),
+    ("/products/{product}/export", "POST"):
+        form("products/{data[name]}/export", {"view": "customers_public", "format": "xlsx"}),
+    ("/products/{product}/run", "GET"): page(S + "/run?version={submitted[version]}"),
+    ("/products/{product}/run", "POST"):
+        form(P + "/run", {"data": "platform", "timeout_seconds": "999999999"}),
+    ("/runs", "GET"): page("runs"),
+    ("/runs/{run}", "GET"): page("runs/{run}"),
+    ("/runs/{run}", "POST"): form("runs/{run}", {"action": ""}),
+    ("/publish", "GET"): page("publish"),
+    ("/publish", "POST"): form("publish", {"intent": "submit", "accept_terms": ""}),
+    ("/publish/{product}", "GET"): page("publish/{submitted[name]}"),
+    ("/publish/{product}", "POST"): form("publish/{tool[name]}", {"state": "on", "reason": ""}),
+    ("/review", "GET"): page("review"),
+    ("/review", "POST"): form("review", {"product": "{tool[name]}", "state": "neither"}),
+    ("/review/{product}/{version}", "GET"): page("review/{submitted[name]}/{submitted[version]}"),
+    ("/review/{product}/{version}", "POST"):
+        form("review/{submitted[name]}/{submitted[version]}", {"decision": "", "reason": ""}),
+    ("/admin", "GET"): page("admin"),
+    ("/admin", "POST"): form("admin", {"slug": "", "name": ""}),
+    ("/admin/units/{unit}", "GET"): page("admin/units/{unit}"),
+    ("/admin/units/{unit}", "POST"): form("admin/units/{unit}", {"action": ""}),
+    ("/m2d/{request}", "GET"): page("m2d/{m2d}"),
+    ("/m2d/{request}", "POST"): form("m2d/{m2d}", {"decision": "", "reason": ""}),
+    ("/m2d/{request}/notebook.html", "GET"): page("m2d/{m2d}/notebook.html"),
+}

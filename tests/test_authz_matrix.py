@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import pytest
 import requests
-from authz_objects import PREDICT_BODY, Call, Ctx, make_objects
+from authz_objects import PAGE_BUILDERS, PREDICT_BODY, Call, Ctx, make_objects
 from helpers import training_notebook
 from tornado import web
 
@@ -79,8 +79,12 @@ F = "/api/fl/projects/{project}"
 M = "/api/m2d/{request}"
 RUN = "/api/runs/{run}"
 NOENT = "403 no_entitlement"
-# pages redirect an anonymous browser to the hub's login
+# pages redirect an anonymous browser to the hub's login; a form POSTed without a login goes
+# there too (303), and comes back to its page afterwards
 LOGIN = 302
+RELOGIN = 303
+#: a page that only sends a logged-in browser on to the product's page
+TO_PRODUCT = "302 to=/products/"
 
 EXPECTED: dict[tuple[str, str], dict[str, int | str]] = {
     ("/api/health", "GET"): R(200, 200, 200, 200, 200, 200),
@@ -98,6 +102,8 @@ EXPECTED: dict[tuple[str, str], dict[str, int | str]] = {
     ("/api/terms", "GET"): R(401, 200, 200, 200, 200, 200),
     ("/api/products", "GET"): R(401, 200, 200, 200, 200, 200),
     ("/api/products", "POST"): R(401, 403, 403, 201, 201, 403),
+    # a check stores nothing: any publisher may check a bundle (problems are a 200 answer)
+    ("/api/bundles/validate", "POST"): R(401, 403, 403, 200, 200, 403),
     # a product with a submitted version only: invisible to other units
     (A, "GET"): R(401, 200, 404, 200, 404, 200),
     (A + "/versions/{version}/review", "POST"): R(401, 403, 403, 403, 403, 200),
@@ -186,6 +192,61 @@ EXPECTED: dict[tuple[str, str], dict[str, int | str]] = {
     ("/?", "GET"): R(LOGIN, 200, 200, 200, 200, 200),
     ("/products/{product}", "GET"): R(LOGIN, 200, 404, 200, 404, 200),
     ("/m2d", "GET"): R(LOGIN, 200, 200, 200, 200, 200),
+    # federated-learning and log pages (an empty POST changes nothing: 400 naming its field,
+    # 403 for those who may not act; @web.authenticated answers an anonymous POST 403)
+    ("/fl", "GET"): R(LOGIN, 200, 200, 200, 200, 200),
+    ("/fl/new", "GET"): R(LOGIN, 200, 200, 200, 200, 200),
+    ("/fl/new", "POST"): R(403, 403, 403, 400, 400, 403),
+    ("/fl/{project}", "GET"): R(LOGIN, 200, 200, 200, 200, 200),
+    ("/fl/{project}", "POST"): R(403, 400, 400, 400, 400, 400),
+    ("/log", "GET"): R(LOGIN, 200, 200, 200, 200, 200),
+    ("/log/{index}", "GET"): R(LOGIN, 200, 200, 200, 200, 200),
+    # shop, tools, account and run pages. A form POST changes nothing: it carries a value the
+    # domain refuses only after its authorization checks (a plan the product does not offer,
+    # no rows, no SQL, an unknown export format, a file that is not there, a timeout past the
+    # limit, no action), so who may act gets that 400 (the missing file's 404), who may not
+    # 403, who may not see the object 404. GETs name the submitted product where the page
+    # shows any product (invisible to other units), the tool where it acts on it.
+    ("/account", "GET"): R(LOGIN, 200, 200, 200, 200, 200),
+    ("/products/{product}/buy", "GET"): R(LOGIN, 200, 404, 200, 404, 200),
+    # a period plan of a per-use product: refused after the operator's 403 (in no unit), before
+    # the own-unit rule (the plan is checked first)
+    ("/products/{product}/buy", "POST"): R(RELOGIN, 400, 400, 400, 400, 403),
+    ("/products/{product}/try", "GET"): R(LOGIN, 200, 404, 200, 404, 200),
+    ("/products/{product}/try", "POST"): R(RELOGIN, 400, 403, 400, 403, 403),
+    ("/products/{product}/sql", "GET"): R(LOGIN, 200, 404, 200, 404, 200),
+    ("/products/{product}/sql", "POST"): R(RELOGIN, 400, 403, 400, 403, 403),
+    # a link page is its minter's (publisher-a's) alone, as the link
+    ("/products/{product}/download", "GET"): R(LOGIN, 404, 404, 200, 404, 404),
+    # an operator inspects without an order (as the API's file POST)
+    ("/products/{product}/download", "POST"): R(RELOGIN, 404, 403, 404, 403, 404),
+    ("/products/{product}/export", "GET"):
+        R(LOGIN, TO_PRODUCT, TO_PRODUCT, TO_PRODUCT, TO_PRODUCT, TO_PRODUCT),
+    ("/products/{product}/export", "POST"): R(RELOGIN, 400, 403, 400, 403, 403),
+    # the form of the submitted version: a preview, for the owner's publishers and operators
+    ("/products/{product}/run", "GET"): R(LOGIN, 403, 404, 200, 404, 200),
+    ("/products/{product}/run", "POST"): R(RELOGIN, 400, 403, 400, 403, 403),
+    ("/runs", "GET"): R(LOGIN, 200, 200, 200, 200, 200),
+    ("/runs/{run}", "GET"): R(LOGIN, 200, 404, 200, 404, 200),
+    ("/runs/{run}", "POST"): R(RELOGIN, 400, 404, 400, 404, 400),
+    # publishing, review and administration pages (the operator has no publish scope)
+    ("/publish", "GET"): R(LOGIN, 200, 200, 200, 200, 200),
+    ("/publish", "POST"): R(RELOGIN, 403, 403, 400, 400, 403),
+    ("/publish/{product}", "GET"): R(LOGIN, 200, 404, 200, 404, 200),
+    # putting the tool on the shelf where it already is: 409 for who may change the shelf
+    ("/publish/{product}", "POST"): R(RELOGIN, 403, 403, 409, 403, 409),
+    ("/review", "GET"): R(LOGIN, 403, 403, 403, 403, 200),
+    ("/review", "POST"): R(RELOGIN, 403, 403, 403, 403, 400),
+    ("/review/{product}/{version}", "GET"): R(LOGIN, 403, 403, 403, 403, 200),
+    ("/review/{product}/{version}", "POST"): R(RELOGIN, 403, 403, 403, 403, 400),
+    ("/admin", "GET"): R(LOGIN, 403, 403, 403, 403, 200),
+    ("/admin", "POST"): R(RELOGIN, 403, 403, 403, 403, 400),
+    ("/admin/units/{unit}", "GET"): R(LOGIN, 403, 403, 403, 403, 200),
+    ("/admin/units/{unit}", "POST"): R(RELOGIN, 403, 403, 403, 403, 400),
+    # model-to-data: as the API's request and decision rows
+    ("/m2d/{request}", "GET"): R(LOGIN, 200, 404, 200, 404, 200),
+    ("/m2d/{request}", "POST"): R(RELOGIN, 403, 404, 400, 404, 403),
+    ("/m2d/{request}/notebook.html", "GET"): R(LOGIN, 200, 404, 200, 404, 200),
     # the hub's OAuth callback without a code or state: refused for everyone
     ("/oauth_callback", "GET"): R(400, 400, 400, 400, 400, 400),
 }
@@ -238,6 +299,13 @@ def _products_post(ctx, role, fresh):
     return Call("POST", "api/products", {
         "files": {"bundle": ("bundle.zip", archive, "application/zip")},
         "data": {"accept_terms": "true"}})
+
+
+def _bundle_check(ctx, role, fresh):
+    name = f"authz-check-{secrets.token_hex(3)}"
+    archive = canonical_archive(new_product("tool", name, ctx.tmp / name))
+    return Call("POST", "api/bundles/validate", {
+        "files": {"bundle": ("bundle.zip", archive, "application/zip")}})
 
 
 def _review(ctx, role, fresh):
@@ -341,6 +409,7 @@ BUILDERS: dict[tuple[str, str], Builder] = {
     ("/api/terms", "GET"): get("api/terms"),
     ("/api/products", "GET"): get("api/products"),
     ("/api/products", "POST"): _products_post,
+    ("/api/bundles/validate", "POST"): _bundle_check,
     (A, "GET"): get("api/products/{submitted[name]}"),
     (A + "/versions/{version}/review", "POST"): _review,
     (A + "/shelf", "POST"): _shelf,
@@ -403,7 +472,15 @@ BUILDERS: dict[tuple[str, str], Builder] = {
     ("/?", "GET"): get(""),
     ("/products/{product}", "GET"): get("products/{submitted[name]}"),
     ("/m2d", "GET"): get("m2d"),
+    ("/fl", "GET"): get("fl"),
+    ("/fl/new", "GET"): get("fl/new"),
+    ("/fl/new", "POST"): post("fl/new"),
+    ("/fl/{project}", "GET"): get("fl/{fl}"),
+    ("/fl/{project}", "POST"): post("fl/{fl}"),
+    ("/log", "GET"): get("log"),
+    ("/log/{index}", "GET"): get("log/0"),
     ("/oauth_callback", "GET"): get("oauth_callback"),
+    **PAGE_BUILDERS,
 }
 
 
@@ -427,13 +504,17 @@ def ctx(platform_proc, tmp_path_factory):
         undo()
 
 
-def expected_parts(expected: int | str) -> tuple[int, str | None, str | None]:
+def expected_parts(expected: int | str) -> tuple[int, str | None, str | None, str | None]:
+    """(status, error code, field, a part of the redirect's Location)."""
     if isinstance(expected, int):
-        return expected, None, None
+        login = "/hub/" if expected in (LOGIN, RELOGIN) else None
+        return expected, None, None, login
     status, detail = expected.split(" ", 1)
     if detail.startswith("field="):
-        return int(status), None, detail[len("field="):]
-    return int(status), detail, None
+        return int(status), None, detail[len("field="):], None
+    if detail.startswith("to="):
+        return int(status), None, None, detail[len("to="):]
+    return int(status), detail, None, None
 
 
 def run_matrix(ctx: Ctx) -> tuple[int, list[str]]:
@@ -447,7 +528,7 @@ def run_matrix(ctx: Ctx) -> tuple[int, list[str]]:
     keys = sorted(set(EXPECTED) & set(BUILDERS) & route_methods())
     for key in keys:
         for role in ROLES:
-            status, error, field_ = expected_parts(EXPECTED[key][role])
+            status, error, field_, location = expected_parts(EXPECTED[key][role])
             call = BUILDERS[key](ctx, role, 200 <= status < 300)
             kwargs = dict(call.kwargs)
             # a connection of its own: a refusal may close it before the body is read
@@ -466,8 +547,8 @@ def run_matrix(ctx: Ctx) -> tuple[int, list[str]]:
                 body = r.json()
                 ok = (error is None or body.get("error") == error) and (
                     field_ is None or body.get("field") == field_)
-            if status == LOGIN and ok:
-                ok = "/hub/" in r.headers.get("Location", "")
+            if location is not None and ok:
+                ok = location in r.headers.get("Location", "")
             if not ok:
                 mismatches.append(f"{call.method} {call.path} as {role}: got {_describe(r)}, "
                                   f"expected {EXPECTED[key][role]}"
@@ -496,6 +577,8 @@ def test_authorization_matrix(ctx):
 
 
 def _describe(r: requests.Response) -> str:
+    if r.is_redirect:
+        return f"{r.status_code} to {r.headers.get('Location')}"
     try:
         body = r.json()
     except ValueError:

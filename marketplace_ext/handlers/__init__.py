@@ -6,6 +6,8 @@ from . import (
     admin_pages,
     api,
     fl,
+    fl_pages,
+    log_pages,
     m2d,
     m2d_pages,
     pages,
@@ -20,4 +22,5 @@ default_handlers = (api.default_handlers + runs.default_handlers + m2d.default_h
                     + fl.default_handlers + m2d_pages.default_handlers + run_pages.default_handlers
                     + pages.default_handlers + tools_pages.default_handlers
                     + account_pages.default_handlers + publish_pages.default_handlers
-                    + review_pages.default_handlers + admin_pages.default_handlers)
+                    + review_pages.default_handlers + admin_pages.default_handlers
+                    + fl_pages.default_handlers + log_pages.default_handlers)

@@ -155,7 +155,7 @@ class ProductsHandler(APIHandler):
         items, total = catalog.list_products(
             self.db, self.caller, kind=kind, tag=self.get_query_argument("tag", None),
             unit=self.get_query_argument("unit", None), q=self.get_query_argument("q", None),
-            limit=limit, offset=offset,
+            limit=limit, offset=offset, sort=self.get_query_argument("sort", "name"),
         )
         self.write_json({
             "products": [catalog.product_summary(p, self.caller) for p in items],

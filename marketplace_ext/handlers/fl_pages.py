@@ -1,0 +1,208 @@
+"""Federated-learning pages: the projects, opening one, joining, the initiator's decisions, and
+a project's round timeline, metrics chart, members and DP budget.
+
+Handlers only parse the form, call :mod:`marketplace_ext.federated` (the same functions as
+``api/fl/...``) and render; a refused action shows the API's error next to its field, with
+nothing written."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+from tornado import web
+
+from .. import start_here
+from ..auth import SCOPE_PUBLISH
+from ..errors import InvalidField, MarketError
+from ..federated import common, enrolment, projects, report, rounds
+from ..federated.common import MAX_MODEL_BYTES
+from .base import MULTIPART_ENVELOPE, PageHandler
+
+#: form fields holding integers / numbers, by the API's field name
+INT_FIELDS = ("rounds", "quorum", "min_updates", "deadline_seconds", "key_size", "pack.bits",
+              "pack.max_parties", "pack.max_weight")
+FLOAT_FIELDS = ("pack.clip", "dp.noise_multiplier", "dp.clip_norm", "dp.delta")
+#: the new-project form's own fields: an error naming another field (the caller's unit, say)
+#: is shown above the form
+FORM_FIELDS = frozenset(("name", "title", "task", "allow_units", "model", "public_key", "pack",
+                         "dp") + INT_FIELDS + FLOAT_FIELDS)
+#: notices a redirect after a POST may show (``?done=``)
+NOTICES = {
+    "created": "Project opened. Partners can ask to join now; approve them below.",
+    "join": "Your unit asked to join. The initiator's unit decides (units on its allow-list "
+              "are approved at once).",
+    "approve": "The unit is approved.", "refuse": "The unit is refused.",
+    "start": "Round 1 is open.", "leave": "Your unit left the project.",
+}
+
+
+def _number(raw: str, field: str, kind: type) -> int | float:
+    try:
+        return kind(raw)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise InvalidField(f"{field} must be {what}", field) from None
+
+
+def project_request_body(form: dict[str, str], model: bytes | None) -> dict:
+    """The ``POST api/fl/projects`` body a filled-in form stands for (empty optional fields
+    are left out, so the API's defaults apply); 400 naming the field for a non-number."""
+    body: dict = {}
+    for key in ("name", "title", "task"):
+        if form.get(key, "").strip():
+            body[key] = form[key].strip()
+    for key in INT_FIELDS + FLOAT_FIELDS:
+        raw = form.get(key, "").strip()
+        if not raw:
+            continue
+        value = _number(raw, key, int if key in INT_FIELDS else float)
+        head, _, tail = key.partition(".")
+        if tail:
+            body.setdefault(head, {})[tail] = value
+        else:
+            body[key] = value
+    dp = body.pop("dp", None)
+    if dp and dp.get("noise_multiplier"):
+        body["dp"] = dp
+    units = [u.strip() for u in form.get("allow_units", "").split(",") if u.strip()]
+    if units:
+        body["allow_units"] = units
+    raw_key = form.get("public_key", "").strip()
+    if raw_key:
+        if raw_key.isdigit():
+            body["public_key"] = {"n": raw_key}
+        else:
+            try:
+                body["public_key"] = json.loads(raw_key)
+            except ValueError:
+                raise InvalidField('public_key must be the JSON {"n": "<decimal>"} your client '
+                                   "wrote, or the decimal modulus", "public_key") from None
+    if model is not None:
+        body["model"] = base64.b64encode(model).decode()
+    return body
+
+
+class FLListPage(PageHandler):
+    """Every project: the caller's unit's state in each, and a way to ask to join."""
+
+    nav = "fl"
+
+    @web.authenticated
+    def get(self):
+        self.render_template("fl.html", projects=projects.list_projects(self.db, self.caller),
+                             lab=start_here.lab_links(self.market.hub_prefix))
+
+
+class FLNewPage(PageHandler):
+    """Open a project with a model bundle and the public key the initiator's client made."""
+
+    nav = "fl"
+    body_limit = MAX_MODEL_BYTES + MULTIPART_ENVELOPE
+
+    def check_before_body(self) -> None:
+        self.caller.require(SCOPE_PUBLISH, "opening a federated project")
+
+    def _render(self, **ns) -> None:
+        ns.setdefault("lab", start_here.lab_links(self.market.hub_prefix))
+        ns.setdefault("key_sizes", common.KEY_SIZES)
+        self.render_template("fl_new.html", **ns)
+
+    @web.authenticated
+    def get(self):
+        self._render()
+
+    @web.authenticated
+    async def post(self):
+        form = {k: self.get_body_argument(k, "") for k in self.request.body_arguments}
+        files = self.request.files.get("model") or []
+        try:
+            self.caller.require(SCOPE_PUBLISH, "opening a federated project")
+            if not files or not files[0]["body"]:
+                raise InvalidField("model is required: the zip of model.json and weights.pt",
+                                   "model")
+            body = project_request_body(form, files[0]["body"])
+            req = await asyncio.get_running_loop().run_in_executor(
+                None, projects.parse_project_request, body, self.market.fl_max_parameters)
+            project = projects.create_project(self.db, self.caller, req, self.market.blobs)
+            self.db.commit()
+        except MarketError as e:
+            if hasattr(self, "_db"):
+                self.db.rollback()
+            if e.field not in FORM_FIELDS:
+                e.field = None
+            self.render_form_error("fl_new.html", e,
+                                   lab=start_here.lab_links(self.market.hub_prefix),
+                                   key_sizes=common.KEY_SIZES)
+            return
+        self.redirect_after_post(f"fl/{project.id}?done=created")
+
+
+class FLProjectPage(PageHandler):
+    """A project: its details for those who may see them, its public summary for others; the
+    join, approve/refuse, start and leave buttons POST here with an ``action``."""
+
+    nav = "fl"
+    ACTIONS = ("join", "approve", "refuse", "start", "leave")
+
+    def page_namespace(self, project_id: str) -> dict:
+        db, caller = self.db, self.caller
+        project = common.get_project(db, project_id)
+        summary = next(p for p in projects.list_projects(db, caller) if p["id"] == project.id)
+        ns = {"summary": summary, "project": None,
+              "lab": start_here.lab_links(self.market.hub_prefix),
+              "may_decide": (caller.unit == project.unit.slug
+                             and SCOPE_PUBLISH in caller.scopes),
+              "notice": NOTICES.get(self.get_query_argument("done", ""))}
+        if not common.may_view(db, caller, project):
+            return ns
+        detail = projects.project_json(db, project, caller)
+        detail["timeline"] = report.timeline(db, project)
+        metrics = rounds.metrics_json(db, caller, project)
+        names = report.metric_names(metrics)
+        wanted = self.get_query_argument("metric", "")
+        metric = wanted if wanted in names else (names[0] if names else None)
+        ns.update(project=detail, metrics=metrics, metric_names=names, metric=metric,
+                  chart=report.metric_chart(metrics, metric) if metric else None,
+                  budget=report.dp_budget(detail, metrics))
+        return ns
+
+    @web.authenticated
+    def get(self, project):
+        self.render_template("fl_project.html", **self.page_namespace(project))
+
+    @web.authenticated
+    def post(self, project):
+        action = self.get_body_argument("action", "")
+        unit = self.get_body_argument("unit", "")
+        try:
+            if action not in self.ACTIONS:
+                raise InvalidField(f"action must be one of {', '.join(self.ACTIONS)}", "action")
+            found = common.get_project(self.db, project)
+            if action == "join":
+                enrolment.join(self.db, self.caller, found, None)
+            elif action in ("approve", "refuse"):
+                enrolment.decide(self.db, self.caller, found, unit, {"decision": action})
+            elif action == "start":
+                rounds.start(self.db, self.caller, found)
+            else:
+                enrolment.leave(self.db, self.caller, found, self.caller.unit or "")
+            self.db.commit()
+        except MarketError as e:
+            self.db.rollback()
+            ns = self.page_namespace(project)
+            # the buttons have no inputs of their own: the API's message goes above them,
+            # with the field it names
+            message = f"{e.field}: {e.message}" if e.field else e.message
+            self.render_template("fl_project.html", status=e.status,
+                                 errors={"_form": message}, **ns)
+            return
+        self.redirect_after_post(f"fl/{found.id}?done={action}")
+
+
+default_handlers = [
+    (r"/fl", FLListPage),
+    (r"/fl/new", FLNewPage),
+    (r"/fl/(?P<project>[0-9]+)", FLProjectPage),
+]
