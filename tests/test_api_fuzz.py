@@ -40,7 +40,7 @@ ROLES = {"subscriber": "subscriber-b", "publisher": "publisher-a", "operator": "
 MIN_CASES = 1000
 #: examples per operation and phase; with the coverage phase's boundary cases and the
 #: stateful phase's link-following sequences this gives well over MIN_CASES per role
-MAX_EXAMPLES = int(os.environ.get("MARKET_FUZZ_EXAMPLES", "6"))
+MAX_EXAMPLES = int(os.environ.get("MARKET_FUZZ_EXAMPLES", "4"))
 
 #: operations whose answer to schema-valid data may still be a 400: what they check depends
 #: on state or content a schema cannot describe (the tree's size, a note's signature, the plans

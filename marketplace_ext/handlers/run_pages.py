@@ -15,6 +15,7 @@ import json
 from tornado import web
 
 from .. import catalog, points, remote_run, run_form
+from ..auth import SCOPE_SUBSCRIBE
 from ..errors import InvalidField, MarketError, PayloadTooLarge, PlatformUnavailable
 from ..orm import Version
 from ..units import get_unit
@@ -49,6 +50,11 @@ class RunFormPage(PageHandler):
         if self.request.method == "POST":
             return self.market.max_file_bytes + MULTIPART_ENVELOPE
         return self.body_limit
+
+    def check_before_body(self) -> None:
+        # as POST api/runs: no upload is read for a caller who may not run anything
+        if self.request.method == "POST":
+            self.caller.require(SCOPE_SUBSCRIBE, "running a product")
 
     def _context(self, name: str, requested: str | None) -> dict:
         product = catalog.get_product(self.db, name, self.caller)
