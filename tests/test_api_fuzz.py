@@ -53,6 +53,7 @@ STATEFUL_400 = [
     ("POST", "/api/log/cosignatures"),
     ("POST", "/api/orders"),
     ("POST", "/api/products"),
+    ("POST", "/api/bundles/validate"),
     ("POST", "/api/m2d/{request}/decision"),
     ("POST", "/api/runs"),
     ("POST", "/api/m2d"),
