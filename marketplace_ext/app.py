@@ -23,6 +23,7 @@ from traitlets import Bool, Dict, Float, Integer, Unicode, default
 from traitlets.config import Application
 
 from . import __version__, blob_gc, dbutil, m2d, points, product_envs, remote_run, run_queue
+from . import exchange as _exchange  # noqa: F401  (its tables belong to the metadata)
 from .blobs import BlobStore
 from .bundle import BundleLimits
 from .catalog import DEFAULT_TERMS

@@ -15,7 +15,8 @@ import yaml
 from . import __version__
 
 SPEC_PATH = Path(__file__).parent / "openapi.yaml"
-PART_PATHS = (Path(__file__).parent / "openapi_fl.yaml",)
+PART_PATHS = tuple(Path(__file__).parent / f"openapi_{part}.yaml"
+                   for part in ("fl", "reviews", "topics", "forum", "workshops"))
 
 
 class SpecConflict(ValueError):

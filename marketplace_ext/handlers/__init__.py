@@ -1,5 +1,6 @@
 """Tornado handlers: ``api`` (JSON REST), ``runs`` (remote runs), ``m2d`` (model-to-data), ``fl``
-(federated learning) and ``pages`` (HTML), each with ``default_handlers``."""
+(federated learning), the exchange (``reviews``, ``topics``, ``forum``, ``inbox``,
+``workshops``) and ``*_pages`` (HTML), each with ``default_handlers``."""
 
 from . import (
     account_pages,
@@ -7,15 +8,25 @@ from . import (
     api,
     fl,
     fl_pages,
+    forum,
+    forum_pages,
+    inbox,
+    inbox_pages,
     log_pages,
     m2d,
     m2d_pages,
     pages,
     publish_pages,
     review_pages,
+    reviews,
+    reviews_pages,
     run_pages,
     runs,
     tools_pages,
+    topics,
+    topics_pages,
+    workshops,
+    workshops_pages,
 )
 
 default_handlers = (api.default_handlers + runs.default_handlers + m2d.default_handlers
@@ -23,4 +34,10 @@ default_handlers = (api.default_handlers + runs.default_handlers + m2d.default_h
                     + pages.default_handlers + tools_pages.default_handlers
                     + account_pages.default_handlers + publish_pages.default_handlers
                     + review_pages.default_handlers + admin_pages.default_handlers
-                    + fl_pages.default_handlers + log_pages.default_handlers)
+                    + fl_pages.default_handlers + log_pages.default_handlers
+                    # the technology exchange
+                    + reviews.default_handlers + reviews_pages.default_handlers
+                    + topics.default_handlers + topics_pages.default_handlers
+                    + forum.default_handlers + forum_pages.default_handlers
+                    + inbox.default_handlers + inbox_pages.default_handlers
+                    + workshops.default_handlers + workshops_pages.default_handlers)

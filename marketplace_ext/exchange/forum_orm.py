@@ -1,0 +1,1 @@
+"""Tables of the forum concern (filled by its owner)."""

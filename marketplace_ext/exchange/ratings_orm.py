@@ -1,0 +1,1 @@
+"""Tables of the ratings concern (filled by its owner)."""

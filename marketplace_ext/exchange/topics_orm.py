@@ -1,0 +1,1 @@
+"""Tables of the topics concern (filled by its owner)."""

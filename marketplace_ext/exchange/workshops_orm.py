@@ -1,0 +1,1 @@
+"""Tables of the workshops concern (filled by its owner)."""
