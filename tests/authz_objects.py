@@ -18,6 +18,20 @@ from helpers import market_as, save_model, training_notebook, wait_until
 from marketplace_ext.bundle import new_product
 from marketplace_ext.client import Market
 
+ROLES = ("anonymous", "subscriber_same", "subscriber_other", "publisher_same",
+         "publisher_other", "operator")
+
+Cell = int | str
+
+
+def R(anonymous: Cell, subscriber_same: Cell, subscriber_other: Cell, publisher_same: Cell,
+      publisher_other: Cell, operator: Cell) -> dict[str, Cell]:
+    """One row of the authorization matrix: an int status, or ``"403 no_entitlement"`` (status
+    and error code), or ``"404 field=path"`` (status and the field the error names)."""
+    return dict(zip(ROLES, (anonymous, subscriber_same, subscriber_other, publisher_same,
+                            publisher_other, operator), strict=True))
+
+
 PREDICT_BODY = {"rows": [{"mean_kwh": 1.0, "cv": 0.2, "zero_share": 0.0, "drop": 0.0}]}
 
 

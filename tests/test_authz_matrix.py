@@ -23,19 +23,20 @@ from __future__ import annotations
 import base64
 import re
 import secrets
-from collections.abc import Callable
 
+import authz_forum
+import authz_reviews
+import authz_topics
+import authz_workshops
 import pytest
 import requests
-from authz_objects import PAGE_BUILDERS, PREDICT_BODY, Call, Ctx, make_objects
+from authz_objects import PAGE_BUILDERS, PREDICT_BODY, ROLES, Builder, Call, Ctx, R, make_objects
 from helpers import training_notebook
 from tornado import web
 
 from marketplace_ext.bundle import canonical_archive, new_product
 from marketplace_ext.handlers import default_handlers
 
-ROLES = ("anonymous", "subscriber_same", "subscriber_other", "publisher_same",
-         "publisher_other", "operator")
 USERS = {"subscriber_same": "subscriber-a", "subscriber_other": "subscriber-b",
          "publisher_same": "publisher-a", "publisher_other": "publisher-b",
          "operator": "operator"}
@@ -63,15 +64,6 @@ def route_name(pattern: str) -> str:
 GROUP = re.compile(r"\(\?P<(\w+)>(?:\[[^\]]*\]|[^)\[])*\)")
 
 
-Cell = int | str
-
-
-def R(anonymous: Cell, subscriber_same: Cell, subscriber_other: Cell, publisher_same: Cell,
-      publisher_other: Cell, operator: Cell) -> dict[str, Cell]:
-    """One row: an int status, or ``"403 no_entitlement"`` (status and error code), or
-    ``"404 field=path"`` (status and the field the error names)."""
-    return dict(zip(ROLES, (anonymous, subscriber_same, subscriber_other, publisher_same,
-                            publisher_other, operator), strict=True))
 
 
 A = "/api/products/{product}"
@@ -249,14 +241,14 @@ EXPECTED: dict[tuple[str, str], dict[str, int | str]] = {
     ("/m2d/{request}/notebook.html", "GET"): R(LOGIN, 200, 404, 200, 404, 200),
     # the hub's OAuth callback without a code or state: refused for everyone
     ("/oauth_callback", "GET"): R(400, 400, 400, 400, 400, 400),
+    # the technology exchange: each concern's rows live beside its objects
+    **authz_reviews.EXPECTED, **authz_topics.EXPECTED, **authz_forum.EXPECTED,
+    **authz_workshops.EXPECTED,
 }
 
 #: cells that disagree with the contract while another part of the code catches up, as
 #: (pattern, method, role): who is on it. They stay asserted (no xfail): a failure names them.
 PENDING: dict[tuple[str, str, str], str] = {}
-
-
-Builder = Callable[[Ctx, str, bool], Call]
 
 
 def get(path: str) -> Builder:
@@ -481,6 +473,8 @@ BUILDERS: dict[tuple[str, str], Builder] = {
     ("/log/{index}", "GET"): get("log/0"),
     ("/oauth_callback", "GET"): get("oauth_callback"),
     **PAGE_BUILDERS,
+    **authz_reviews.BUILDERS, **authz_topics.BUILDERS, **authz_forum.BUILDERS,
+    **authz_workshops.BUILDERS,
 }
 
 
