@@ -174,7 +174,8 @@ def run_size(pk, sk, args, length: int, naive: dict[str, Cost], rng) -> None:
     for what in ("wall", "cpu"):
         naive_t, inline_t, pool_t, numpy_t = (getattr(c, what) for c in (
             naive_round, inline_round, pool_round, numpy_round))
-        print(f"  round speedup vs per-value phe ({what}): inline {naive_t / inline_t:,.0f}x, "
+        print(f"  ratio (round speedup) vs per-value phe ({what}): "
+              f"inline {naive_t / inline_t:,.0f}x, "
               f"online {naive_t / pool_t:,.0f}x; packed vs numpy: inline "
               f"{inline_t / numpy_t:,.0f}x, online {pool_t / numpy_t:,.0f}x slower")
     print(f"  ciphertext / float32 bytes: {spec.update_bytes / (length * 4):.2f}x "

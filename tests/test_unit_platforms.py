@@ -14,7 +14,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -330,20 +329,6 @@ def test_unit_server_on_a_standalone_cluster_runs_a_query_and_a_notebook(
     finally:
         dp.close()
         servers.stop()
-
-
-def test_platform_benchmark_quick():
-    """benchmarks/platform_query.py --quick: unit servers' start time and memory, and the warm
-    query next to an in-process session (figures printed, not asserted)."""
-    root = Path(__file__).resolve().parent.parent
-    done = subprocess.run([sys.executable, str(root / "benchmarks" / "platform_query.py"),
-                           "--quick"], capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
-    out = done.stdout
-    assert re.search(r"start 2 unit servers in parallel .*: \d+\.\d s", out), out
-    assert len(re.findall(r"unit \w+: resident memory \d+ MB", out)) == 2, out
-    assert "Spark Connect warm query: median" in out, out
-    assert "classic SparkSession (local[2]" in out, out
 
 
 # --- the whole platform: users' kernels get their own unit's server only -----------------------
