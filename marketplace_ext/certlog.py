@@ -44,7 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import event, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from . import logentry, merkle
@@ -60,6 +60,7 @@ from .orm import (
     Product,
     Unit,
     Version,
+    utcnow,
 )
 
 if TYPE_CHECKING:
@@ -68,6 +69,10 @@ if TYPE_CHECKING:
 ENTRY_TYPES = (
     "unit_grant", "version_submitted", "shelf", "order", "refund", "download", "query", "run",
     "prediction", "m2d", "fl_contribution", "fl_aggregate", "fl_unit_key",
+    "review", "review_hidden", "feature",  # the exchange's ratings and promotion
+    "topic",  # the exchange's topic requests: every step, field `step`
+    "workshop_award",  # the exchange's competitions: points a host paid a winner
+    "derived_model",  # further training: a unit's retrained tool and its lineage (retrain.py)
 )
 
 # actors that are the service itself, not hub users: a hub user who happens to be called
@@ -77,7 +82,50 @@ SYSTEM_ACTORS = frozenset({"runner", "marketplace", "system"})
 canonical = logentry.canonical
 
 
+class _Sequencer:
+    """The log's part of one transaction: the locked state row and the entries appended so far
+    that are not yet written. Appends in one transaction lock and read the state row once, and
+    their rows go to the database in one multi-row insert when the session next flushes (before
+    any query, and at commit), instead of one ORM flush per statement."""
+
+    __slots__ = ("transaction", "state", "rows", "product_units")
+
+    def __init__(self, transaction: object, state: LogState):
+        self.transaction = transaction
+        self.state = state
+        self.rows: list[dict] = []
+        self.product_units: dict[str, str | None] = {}  # product name -> owning unit's slug
+
+
+_SEQUENCER = "certlog.sequencer"
+
+
+def _sequencer(session: Session) -> _Sequencer:
+    transaction = session.get_transaction()
+    current = session.info.get(_SEQUENCER)
+    if current is None or current.transaction is not transaction:
+        # a new transaction (an earlier one committed or rolled back: its unwritten rows, if
+        # any, belong to a rollback and are dropped with it)
+        state = _state(session, lock=True)
+        session.refresh(state)
+        current = session.info[_SEQUENCER] = _Sequencer(transaction, state)
+    return current
+
+
+@event.listens_for(Session, "before_flush")
+def _write_sequenced(session: Session, flush_context, instances) -> None:
+    current = session.info.get(_SEQUENCER)
+    if current is None or not current.rows:
+        return
+    if current.transaction is not session.get_transaction():
+        current.rows.clear()  # appended in a transaction that rolled back
+        return
+    rows, current.rows = current.rows, []
+    session.connection().execute(insert(LogEntry), rows)
+
+
 def _state(session: Session, lock: bool = False) -> LogState:
+    session.flush()  # this transaction's sequenced rows and counter first (a refresh drops them)
     query = select(LogState).where(LogState.id == 1)
     if lock:
         query = query.with_for_update()
@@ -101,25 +149,27 @@ def append(session: Session, entry_type: str, actor: str, unit: str | None, subj
     """
     if entry_type not in ENTRY_TYPES:
         raise ValueError(f"unknown log entry type {entry_type!r}")
-    state = _state(session, lock=True)
-    session.refresh(state)
+    sequencer = _sequencer(session)
+    state = sequencer.state
     index = state.next_index
     details = {"subject": subject, "actor": actor, "unit": unit, **fields}
     raw = canonical(details)
     salt = logentry.new_salt()
     time = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     data = logentry.public_part(entry_type, time, logentry.commitment(raw, salt))
-    parties = party_units_of(session, entry_type, unit, details, party_units)
+    with session.no_autoflush:  # the lookups never need this transaction's log rows
+        parties = party_units_of(session, entry_type, unit, details, party_units,
+                                 sequencer.product_units)
     disclosed = entry_type == "shelf" and fields.get("to_state") == "on_shelf"
-    session.add(LogEntry(idx=index, data=data.decode(), kind=entry_type,
-                         leaf_hash=merkle.leaf_hash(data).hex(), details=raw.decode(),
-                         salt=salt.hex(), actor=None if actor in SYSTEM_ACTORS else actor,
-                         parties=json.dumps(parties),
-                         disclosed=disclosed))
+    sequencer.rows.append({
+        "idx": index, "data": data.decode(), "kind": entry_type,
+        "leaf_hash": merkle.leaf_hash(data).hex(), "created_at": utcnow(),
+        "details": raw.decode(), "salt": salt.hex(),
+        "actor": None if actor in SYSTEM_ACTORS else actor, "parties": json.dumps(parties),
+        "disclosed": disclosed})
+    state.next_index = index + 1  # the state row is dirty: the next flush writes the rows
     if disclosed:
         _disclose_submission(session, fields.get("product"), fields.get("version"))
-    state.next_index = index + 1
-    session.flush()
     return index
 
 
@@ -140,18 +190,24 @@ def _slug(session: Session, unit_id: int | None) -> str | None:
 
 
 def party_units_of(session: Session, entry_type: str, unit: str | None, details: Mapping,
-                   extra: Iterable[str] = ()) -> list[str]:
+                   extra: Iterable[str] = (),
+                   product_units: dict[str, str | None] | None = None) -> list[str]:
     """The units whose members may read an entry's details (besides its actor and operators),
     from the references the details hold; computed once, when the entry is appended (and on
-    reading a legacy entry)."""
+    reading a legacy entry). ``product_units`` caches product owners within a transaction (a
+    product's unit never changes)."""
     found: list[str | None] = [unit]
     supplier = details.get("supplier")
     if isinstance(supplier, str):
         found.append(supplier)
     product = details.get("product")
     if isinstance(product, str):
-        found.append(session.scalar(select(Unit.slug).join(Product, Product.unit_id == Unit.id)
-                                    .where(Product.name == product)))
+        cache = {} if product_units is None else product_units
+        if product not in cache:
+            cache[product] = session.scalar(
+                select(Unit.slug).join(Product, Product.unit_id == Unit.id)
+                .where(Product.name == product))
+        found.append(cache[product])
     order_id = details.get("order")
     if isinstance(order_id, int) and not isinstance(order_id, bool):
         order = session.get(Order, order_id)
@@ -237,23 +293,75 @@ class SqlNodeStore:
         self.session = session
 
     def get_many(self, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
-        by_level: dict[int, list[int]] = {}
-        for level, idx in dict.fromkeys(keys):
-            by_level.setdefault(level, []).append(idx)
-        if not by_level:
-            return {}
-        # one (level = ? AND idx IN (...)) clause per level: each is a primary-key range, which
-        # SQLite and PostgreSQL both answer from the index (a row-value IN may scan)
-        rows = self.session.execute(
-            select(LogNode.level, LogNode.idx, LogNode.hash).where(or_(*(
-                and_(LogNode.level == level, LogNode.idx.in_(idxs))
-                for level, idxs in by_level.items()))))
-        return {(level, idx): bytes.fromhex(h) for level, idx, h in rows}
+        keys = list(dict.fromkeys(keys))
+        found: dict[tuple[int, int], bytes] = {}
+        # point lookups on the primary key OR-ed together (SQLite's multi-index OR, PostgreSQL's
+        # bitmap OR), as plain SQL text: building the same query as an expression costs more
+        # than running it
+        for start in range(0, len(keys), 200):
+            chunk = keys[start:start + 200]
+            where = " OR ".join(f"(level = :l{n} AND idx = :i{n})" for n in range(len(chunk)))
+            params = {}
+            for n, (level, idx) in enumerate(chunk):
+                params[f"l{n}"], params[f"i{n}"] = level, idx
+            rows = self.session.execute(
+                text(f"SELECT level, idx, hash FROM log_nodes WHERE {where}"), params)
+            found.update(((level, idx), bytes.fromhex(h)) for level, idx, h in rows)
+        return found
 
     def put_many(self, nodes: Iterable[tuple[int, int, bytes]]) -> None:
-        self.session.add_all(LogNode(level=level, idx=idx, hash=h.hex())
-                             for level, idx, h in nodes)
-        self.session.flush()
+        rows = [{"level": level, "idx": idx, "hash": h.hex()} for level, idx, h in nodes]
+        if rows:  # one multi-row insert per integration, not an ORM object per node
+            self.session.flush()
+            self.session.connection().execute(insert(LogNode), rows)
+
+
+# complete subtrees at and above this level (256 leaves and more: C2SP's level-1 tiles and up)
+# are few (about 2n/256) and never change once written, so a log keeps them in memory
+UPPER_LEVEL = 8
+
+
+class UpperNodeCache:
+    """The tree's upper levels, kept in memory by one :class:`TransparencyLog`: loaded in one
+    range query by the first proof after a (re)start, grown as proofs meet new nodes. A proof
+    at a million entries then reads only its own 256-leaf region (at most 8 nodes) from the
+    database. A node's hash depends only on committed entries, so a cached node is never
+    stale, even when an integration that wrote it rolled back and runs again."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[tuple[int, int], bytes] = {}
+        self.loaded = False
+
+    def load(self, session: Session) -> None:
+        rows = session.execute(select(LogNode.level, LogNode.idx, LogNode.hash)
+                               .where(LogNode.level >= UPPER_LEVEL))
+        self.nodes.update(((level, idx), bytes.fromhex(h)) for level, idx, h in rows)
+        self.loaded = True
+
+
+class CachedNodeStore(SqlNodeStore):
+    """:class:`SqlNodeStore` answering upper-level keys from an :class:`UpperNodeCache`."""
+
+    def __init__(self, session: Session, cache: UpperNodeCache):
+        super().__init__(session)
+        self.cache = cache
+        if not cache.loaded:
+            cache.load(session)
+
+    def get_many(self, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        found: dict[tuple[int, int], bytes] = {}
+        missing = []
+        for key in keys:
+            h = self.cache.nodes.get(key) if key[0] >= UPPER_LEVEL else None
+            if h is None:
+                missing.append(key)
+            else:
+                found[key] = h
+        if missing:
+            fetched = super().get_many(missing)
+            found.update(fetched)
+            self.cache.nodes.update((k, h) for k, h in fetched.items() if k[0] >= UPPER_LEVEL)
+        return found
 
 
 @dataclass(frozen=True)
@@ -279,6 +387,7 @@ class TransparencyLog:
         self.witnesses = {name: Witness(name, merkle.parse_vkey(vkey))
                           for name, vkey in dict(witnesses).items()}
         self.quorum = quorum
+        self.upper_nodes = UpperNodeCache()
 
     def _load_or_create_key(self, path: Path):
         if path.exists():
@@ -370,7 +479,9 @@ class TransparencyLog:
         return reply
 
     def _tree(self, session: Session) -> merkle.MerkleTree:
-        return merkle.MerkleTree(SqlNodeStore(session), _state(session).tree_size)
+        session.flush()  # this transaction's own integration, if any
+        size = session.execute(text("SELECT tree_size FROM log_state WHERE id = 1")).scalar()
+        return merkle.MerkleTree(CachedNodeStore(session, self.upper_nodes), size or 0)
 
     def inclusion(self, session: Session, index: int, size: int) -> dict:
         tree = self._tree(session)

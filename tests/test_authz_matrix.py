@@ -25,6 +25,7 @@ import re
 import secrets
 
 import authz_forum
+import authz_retrain
 import authz_reviews
 import authz_topics
 import authz_workshops
@@ -125,6 +126,9 @@ EXPECTED: dict[tuple[str, str], dict[str, int | str]] = {
     ("/api/log/proof/consistency", "GET"): R(401, 200, 200, 200, 200, 200),
     # anyone may offer a cosignature; a forged one is a 400 naming the field
     ("/api/log/cosignatures", "POST"): R(401, 400, 400, 400, 400, 400),
+    # C2SP tlog-tiles: the public part, for every logged-in caller and API token
+    ("/api/log/tlog/checkpoint", "GET"): R(401, 200, 200, 200, 200, 200),
+    ("/api/log/tlog/tile/{path}", "GET"): R(401, 200, 200, 200, 200, 200),
     (A + "/query", "POST"): R(401, 200, NOENT, 200, NOENT, 403),
     (A + "/predict", "POST"): R(401, 200, NOENT, 200, NOENT, 403),
     ("/api/runs", "GET"): R(401, 200, 200, 200, 200, 200),
@@ -243,7 +247,7 @@ EXPECTED: dict[tuple[str, str], dict[str, int | str]] = {
     ("/oauth_callback", "GET"): R(400, 400, 400, 400, 400, 400),
     # the technology exchange: each concern's rows live beside its objects
     **authz_reviews.EXPECTED, **authz_topics.EXPECTED, **authz_forum.EXPECTED,
-    **authz_workshops.EXPECTED,
+    **authz_workshops.EXPECTED, **authz_retrain.EXPECTED,
 }
 
 #: cells that disagree with the contract while another part of the code catches up, as
@@ -420,6 +424,8 @@ BUILDERS: dict[tuple[str, str], Builder] = {
         post("api/products/{data[name]}/views/customers_public/export", {"format": "csv"}),
     ("/api/downloads/{token}", "GET"): get("{link}"),
     ("/api/log/key", "GET"): get("api/log/key"),
+    ("/api/log/tlog/checkpoint", "GET"): get("api/log/tlog/checkpoint"),
+    ("/api/log/tlog/tile/{path}", "GET"): get("api/log/tlog/tile/0/000.p/1"),
     ("/api/log/checkpoint", "GET"): get("api/log/checkpoint"),
     ("/api/log/entries/{index}", "GET"): get("api/log/entries/0"),
     ("/api/log/proof/inclusion", "GET"): get("api/log/proof/inclusion?index=0&size={size}"),
@@ -474,7 +480,7 @@ BUILDERS: dict[tuple[str, str], Builder] = {
     ("/oauth_callback", "GET"): get("oauth_callback"),
     **PAGE_BUILDERS,
     **authz_reviews.BUILDERS, **authz_topics.BUILDERS, **authz_forum.BUILDERS,
-    **authz_workshops.BUILDERS,
+    **authz_workshops.BUILDERS, **authz_retrain.BUILDERS,
 }
 
 

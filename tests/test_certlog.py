@@ -415,9 +415,11 @@ def test_legacy_entries_still_verify_after_the_migration(db_url, tlog):
     with engine.begin() as conn:
         ids = {}
         for slug in "abc":
-            ids[slug] = conn.execute(insert(Unit.__table__).values(
-                slug=slug, name=slug, created_by="olga", created_at=datetime_now())
-            ).inserted_primary_key[0]
+            # the columns of revision 0008 only (the model may have grown since)
+            ids[slug] = conn.execute(text(
+                "INSERT INTO units (slug, name, created_by, created_at) "
+                "VALUES (:slug, :slug, 'olga', :at) RETURNING id"),
+                {"slug": slug, "at": datetime_now()}).scalar_one()
         product = conn.execute(insert(Product.__table__).values(
             name="p-b", kind="data", unit_id=ids["b"], created_by="bob",
             created_at=datetime_now())).inserted_primary_key[0]

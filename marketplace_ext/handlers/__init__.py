@@ -13,10 +13,12 @@ from . import (
     inbox,
     inbox_pages,
     log_pages,
+    log_tiles,
     m2d,
     m2d_pages,
     pages,
     publish_pages,
+    retrain,
     review_pages,
     reviews,
     reviews_pages,
@@ -35,9 +37,12 @@ default_handlers = (api.default_handlers + runs.default_handlers + m2d.default_h
                     + account_pages.default_handlers + publish_pages.default_handlers
                     + review_pages.default_handlers + admin_pages.default_handlers
                     + fl_pages.default_handlers + log_pages.default_handlers
+                    + log_tiles.default_handlers
                     # the technology exchange
                     + reviews.default_handlers + reviews_pages.default_handlers
                     + topics.default_handlers + topics_pages.default_handlers
                     + forum.default_handlers + forum_pages.default_handlers
                     + inbox.default_handlers + inbox_pages.default_handlers
-                    + workshops.default_handlers + workshops_pages.default_handlers)
+                    + workshops.default_handlers + workshops_pages.default_handlers
+                    # further training of tools (issue 17)
+                    + retrain.default_handlers)
