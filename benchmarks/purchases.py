@@ -3,7 +3,8 @@
 Starts a throw-away platform (hub, proxy, service; SQLite by default, or --db-url), seeds the
 demo, publishes a per-use product, then runs N concurrent buyers over HTTP for a fixed time and,
 in the same run, N concurrent `GET api/me` callers as the baseline. Prints both rates and their
-ratio. Not a test: nothing is asserted.
+ratio, and the service's event-loop lag (``GET api/loop-lag``) idle and while buying. Not a
+test: nothing is asserted.
 
     .venv/bin/python benchmarks/purchases.py [--clients 50] [--seconds 15] [--db-url URL]
 """
@@ -84,17 +85,29 @@ def main() -> None:
                 "product": name, "plan": "per_use", "idempotency_key": f"bench-{key}"})
             return r.status_code == 201
 
+        def lag(seconds: float) -> dict:  # the service's own loop-lag monitor, last N s
+            return operator.request("GET", "loop-lag", params={"seconds": max(1, int(seconds))})
+
         hammer(buyers, args.clients, 2, me)  # warm up connections and the token cache
+        time.sleep(2)  # an idle window for the lag baseline (its percentiles, not a sync)
+        idle = lag(2)
         got, bad = hammer(buyers, args.clients, args.seconds, me)
         base = got / args.seconds
         bought, refused = hammer(buyers, args.clients, args.seconds, purchase)
         rate = bought / args.seconds
+        busy = lag(args.seconds)
         db = "PostgreSQL" if args.db_url else "SQLite"
         print(f"service database: {db}; {args.clients} concurrent clients, "
               f"{args.seconds:.0f} s each")
         print(f"baseline GET api/me:   {base:8.1f} req/s  ({bad} failed)")
         print(f"POST api/orders:       {rate:8.1f} purchases/s  ({refused} failed)")
         print(f"ratio purchases/GET:   {rate / base:8.3f}")
+        print(f"event-loop lag idle:       p50 {idle['p50_ms']:7.1f} ms  p99 "
+              f"{idle['p99_ms']:7.1f} ms  ({idle['samples']} samples)")
+        print(f"event-loop lag buying:     p50 {busy['p50_ms']:7.1f} ms  p99 "
+              f"{busy['p99_ms']:7.1f} ms  max {busy['max_ms']:7.1f} ms  "
+              f"({busy['samples']} samples)")
+        print(f"ratio lag p99 buying/idle: {busy['p99_ms'] / max(idle['p99_ms'], 0.001):8.1f}")
 
 
 if __name__ == "__main__":

@@ -83,6 +83,8 @@ c.JupyterHub.template_vars = {"announcement_login": "Grid Data Supermarket - new
 # the hub stays root to start them (docs/accounts.md; KubeSpawner is the scale-out setting)
 c.JupyterHub.spawner_class = "marketplace_ext.spawner.GridSpawner"
 c.GridSpawner.home_root = env("MARKET_USER_HOME_ROOT", "/home")
+# enrolled trainees' workshop materials, staged by the service, installed into ~/Workshops
+c.GridSpawner.workshop_materials_dir = str(VAR / "workshop_homes")
 # per-user limits (cgroup v2 where the machine has it, else rlimits and nice; see the help of
 # GridSpawner.mem_limit / cpu_limit / proc_limit); per-user exceptions: c.Spawner.pre_spawn_hook
 c.GridSpawner.mem_limit = env("MARKET_USER_MEM_LIMIT", "8G")

@@ -22,7 +22,17 @@ from tornado.httpserver import HTTPServer
 from traitlets import Bool, Dict, Float, Integer, Unicode, default
 from traitlets.config import Application
 
-from . import __version__, blob_gc, dbutil, m2d, points, product_envs, remote_run, run_queue
+from . import (
+    __version__,
+    blob_gc,
+    dbutil,
+    m2d,
+    points,
+    product_envs,
+    remote_run,
+    retrain,
+    run_queue,
+)
 from . import exchange as _exchange  # noqa: F401  (its tables belong to the metadata)
 from .blobs import BlobStore
 from .bundle import BundleLimits
@@ -30,12 +40,17 @@ from .catalog import DEFAULT_TERMS
 from .certlog import TransparencyLog
 from .download_links import DownloadLinks
 from .envs import EnvironmentBuilder
+from .exchange.grading import Grader
+from .exchange.mail import MailConfig, send_pending
+from .exchange.topics import sweep_loop as topic_sweep_loop
+from .exchange.workshops import reminder_loop as workshop_reminder_loop
 from .federated import orm as _fl_orm  # noqa: F401  (its tables belong to the metadata)
 from .federated.common import DEFAULT_MAX_PARAMETERS as FL_DEFAULT_MAX_PARAMETERS
-from .federated.rounds import Coordinator
+from .federated.rounds import Coordinator, warn_closing
 from .handlers import default_handlers
 from .handlers.base import MAX_JSON_BODY
 from .hubapi import HubAPI
+from .looplag import LoopLagMonitor
 from .orm import Version, make_engine, make_session_factory, write_transaction
 from .platform import DataPlatform
 from .platform.supervisor import UnitServers
@@ -296,9 +311,54 @@ class MarketplaceApp(Application):
         refused with 400 naming the field model.""",
     ).tag(config=True)
 
+    db_threads = Integer(
+        4, help="""Threads that run handlers' database work off the event loop (purchases and
+        their caller lookups). More help PostgreSQL, whose writers run side by side; SQLite
+        serialises writers, so more threads there only wait longer.""",
+    ).tag(config=True)
+
     fl_tick_interval = Float(
         1.0, help="""Seconds between checks of federated rounds' deadlines (a round that reaches
         its quorum is aggregated at once)."""
+    ).tag(config=True)
+
+    topic_sweep_interval = Float(
+        5.0, help="""Seconds between sweeps that expire topics past their deadline and give their
+        escrowed bounties back (reads show them expired at once). 0: no sweep."""
+    ).tag(config=True)
+
+    # -- notifications: the periodic sweep and the optional e-mail copy (exchange/mail.py) --
+    notify_interval = Float(
+        30.0, help="""Seconds between passes that tell federated partners a round is about to
+        close and, with smtp_host set, send the e-mail copies of new notifications."""
+    ).tag(config=True)
+
+    smtp_host = Unicode(
+        "", help="""SMTP server for e-mail copies of notifications (users turn them on, with
+        their address, on their inbox page). Empty, the default, sends no e-mail at all."""
+    ).tag(config=True)
+
+    smtp_port = Integer(25, help="The SMTP server's port (587 with starttls, 465 with ssl).").tag(
+        config=True)
+
+    smtp_security = Unicode(
+        "none", help="How to reach the SMTP server: none, starttls or ssl."
+    ).tag(config=True)
+
+    smtp_username = Unicode("", help="SMTP login name; empty: no login.").tag(config=True)
+
+    smtp_password_file = Unicode(
+        "", help="""File holding the SMTP password (read at start; the password is never
+        logged). Empty: no password."""
+    ).tag(config=True)
+
+    smtp_from = Unicode(
+        "marketplace@localhost", help="The From address of notification e-mails."
+    ).tag(config=True)
+
+    mail_base_url = Unicode(
+        "", help="""Scheme and host the links in notification e-mails start with, e.g.
+        https://hub.example.org (the service prefix follows)."""
     ).tag(config=True)
 
     pid_file = Unicode(
@@ -366,6 +426,9 @@ class MarketplaceApp(Application):
                                        limits=limits)
         # one build at a time: pip on two cores is slow enough once
         self.env_builds = ThreadPoolExecutor(1, thread_name_prefix="env-build")
+        # handlers' database work (handlers/base.py ``in_db``), off the event loop; SQLite
+        # serialises writers anyway, so a few threads suffice and bound the waiting ones
+        self.db_executor = ThreadPoolExecutor(self.db_threads, thread_name_prefix="db")
         self.runner = Runner(
             self.session_factory, self.blobs, var / "runs", max_workers=self.run_workers,
             bundle_for=self._bundle_for, env_for=self._run_env,
@@ -392,6 +455,15 @@ class MarketplaceApp(Application):
             cache_max_age=60,
         )
         self.fl = Coordinator(self.session_factory, self.blobs, self.fl_tick_interval)
+        self.loop_lag = LoopLagMonitor()
+        self.mail = MailConfig(
+            host=self.smtp_host, port=self.smtp_port, sender=self.smtp_from,
+            security=self.smtp_security, username=self.smtp_username,
+            password=(Path(self.smtp_password_file).read_text().strip()
+                      if self.smtp_password_file else ""),
+            base_url=self.mail_base_url, prefix=self.service_prefix)
+        # workshop submissions are graded in the sandbox, off the loop (exchange/grading.py)
+        self.grader = Grader(self.session_factory, self.blobs, var / "grading", limits=limits)
         self.tornado_app = self.make_tornado_app()
 
     def _unit_created(self, session, unit, actor) -> None:
@@ -448,6 +520,8 @@ class MarketplaceApp(Application):
     def _run_finished(self, session, run) -> None:
         if run.mode == "m2d":
             m2d.finish(session, self.blobs, run, self.m2d_max_output_bytes)
+        elif run.mode == retrain.MODE:  # further training: the derived model and its lineage
+            retrain.finish(session, self.blobs, run)
         else:
             remote_run.finish_run(session, run)
 
@@ -512,6 +586,24 @@ class MarketplaceApp(Application):
                 self.log.exception("log integration failed; retrying")
             await asyncio.sleep(self.log_interval)
 
+    def notify_pass(self) -> int:
+        """Blocking (a worker thread): warn federated partners of rounds about to close, then
+        send due notification e-mails (after their events committed). Returns mails sent."""
+        with self.session_factory() as session:
+            write_transaction(session)
+            warn_closing(session)
+            session.commit()
+        return send_pending(self.session_factory, self.mail)
+
+    async def notify_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.notify_interval > 0:
+            try:
+                await loop.run_in_executor(None, self.notify_pass)
+            except Exception:
+                self.log.exception("notification pass failed; retrying next interval")
+            await asyncio.sleep(self.notify_interval)
+
     async def blob_gc_loop(self) -> None:
         """Collect orphan blobs every ``blob_gc_interval`` seconds (first after one interval)."""
         loop = asyncio.get_running_loop()
@@ -536,10 +628,16 @@ class MarketplaceApp(Application):
         # the hub stops managed services with SIGINT; treat SIGTERM the same
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        loop_lag = asyncio.create_task(self.loop_lag.run())
         reconcile = asyncio.create_task(self.reconcile_loop())
         integrate = asyncio.create_task(self.log_loop())
         fl_rounds = asyncio.create_task(self.fl.loop())
         collect_blobs = asyncio.create_task(self.blob_gc_loop())
+        notifications = asyncio.create_task(self.notify_loop())
+        workshop_reminders = asyncio.create_task(workshop_reminder_loop(self.session_factory))
+        topic_sweep = asyncio.create_task(topic_sweep_loop(self.session_factory,
+                                                           self.topic_sweep_interval))
+        await loop.run_in_executor(None, self.grader.recover)
         # the units' Spark servers come up in the background (a minute on two cores)
         await loop.run_in_executor(None, self._start_unit_servers)
         await self.runner.start()
@@ -547,10 +645,15 @@ class MarketplaceApp(Application):
             await stop.wait()
         finally:
             self.log.info("Marketplace shutting down")
+            loop_lag.cancel()
             reconcile.cancel()
             integrate.cancel()
             fl_rounds.cancel()
             collect_blobs.cancel()
+            notifications.cancel()
+            workshop_reminders.cancel()
+            topic_sweep.cancel()
+            self.grader.shutdown()
             await self.runner.stop()
             if self.unit_servers is not None:
                 await loop.run_in_executor(None, self.unit_servers.stop)

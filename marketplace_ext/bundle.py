@@ -64,7 +64,7 @@ README = "README.md"
 DEFAULT_NOTEBOOK = "main.ipynb"
 DEFAULTS: dict = {
     "tags": [], "notebook": DEFAULT_NOTEBOOK, "inputs": [], "outputs": [], "requirements": None,
-    "views": [], "predict": None,
+    "views": [], "predict": None, "further_training": None,
 }
 # Editor and OS droppings: never part of a bundle, never archived, never extracted.
 IGNORED_NAMES = frozenset({".ipynb_checkpoints", "__pycache__", ".DS_Store", "__MACOSX", ".git"})
@@ -781,6 +781,35 @@ def _check_remote_call(m: dict, sizes: dict[str, int], report: _Report) -> None:
                    "name a `predict: module:function` entry point")
 
 
+def _check_further_training(m: dict, sizes: dict[str, int], report: _Report) -> None:
+    """A tool offering further training names a bool parameter, a bundle file to replace and
+    two declared outputs (the model, the training data's digest): see :mod:`.retrain`."""
+    spec = m.get("further_training")
+    if not isinstance(spec, dict):
+        return
+    if m.get("kind") != "tool":
+        report.add(MANIFEST, "further_training", "only tools offer further training")
+    declared = {_norm(o["path"]) for o in m.get("outputs") or []
+                if isinstance(o, dict) and isinstance(o.get("path"), str)}
+    param = spec.get("parameter")
+    if isinstance(param, str) and report.parameters:  # empty: the notebook is reported
+        found = report.parameters.get(param)
+        if found is None or found.get("inferred_type_name") != "bool":
+            report.add(MANIFEST, "further_training.parameter", f"{param!r} must be a bool "
+                       f"parameter of the notebook (`{param}: bool = False`)")
+    model = spec.get("model")
+    if isinstance(model, str):
+        why = _path_problem(model)
+        if why or _norm(model) not in sizes:
+            report.add(MANIFEST, "further_training.model", why or f"{model!r} is not a file "
+                       "in the bundle")
+    for key in ("output", "data_digest"):
+        value = spec.get(key)
+        if isinstance(value, str) and (_path_problem(value) or _norm(value) not in declared):
+            report.add(MANIFEST, f"further_training.{key}", f"{value!r} must be one of the "
+                       "declared outputs")
+
+
 def _inspect(path: Path, limits: BundleLimits) -> _Report:
     report = _Report()
     root = Path(path)
@@ -796,6 +825,7 @@ def _inspect(path: Path, limits: BundleLimits) -> _Report:
     _check_notebook(root, manifest, sizes, limits, report)
     if manifest is not None:
         _check_remote_call(manifest, sizes, report)
+        _check_further_training(manifest, sizes, report)
     _check_readme(root, sizes, limits, report)
 
     # the manifest first, as publishers fix it first; then the notebook, the card, the rest

@@ -34,8 +34,9 @@ DRAFT, SUBMITTED, ON_SHELF, REJECTED, OFF_SHELF, SUPERSEDED = (
     "draft", "submitted", "on_shelf", "rejected", "off_shelf", "superseded",
 )
 KINDS = ("data", "tool", "application")
-#: shelf orders: by name, newest product first, most units using it first
-SORTS = ("name", "new", "used")
+#: shelf orders: the published ranking (exchange/ranking.py), by name, newest product first,
+#: most units using it first
+SORTS = ("rank", "name", "new", "used")
 TRANSITIONS = {
     None: {DRAFT},
     DRAFT: {SUBMITTED},
@@ -299,6 +300,11 @@ def list_products(session: Session, caller: Caller, *, kind: str | None = None,
         )
         query = query.where(or_(func.lower(Product.name).like(like), latest.exists()))
     total = session.scalar(select(func.count()).select_from(query.subquery()))
+    if sort == "rank":  # the published formula, computed over every match, then paged
+        from .exchange import ranking  # (ranking lists products through this module)
+
+        ranked = ranking.rank(session, list(session.scalars(query).all()))
+        return ranked[offset:offset + limit], total
     order = {"name": (Product.name,),
              "new": (Product.created_at.desc(), Product.id.desc()),
              "used": (points.buyers_count_expr().desc(), Product.name)}[sort]

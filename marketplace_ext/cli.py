@@ -177,17 +177,57 @@ def cmd_witness(args) -> int:
         vkey = state.init(args.name)
         print(f"witness key: {vkey}\nadd it to the log's MarketplaceApp.log_witnesses")
         return 0
+    if args.every is not None:
+        return _witness_loop(_market(args), state, args.log_key, args.every)
     try:
         result = run_once(_market(args), state, args.log_key)
     except merkle.WitnessError as e:
         print(f"REFUSED: {e}", file=sys.stderr)
         return 3
+    _print_witnessed(result)
+    return 0
+
+
+def _print_witnessed(result: dict) -> None:
     previous = result["previous"]
     since = f" (consistent with {previous})" if previous is not None else " (first contact)"
     final = "final" if result["final"] else "not final yet"
     print(f"co-signed checkpoint at size {result['size']}{since}; "
-          f"witnesses: {', '.join(result['witnesses'])}; {final}")
-    return 0
+          f"witnesses: {', '.join(result['witnesses'])}; {final}", flush=True)
+
+
+def _witness_loop(market, state, log_key: str | None, every: float) -> int:
+    """Co-sign each new checkpoint until stopped (SIGTERM or Ctrl-C); a rollback or a fork
+    ends the loop with status 3, an unreachable log is retried at the next round."""
+    import signal
+    import time
+
+    import requests
+
+    from . import merkle
+    from .client import MarketAPIError
+    from .witness import run_once
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    seen = None
+    try:
+        while True:
+            try:
+                size = market.request("GET", "log/checkpoint")["size"]
+                if size != seen:
+                    _print_witnessed(run_once(market, state, log_key))
+                    seen = size
+            except merkle.WitnessError as e:
+                print(f"REFUSED: {e}", file=sys.stderr)
+                return 3
+            except (requests.RequestException, MarketAPIError) as e:
+                print(f"warning: the log did not answer ({e}); trying again", file=sys.stderr)
+            time.sleep(every)  # a daemon's pace, not a synchronisation
+    except KeyboardInterrupt:
+        return 0
 
 
 def cmd_log_fsck(args) -> int:
@@ -303,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", action="store_true", help="create the witness key, print its vkey")
     p.add_argument("--name", default="witness", help="the witness's key name (with --init)")
     p.add_argument("--log-key", help="pin the log's vkey (default: trust on first use)")
+    p.add_argument("--every", type=float, default=None, metavar="SECONDS",
+                   help="keep running: check for a new checkpoint every SECONDS and co-sign it")
     p.set_defaults(func=cmd_witness)
 
     log = sub.add_parser("log", help="the certification log").add_subparsers(dest="log",

@@ -229,11 +229,37 @@ class Market:
         url = urljoin(self.url, link["url"])
         return self.download(url[len(self.url) + len("api/"):], local)
 
-    def predict(self, product: str, rows: list[dict]) -> list:
+    def predict(self, product: str, rows: list[dict], model: int | None = None) -> list:
         """Remote call: the tool product's predictions for ``rows`` (answered by a warm kernel,
-        so repeated calls are quick)."""
-        return self.request("POST", f"products/{product}/predict", json={"rows": rows})[
-            "predictions"]
+        so repeated calls are quick); ``model``: your unit's derived model (:meth:`retrain`)."""
+        body: dict = {"rows": rows} if model is None else {"rows": rows, "model": model}
+        return self.request("POST", f"products/{product}/predict", json=body)["predictions"]
+
+    # --- further training (issue 17: marketplace_ext/retrain.py) ---
+
+    def retrain(self, product: str, parameters: dict | None = None, wait: bool = True,
+                timeout: float = 1800, poll: float = 2.0) -> dict:
+        """Retrain a tool on your unit's data: a derived model private to your unit. With
+        ``wait``, until it is ``ready`` or ``failed``; then call it with
+        ``predict(product, rows, model=derived["id"])``."""
+        import time
+
+        derived = self.request("POST", f"products/{product}/retrain",
+                               json={"parameters": parameters or {}})
+        deadline = time.monotonic() + timeout
+        while wait and derived["state"] == "training" and time.monotonic() < deadline:
+            time.sleep(poll)
+            derived = self.derived_model(derived["id"])
+        return derived
+
+    def derived_models(self, product: str | None = None) -> list[dict]:
+        """Your unit's derived models, newest first."""
+        params = {"product": product} if product else None
+        return self.request("GET", "derived-models", params=params)["models"]
+
+    def derived_model(self, model: int) -> dict:
+        """One derived model of your unit and its lineage (certified at ``log_index``)."""
+        return self.request("GET", f"derived-models/{model}")
 
     def query(self, product: str, sql: str, limit: int | None = None) -> dict:
         """Interface: one SELECT over a data product's granted views, run on its publisher's
@@ -303,6 +329,242 @@ class Market:
         ``details``, ``salt`` and parsed ``statement`` when the caller is one of its parties
         or an operator (``access`` says which)."""
         return self.request("GET", f"log/entries/{index}")
+
+    # -- ratings, ranking, the Table 2 report (exchange/ratings.py, ranking.py, report.py) -----
+
+    def rate(self, product: str, stars: int, text: str = "", version: str | None = None) -> dict:
+        """Rate a version your unit used (default: the one on sale), 1-5 stars and a text."""
+        body: dict = {"stars": stars, "text": text}
+        if version is not None:
+            body["version"] = version
+        return self.request("POST", f"products/{product}/reviews", json=body)
+
+    def reviews(self, product: str, limit: int = 50, offset: int = 0) -> dict:
+        """A product's rating (``aggregate``), its reviews and whether you may rate it."""
+        return self.request("GET", f"products/{product}/reviews",
+                            params={"limit": limit, "offset": offset})
+
+    def edit_review(self, review: int, stars: int, text: str = "") -> dict:
+        return self.request("PUT", f"reviews/{review}", json={"stars": stars, "text": text})
+
+    def reply_review(self, review: int, reply: str) -> dict:
+        return self.request("POST", f"reviews/{review}/reply", json={"reply": reply})
+
+    def hide_review(self, review: int, reason: str) -> dict:
+        return self.request("POST", f"reviews/{review}/hide", json={"reason": reason})
+
+    def ranking(self) -> dict:
+        """The shelf's published formula, each product's score, Featured, Trending, New."""
+        return self.request("GET", "ranking")
+
+    def feature(self, product: str, days: int, reason: str,
+                starts_at: str | None = None) -> dict:
+        body: dict = {"product": product, "days": days, "reason": reason}
+        if starts_at is not None:
+            body["starts_at"] = starts_at
+        return self.request("POST", "features", json=body)
+
+    def features(self, include_past: bool = False) -> list[dict]:
+        return self.request("GET", "features",
+                            params={"all": "1"} if include_past else {})["features"]
+
+    def report(self, sort: str | None = None, order: str | None = None,
+               unit_type: str | None = None, csv: bool = False) -> dict | str:
+        """The Table 2 report (rows, totals); with ``csv`` the CSV text."""
+        params = {k: v for k, v in (("sort", sort), ("order", order),
+                                    ("unit_type", unit_type)) if v}
+        if csv:
+            r = self.http.get(self.url + "api/report", params={**params, "format": "csv"},
+                              timeout=self.timeout)
+            if r.status_code >= 400:
+                raise MarketAPIError.from_response(r)
+            return r.text
+        return self.request("GET", "report", params=params)
+
+    def set_unit_type(self, unit: str, unit_type: str) -> dict:
+        return self.request("POST", f"units/{unit}/type", json={"type": unit_type})
+
+
+    # -- topic requests with escrowed bounties (exchange/topics.py) ----------------------------
+
+    def topics(self, status: str | None = None, unit: str | None = None, limit: int = 50,
+               offset: int = 0) -> list[dict]:
+        """Topic requests, newest first (status: open, assigned, delivered, accepted,
+        expired; unit: the requesting unit)."""
+        params = {"limit": limit, "offset": offset, "status": status, "unit": unit}
+        return self.request("GET", "topics", params={k: v for k, v in params.items()
+                                                     if v is not None})["topics"]
+
+    def topic(self, topic: int) -> dict:
+        """One topic: bounty, escrow, status, proposals you may read, delivery, certified steps."""
+        return self.request("GET", f"topics/{topic}")
+
+    def post_topic(self, title: str, description: str, bounty: int, deadline,
+                   data_offered: str = "") -> dict:
+        """Post a topic for your unit; ``bounty`` whole points move into escrow at once.
+        ``deadline``: an aware or UTC ``datetime``, or an RFC 3339 string."""
+        if hasattr(deadline, "isoformat"):
+            deadline = (deadline.isoformat() if deadline.tzinfo is not None
+                        else deadline.isoformat() + "Z")
+        return self.request("POST", "topics", json={
+            "title": title, "description": description, "data_offered": data_offered,
+            "bounty": bounty, "deadline": deadline})
+
+    def volunteer(self, topic: int, text: str) -> dict:
+        """Volunteer your unit for a topic with a proposal (publishers of another unit)."""
+        return self.request("POST", f"topics/{topic}/proposals", json={"text": text})
+
+    def assign_topic(self, topic: int, proposal: int) -> dict:
+        return self.request("POST", f"topics/{topic}/assignment", json={"proposal": proposal})
+
+    def deliver_topic(self, topic: int, product: str, version: str) -> dict:
+        """Link a version of your unit's product (on the shelf) as the topic's delivery."""
+        return self.request("POST", f"topics/{topic}/delivery",
+                            json={"product": product, "version": version})
+
+    def decide_topic(self, topic: int, decision: str, reason: str | None = None) -> dict:
+        """``accept`` (pays the bounty less the fee) or ``reject`` (reopens the topic)."""
+        return self.request("POST", f"topics/{topic}/decision",
+                            json={"decision": decision, "reason": reason})
+
+    # -- workshops and competitions (exchange/workshops.py, exchange/competitions.py) ----------
+
+    def workshops(self, limit: int = 200, offset: int = 0) -> list[dict]:
+        """Workshops, upcoming first."""
+        return self.request("GET", "workshops",
+                            params={"limit": limit, "offset": offset})["workshops"]
+
+    def create_workshop(self, title: str, starts_at: str, capacity: int,
+                        materials: dict[str, bytes | str | Path], summary: str = "") -> dict:
+        """Host a workshop; ``materials`` maps a path in the trainees' folder to its content
+        (bytes, or a local file to read)."""
+        import base64
+
+        files = {k: base64.b64encode(v if isinstance(v, bytes) else Path(v).read_bytes())
+                 .decode() for k, v in materials.items()}
+        return self.request("POST", "workshops", json={
+            "title": title, "starts_at": starts_at, "capacity": capacity,
+            "summary": summary, "materials": files})
+
+    def enrol(self, workshop: int) -> dict:
+        return self.request("POST", f"workshops/{workshop}/enrolment")
+
+    def workshop_materials(self, workshop: int, dest: str | Path | None = None) -> dict:
+        """The materials (path -> bytes); written under ``dest`` when given (a running
+        server's way to get them before its next spawn)."""
+        import base64
+
+        found = self.request("GET", f"workshops/{workshop}/materials")
+        files = {k: base64.b64decode(v) for k, v in found["files"].items()}
+        if dest is not None:
+            for rel, data in files.items():
+                target = Path(dest) / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+        return files
+
+    def add_exercise(self, workshop: int, name: str, title: str, checker: dict | str | Path,
+                     parameters: dict | None = None, outputs: list[str] | None = None) -> dict:
+        return self.request("POST", f"workshops/{workshop}/exercises", json={
+            "name": name, "title": title, "checker": _notebook_json(checker),
+            "parameters": parameters or {}, "outputs": outputs or ["answer.json"]})
+
+    def submit_exercise(self, workshop: int, exercise: str, notebook: dict | str | Path) -> dict:
+        return self.request("POST", f"workshops/{workshop}/exercises/{exercise}/submissions",
+                            json={"notebook": _notebook_json(notebook)})
+
+    def add_competition(self, workshop: int, name: str, title: str, deadline: str,
+                        labels: str, metric: str = "accuracy", public_percent: int = 50) -> dict:
+        return self.request("POST", f"workshops/{workshop}/competitions", json={
+            "name": name, "title": title, "deadline": deadline, "labels": labels,
+            "metric": metric, "public_percent": public_percent})
+
+    def submit_predictions(self, workshop: int, competition: str,
+                           notebook: dict | str | Path) -> dict:
+        return self.request("POST", f"workshops/{workshop}/competitions/{competition}"
+                                    "/submissions", json={"notebook": _notebook_json(notebook)})
+
+    def leaderboard(self, workshop: int, competition: str) -> dict:
+        return self.request("GET", f"workshops/{workshop}/competitions/{competition}")
+
+    def award(self, workshop: int, competition: str, user: str, points: int) -> dict:
+        return self.request("POST", f"workshops/{workshop}/competitions/{competition}/awards",
+                            json={"user": user, "points": points})
+
+    def submission(self, workshop: int, submission: int) -> dict:
+        return self.request("GET", f"workshops/{workshop}/submissions/{submission}")
+
+    def wait_submission(self, workshop: int, submission: int, timeout: float = 600,
+                        poll: float = 1.0) -> dict:
+        """The submission once graded (status no longer ``grading``)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.submission(workshop, submission)
+            if found["status"] != "grading":
+                return found
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"submission {submission} is still grading after {timeout} s")
+            time.sleep(poll)
+
+    # -- the forum and the inbox (exchange/forum.py, exchange/inbox.py) -----------------------
+
+    def forum_threads(self, product: str | None = None, topic: int | None = None,
+                      category: str | None = None, q: str | None = None, page: int = 1,
+                      per_page: int = 20) -> dict:
+        """Threads (all, or one product's, topic's or category's), latest activity first;
+        ``q`` searches titles and posts. ``{"threads", "total", "page", ...}``."""
+        params = {k: v for k, v in {"product": product, "topic": topic, "category": category,
+                                    "q": q, "page": page, "per_page": per_page}.items()
+                  if v is not None}
+        return self.request("GET", "forum/threads", params=params)
+
+    def forum_post_thread(self, title: str, body: str, product: str | None = None,
+                          topic: int | None = None, category: str | None = None) -> dict:
+        """Start a thread (Markdown ``body``; ``@name`` notifies) on one product, topic or
+        category; returns the thread and its first post."""
+        target = {k: v for k, v in {"product": product, "topic": topic,
+                                    "category": category}.items() if v is not None}
+        return self.request("POST", "forum/threads", json={"title": title, "body": body,
+                                                           **target})
+
+    def forum_thread(self, thread: int, page: int = 1, per_page: int = 20) -> dict:
+        return self.request("GET", f"forum/threads/{thread}",
+                            params={"page": page, "per_page": per_page})
+
+    def forum_reply(self, thread: int, body: str) -> dict:
+        return self.request("POST", f"forum/threads/{thread}/posts", json={"body": body})
+
+    def forum_moderate(self, thread: int | None = None, post: int | None = None,
+                       hidden: bool = True, reason: str | None = None) -> dict:
+        """Operators: hide (with a reason) or show again a thread or a post."""
+        path = f"forum/threads/{thread}" if post is None else f"forum/posts/{post}"
+        return self.request("POST", f"{path}/moderation",
+                            json={"hidden": hidden, "reason": reason})
+
+    def inbox(self, unread: bool = False, page: int = 1, per_page: int = 20) -> dict:
+        """Your notifications, newest first: ``{"notifications", "total", "unread", ...}``."""
+        return self.request("GET", "inbox", params={"unread": "true" if unread else "false",
+                                                    "page": page, "per_page": per_page})
+
+    def mark_read(self, ids: list[int] | None = None) -> dict:
+        """Mark notifications ``ids`` read (all of them with None)."""
+        return self.request("POST", "inbox/read",
+                            json={"all": True} if ids is None else {"ids": list(ids)})
+
+    def inbox_settings(self, email: str | None = None, enabled: bool | None = None) -> dict:
+        """Read your e-mail copy setting; with ``enabled``, change it first."""
+        if enabled is None:
+            return self.request("GET", "inbox/settings")
+        return self.request("PUT", "inbox/settings", json={"enabled": enabled, "email": email})
+
+
+def _notebook_json(notebook: dict | str | Path) -> dict:
+    """A notebook as its JSON object, from a dict or a local .ipynb file."""
+    if isinstance(notebook, dict):
+        return notebook
+    return json.loads(Path(notebook).read_text(encoding="utf-8"))
 
 
 def _progress_bar(description: str):

@@ -30,6 +30,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from . import griddata_commercial, griddata_service
+
 #: the dtype of every text column: pandas' nullable string (missing values are <NA>)
 TEXT = "string"
 
@@ -702,6 +704,7 @@ def _build_unit(
         "transformer_load": load,
         "charging_demand": charging,
     }
+    tables.update(griddata_commercial.build_commercial(unit, tables, seed))
     # one text type whatever the pandas version: pandas 2 (which pyspark 4.3 supports) infers
     # object columns where pandas 3 infers "str"; missing text is <NA> in both
     return {name: df.astype({c: TEXT for c in df.columns
@@ -744,7 +747,10 @@ def build_unit_tables(
     key = 0.5 * per_household["block"].rank(pct=True) + 0.5 * level.rank(pct=True)
     ordered = key.sort_values(kind="stable").index.tolist()
     split = assign_households(ordered, UNITS, seed)
-    return {u: _build_unit(u, split[u], readings, level, weather, seed) for u in units}
+    built = {u: _build_unit(u, split[u], readings, level, weather, seed) for u in units}
+    for u in units:  # the synthetic service side (halls, contacts, tickets)
+        built[u].update(griddata_service.build_service(u, built[u], scale, seed))
+    return built
 
 
 def canary_values(tables: Mapping[str, pd.DataFrame]) -> set[str]:

@@ -271,7 +271,7 @@ def throwaway_platform(**env_extra: str) -> Iterator[tuple[Platform, dict[str, s
     platform.start()
     try:
         accounts = {a["user"]: a["password"]
-                    for a in demo.seed(platform.url, var, log=lambda *a: None)}
+                    for a in demo.seed(platform.url, var, log=lambda *a: None, publish=False)}
         yield platform, accounts
     finally:
         platform.stop()
@@ -302,9 +302,46 @@ def load_demo_data(platform: Platform) -> None:
                         endpoints=json.loads(platform.env.get("MARKET_SPARK_ENDPOINTS") or "{}"))
 
 
+DEMO_WITNESS = "demo-witness"
+
+
+def configure_demo_witness(platform: Platform) -> Path | None:
+    """Unless witnesses are configured (``MARKET_LOG_WITNESSES``), give the demo one of its
+    own: a key in ``var/witness`` (made once) that the log requires (quorum 1), so its
+    checkpoints become final. Returns the witness's state directory, or None."""
+    if platform.env.get("MARKET_LOG_WITNESSES"):
+        return None
+    from .witness import WitnessState
+
+    state = platform.var_dir / "witness"
+    vkey = WitnessState(state).init(DEMO_WITNESS)
+    platform.env["MARKET_LOG_WITNESSES"] = json.dumps({DEMO_WITNESS: vkey})
+    platform.env.setdefault("MARKET_LOG_QUORUM", "1")
+    return state
+
+
+def start_demo_witness(platform: Platform, state: Path, operator: dict) -> subprocess.Popen:
+    """The witness as a process of its own (it holds its own key, not the log's), co-signing
+    each new checkpoint. Its API token reaches it in its environment, never in its arguments
+    (``ps`` shows those to every local user)."""
+    from .client import Market
+
+    market = Market.login(platform.url, operator["user"], operator["password"],
+                          note="demo witness")
+    token = market.http.headers["Authorization"].split()[1]
+    log = open(platform.var_dir / "witness.log", "ab")  # noqa: SIM115 (the process keeps it)
+    return subprocess.Popen(
+        [sys.executable, "-c", "import sys; from marketplace_ext.cli import main; "
+         "sys.exit(main())", "witness", "--state", str(state), "--every", "5"],
+        env={**platform.env, "MARKETPLACE_URL": market.url, "MARKET_TOKEN": token},
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
 def run(var_dir: Path, port: int = 8000, seed: bool = True) -> int:
     """Start the platform, seed the demo, print the logins, and wait for Ctrl-C."""
     platform = Platform(var_dir, port)
+    witness_state = configure_demo_witness(platform)
+    witness: subprocess.Popen | None = None
 
     def on_term(signum, frame):
         raise KeyboardInterrupt
@@ -318,7 +355,10 @@ def run(var_dir: Path, port: int = 8000, seed: bool = True) -> int:
             first = demo.load_logins(platform.var_dir) is None
             if first:
                 print("Seeding the demo units and accounts ...")
-            accounts = demo.seed(platform.url, platform.var_dir)
+            # units and accounts first: the service then starts each unit's data platform,
+            # the demo tables go onto them, and only then the catalogue (a data product's
+            # tables must exist when it is approved) and its history
+            accounts = demo.seed(platform.url, platform.var_dir, publish=False)
             if not demo.data_marker(platform.var_dir).exists():
                 load_demo_data(platform)
             elif not platform.spark_remote:
@@ -326,7 +366,16 @@ def run(var_dir: Path, port: int = 8000, seed: bool = True) -> int:
                 down = platform.wait_for_unit_platforms(list(demo.DEMO_UNITS))
                 for reason in down.values():
                     print(f"warning: {reason}", file=sys.stderr)
+            demo.publish_catalogue(platform.url, accounts)
+            if platform.env.get("MARKET_DEMO_HISTORY", "1") != "0":  # orders, ratings: once
+                demo.seed_history(platform.env.get("MARKET_DB_URL")
+                                  or f"sqlite:///{platform.var_dir}/marketplace.sqlite",
+                                  platform.var_dir)
             print(demo.format_logins(accounts))
+            if witness_state is not None:
+                witness = start_demo_witness(platform, witness_state, accounts[0])
+                print(f"A witness co-signs the log's checkpoints (log: "
+                      f"{platform.var_dir / 'witness.log'})")
         print(f"\nGrid Data Supermarket is running at {platform.url}  (Ctrl-C stops everything)")
         while platform.hub.poll() is None:
             time.sleep(0.5)
@@ -338,4 +387,6 @@ def run(var_dir: Path, port: int = 8000, seed: bool = True) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     finally:
+        if witness is not None:
+            stop_process(witness)
         platform.stop()

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from . import certlog, points, sharing
 from .auth import SCOPE_PUBLISH, Caller
 from .errors import Conflict, Forbidden, InvalidField, NotFound, PayloadTooLarge
+from .exchange import inbox
 from .ids import parse_id
 from .m2d_outputs import (
     OUTPUT_TYPES,
@@ -152,6 +153,10 @@ def submit(session: Session, blobs, caller: Caller, body: dict, notebook: bytes,
     request.log_index = sharing.record_use(
         session, caller, grant, "m2d", request.notebook_sha256, request=request.id,
         event="submitted", outputs=outputs)
+    inbox.notify_unit(session, request.owner_unit_id, "m2d_waiting",
+                      f"A model-to-data request for {grant.product} waits for your decision",
+                      f"m2d/{request.id}", body=purpose[:500], exclude=[caller.name],
+                      ref=f"m2d:{request.id}")
     return request
 
 
@@ -223,6 +228,9 @@ def decide(session: Session, caller: Caller, request: ModelToDataRequest, body: 
     certlog.append(session, "m2d", caller.name, caller.unit, request.notebook_sha256,
                    request=request.id, event=request.status, run=request.run_id,
                    refunded=refunded)
+    inbox.notify(session, [request.requester], "m2d_decided",
+                 f"Your model-to-data request {request.id} was {request.status}",
+                 f"m2d/{request.id}", body=reason or "", ref=f"m2d:{request.id}")
     return request
 
 

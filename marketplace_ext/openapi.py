@@ -16,7 +16,8 @@ from . import __version__
 
 SPEC_PATH = Path(__file__).parent / "openapi.yaml"
 PART_PATHS = tuple(Path(__file__).parent / f"openapi_{part}.yaml"
-                   for part in ("fl", "reviews", "topics", "forum", "workshops"))
+                   for part in ("fl", "reviews", "topics", "forum", "workshops",
+                                "retrain"))
 
 
 class SpecConflict(ValueError):

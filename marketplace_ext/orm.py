@@ -44,6 +44,9 @@ class Unit(Base):
     name: Mapped[str] = mapped_column(String(200), nullable=False)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
     created_by: Mapped[str] = mapped_column(String(255), nullable=False)
+    # the paper's unit types (units.UNIT_TYPES): headquarters, provincial_company, ...
+    type: Mapped[str] = mapped_column(String(32), nullable=False, default="provincial_company",
+                                      server_default="provincial_company")
 
     members: Mapped[list[Member]] = relationship(
         back_populates="unit", order_by="Member.user_name", passive_deletes=True

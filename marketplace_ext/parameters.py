@@ -8,6 +8,8 @@ Context parameters (:data:`CONTEXT_PARAMETERS`) are set by the marketplace, neve
 
 from __future__ import annotations
 
+import re
+
 from .errors import InvalidField
 
 # set by the marketplace when the notebook declares them; never by the user
@@ -78,6 +80,21 @@ def _type_problem(declared: str, value: object) -> str | None:
     return None
 
 
+# a numeric parameter's comment may declare its range: "... (1 to 28)" or "... (0 or 2 to 12)"
+_RANGE = re.compile(r"\((?:(-?\d+(?:\.\d+)?) or )?(-?\d+(?:\.\d+)?) to (-?\d+(?:\.\d+)?)\)")
+
+
+def _range_problem(help_text: object, value: object) -> str | None:
+    """Why ``value`` is outside the range its parameter's comment declares, or None."""
+    found = _RANGE.search(str(help_text or ""))
+    if found is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    extra, low, high = found.groups()
+    if (extra is not None and value == float(extra)) or float(low) <= value <= float(high):
+        return None
+    return f"must be {extra + ' or ' if extra else ''}between {low} and {high}, not {value!r}"
+
+
 def validate_parameters(spec: dict, given: object) -> dict:
     """Check ``given`` (a run request's parameters, decoded JSON) against ``spec``, a version's
     papermill inspection ``{name: {"name", "inferred_type_name", "default", "help"}}``.
@@ -86,7 +103,8 @@ def validate_parameters(spec: dict, given: object) -> dict:
     defaults and are not included). Raises :class:`InvalidField` with ``field =
     "parameters.<name>"`` for an unknown name, a reserved context name or a value of the wrong
     type (``int`` takes integers but not booleans, ``float`` integers or numbers, ``list[str]``
-    checks its items), and ``field = "parameters"`` when ``given`` is not an object.
+    checks its items) or a number outside the range its comment declares (``(1 to 28)``), and
+    ``field = "parameters"`` when ``given`` is not an object.
     """
     if given is None:
         return {}
@@ -111,5 +129,8 @@ def validate_parameters(spec: dict, given: object) -> dict:
         why = _type_problem(declared, value)
         if why:
             raise InvalidField(f"parameter {name!r} must be {declared}: it {why}", fld)
+        why = _range_problem(spec[name].get("help"), value)
+        if why:
+            raise InvalidField(f"parameter {name!r} {why}", fld)
         out[name] = value
     return out

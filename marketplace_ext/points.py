@@ -107,12 +107,13 @@ def unit_account(session: Session, unit: Unit) -> Account:
 
 def _post(session: Session, kind: str, actor: str, legs: list[tuple[Account, int]], *,
           order: Order | None = None, reverses: LedgerTransfer | None = None,
-          memo: str = "") -> LedgerTransfer:
+          memo: str = "", at: datetime | None = None) -> LedgerTransfer:
     if sum(amount for _, amount in legs) != 0:
         raise AssertionError("a transfer's legs must sum to zero")  # a bug, never user input
     transfer = LedgerTransfer(kind=kind, actor=actor, memo=memo,
                               order_id=order.id if order else None,
-                              reverses_id=reverses.id if reverses else None)
+                              reverses_id=reverses.id if reverses else None,
+                              created_at=at or utcnow())
     session.add(transfer)
     session.flush()
     for account, amount in legs:
@@ -199,8 +200,9 @@ def _replay(session: Session, unit: Unit, key: str, digest: str) -> Order | None
 
 
 def place_order(session: Session, caller: Caller, rules: EconomyRules, product_name: str,
-                plan: str, key: str) -> tuple[Order, bool]:
+                plan: str, key: str, now: datetime | None = None) -> tuple[Order, bool]:
     """Buy ``plan`` of ``product_name`` for the caller's unit; returns (order, created).
+    ``now`` backdates the order (the demo's history, ``demo.seed_history``); default: now.
 
     The same key with the same request returns the first order; with another request, 409.
     The caller's session must have been started with :func:`write_transaction`.
@@ -243,7 +245,8 @@ def place_order(session: Session, caller: Caller, rules: EconomyRules, product_n
     fee = rules.fee(price)
     order = Order(unit_id=buyer_unit.id, product_id=product.id, version_id=version.id,
                   plan=plan, price=price, fee=fee, idempotency_key=key,
-                  request_sha256=digest, status="paid", buyer=caller.name)
+                  request_sha256=digest, status="paid", buyer=caller.name,
+                  created_at=now or utcnow())
     session.add(order)
     try:
         session.flush()
@@ -252,7 +255,7 @@ def place_order(session: Session, caller: Caller, rules: EconomyRules, product_n
                        "idempotency_key") from e
     transfer = _post(session, "order", caller.name,
                      [(buyer, -price), (supplier, price - fee), (operator, fee)], order=order,
-                     memo=f"{plan} of {product.name}")
+                     memo=f"{plan} of {product.name}", at=now)
     order.log_index = certlog.append(
         session, "order", caller.name, buyer_unit.slug, f"order:{order.id}",
         order=order.id, product=product.name, version=version.version,
@@ -260,7 +263,7 @@ def place_order(session: Session, caller: Caller, rules: EconomyRules, product_n
         fee=format_points(fee), supplier=product.unit.slug, transfer=transfer.id,
         idempotency_key_sha256=hashlib.sha256(key.encode()).hexdigest(),
     )
-    now = utcnow()
+    now = now or utcnow()
     period = PLAN_PERIODS.get(plan)
     session.add(Entitlement(
         order_id=order.id, unit_id=buyer_unit.id, product_id=product.id, plan=plan,
@@ -320,6 +323,80 @@ def refund_use(session: Session, entitlement_id: int | None, actor: str, reason:
         log.warning("refund of order %s refused: %s", order.id, e)
         return False
     return True
+
+
+# --- escrow: points held for a topic's bounty (exchange/topics.py) ----------------------------
+# An escrow account belongs to no unit (kind ``escrow``); it is funded once from a unit and
+# emptied once, to a payee (less the fee) or back to the unit. Transfer kinds: ``escrow_in``,
+# ``bounty``, ``escrow_refund``.
+
+
+def open_escrow_account(session: Session) -> Account:
+    """A new, empty escrow account (one per topic)."""
+    account = Account(kind="escrow", unit_id=None, balance=0)
+    session.add(account)
+    session.flush()
+    return account
+
+
+def escrow_deposit(session: Session, unit: Unit, escrow: Account, amount: int, actor: str,
+                   memo: str) -> LedgerTransfer:
+    """Move ``amount`` centipoints from ``unit``'s account into ``escrow``; 409 naming
+    ``bounty`` when the unit has fewer points."""
+    if amount <= 0 or escrow.kind != "escrow":
+        raise AssertionError("an escrow deposit is positive and goes into an escrow account")
+    payer = unit_account(session, unit)
+    _lock(session, [payer, escrow])
+    if payer.balance < amount:
+        raise InsufficientPoints(
+            f"unit {unit.slug!r} has {format_points(payer.balance)} points; the bounty is "
+            f"{format_points(amount)}", "bounty")
+    return _post(session, "escrow_in", actor, [(payer, -amount), (escrow, amount)], memo=memo)
+
+
+def escrow_release(session: Session, escrow: Account, payee: Unit, rules: EconomyRules,
+                   actor: str, memo: str) -> tuple[LedgerTransfer, int]:
+    """Pay the whole escrow to ``payee`` less the operator's fee; returns (transfer, fee)."""
+    to = unit_account(session, payee)
+    operator = operator_account(session)
+    _lock(session, [escrow, to, operator])
+    held = escrow.balance
+    if held <= 0:
+        raise AssertionError("releasing an empty escrow")  # a topic pays out once
+    fee = rules.fee(held)
+    transfer = _post(session, "bounty", actor,
+                     [(escrow, -held), (to, held - fee), (operator, fee)], memo=memo)
+    return transfer, fee
+
+
+def escrow_refund(session: Session, escrow: Account, unit: Unit, actor: str,
+                  memo: str) -> LedgerTransfer:
+    """Give the whole escrow back to ``unit`` (no fee)."""
+    to = unit_account(session, unit)
+    _lock(session, [escrow, to])
+    held = escrow.balance
+    if held <= 0:
+        raise AssertionError("refunding an empty escrow")
+    return _post(session, "escrow_refund", actor, [(escrow, -held), (to, held)], memo=memo)
+
+
+# --- awards: a workshop host pays a competition's winner (exchange/competitions.py) ---------
+
+
+def award(session: Session, payer: Account, payee: Unit, amount: int, actor: str,
+          memo: str) -> LedgerTransfer:
+    """Move ``amount`` centipoints from ``payer`` (the host's unit account, or the operator
+    account for an operator host) to ``payee``'s account, no fee (transfer kind ``award``);
+    409 naming ``points`` when the payer has fewer."""
+    to = unit_account(session, payee)
+    if amount <= 0 or payer.id == to.id:
+        raise AssertionError("an award is positive and goes to another account")
+    _lock(session, [payer, to])
+    if payer.balance < amount:
+        raise InsufficientPoints(
+            f"{_owner(payer)} has {format_points(payer.balance)} points; the award is "
+            f"{format_points(amount)}", "points")
+    return _post(session, "award", actor, [(payer, -amount), (to, amount)], memo=memo)
 
 
 # --- entitlements: the one gate every use goes through -----------------------------------------
@@ -409,6 +486,8 @@ def statement(session: Session, account: Account, limit: int, offset: int) -> di
 
 
 def _owner_label(account: Account) -> str:
+    if account.kind == "escrow":  # a topic's bounty held in escrow (the memo names the topic)
+        return f"escrow:{account.id}"
     return f"unit:{account.unit.slug}" if account.unit else account.kind
 
 

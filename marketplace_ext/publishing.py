@@ -26,6 +26,7 @@ from .auth import SCOPE_APPROVE, SCOPE_PUBLISH, Caller
 from .blobs import BlobStore, Staged
 from .catalog import Submission, submit_version
 from .errors import InvalidField, MarketError
+from .exchange import inbox
 from .orm import Product, write_transaction
 
 
@@ -173,6 +174,11 @@ async def review_version(market, caller: Caller, product: str, version: str,
         p = catalog.get_product(session, product, caller)
         v = catalog.get_version(p, version)
         catalog.review(session, caller, p, v, decision, reason)
+        outcome = "approved" if v.state == catalog.ON_SHELF else "rejected"
+        inbox.notify_unit(session, p.unit, "version_decided",
+                          f"Version {v.version} of {p.name} was {outcome}", f"publish/{p.name}",
+                          body=v.reason or "", exclude=[caller.name],
+                          ref=f"version:{v.id}:{outcome}")
         build = None
         if v.state == catalog.ON_SHELF:
             build = product_envs.approve_environment(session, market.blobs, market.envs, v)

@@ -26,6 +26,8 @@ class CallPlan:
     grant: sharing.Grant
     unit: str  # the caller's unit: its platform is the kernel's SPARK_REMOTE
     rows: list
+    derived_model: int | None = None  # further training: the unit's derived model (retrain.py)
+    derived_sha256: str | None = None
 
     @property
     def product(self) -> str:
@@ -41,7 +43,7 @@ class CallPlan:
 
     @property
     def bundle_sha256(self) -> str:
-        return self.grant.bundle_sha256
+        return self.derived_sha256 or self.grant.bundle_sha256
 
 
 def plan_call(session: Session, caller: Caller, product_name: str, body: dict,
@@ -49,6 +51,12 @@ def plan_call(session: Session, caller: Caller, product_name: str, body: dict,
     grant = sharing.authorize_use(session, caller, product_name, "remote_call")
     rows = body.get("rows")
     check_rows(rows, max_rows)
+    if body.get("model") is not None:  # a derived model of the caller's unit (retrain.py)
+        from .retrain import model_for_call
+
+        derived = model_for_call(session, caller, grant, body["model"])
+        return CallPlan(grant=grant, unit=grant.unit, rows=rows, derived_model=derived.id,
+                        derived_sha256=derived.bundle_sha256)
     return CallPlan(grant=grant, unit=grant.unit, rows=rows)
 
 
@@ -60,7 +68,8 @@ def record_call(session: Session, caller: Caller, plan: CallPlan, predictions: l
     """Consume the per-use order and certify the call; returns the log index."""
     return sharing.record_use(
         session, caller, plan.grant, "prediction", _digest(predictions),
-        bundle_sha256=plan.bundle_sha256, rows=len(plan.rows), rows_sha256=_digest(plan.rows))
+        bundle_sha256=plan.bundle_sha256, rows=len(plan.rows), rows_sha256=_digest(plan.rows),
+        **({"derived_model": plan.derived_model} if plan.derived_model else {}))
 
 
 ROW_FORMATS = ("csv", "json")

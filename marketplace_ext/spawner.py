@@ -162,6 +162,13 @@ class GridSpawner(LocalProcessSpawner):
         (:mod:`marketplace_ext.start_here`). Files the user edited are never overwritten.""",
     ).tag(config=True)
 
+    workshop_materials_dir = Unicode(
+        "",
+        help="""Where the marketplace stages enrolled trainees' workshop materials
+        (``<var>/workshop_homes``); at every spawn they are installed into ``~/Workshops`` as
+        the user's own account, never overwriting the trainee's edits. Empty: off.""",
+    ).tag(config=True)
+
     cgroup_parent = Unicode(
         "gds-users",
         help="""cgroup v2 only: the cgroup (under /sys/fs/cgroup) holding one child cgroup
@@ -258,6 +265,31 @@ class GridSpawner(LocalProcessSpawner):
                              done.stderr.strip()[-500:])
         else:
             self.log.info("Start-here folder of %s: %s", self.user.name, done.stdout.strip())
+        if self.workshop_materials_dir:
+            self._install_workshops(runuser, account, env)
+
+    def _install_workshops(self, runuser: str, account: accounts.Account, env: dict) -> None:
+        """``~/Workshops``: the materials of the user's workshops (exchange/workshops.py)."""
+        import base64
+        import json
+
+        from .exchange.workshops import HOME_FOLDER, read_home_materials
+
+        files = read_home_materials(Path(self.workshop_materials_dir), self.user.name)
+        if not files:
+            return
+        payload = json.dumps({k: base64.b64encode(v).decode() for k, v in files.items()})
+        try:
+            done = subprocess.run(
+                [runuser, "-u", account.name, "--", sys.executable, "-m",
+                 "marketplace_ext.start_here", self.home, "--stdin", HOME_FOLDER],
+                input=payload, capture_output=True, text=True, timeout=60, env=env, cwd="/")
+        except (OSError, subprocess.TimeoutExpired) as e:
+            self.log.warning("Workshop materials of %s not installed: %s", self.user.name, e)
+            return
+        level = self.log.warning if done.returncode else self.log.info
+        level("Workshop materials of %s: %s", self.user.name,
+              (done.stderr if done.returncode else done.stdout).strip()[-500:])
 
     async def start(self):
         self._account = await asyncio.to_thread(self._prepare)

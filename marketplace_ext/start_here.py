@@ -77,11 +77,13 @@ def _write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def install(home: Path, files: dict[str, bytes] | None = None) -> dict[str, list[str]]:
-    """Bring ``home/Start here`` up to date without touching what the user changed; returns
-    the paths ``added``, ``updated`` and ``kept`` (edited by the user, left alone)."""
+def install(home: Path, files: dict[str, bytes] | None = None,
+            folder_name: str = START_HERE) -> dict[str, list[str]]:
+    """Bring ``home/Start here`` (or ``home/<folder_name>``: a workshop's materials) up to
+    date without touching what the user changed; returns the paths ``added``, ``updated``
+    and ``kept`` (edited by the user, left alone)."""
     files = sources() if files is None else files
-    folder = Path(home) / START_HERE
+    folder = Path(home) / folder_name
     if folder.is_symlink():
         raise RuntimeError(f"{folder} is a symbolic link; not writing through it")
     folder.mkdir(mode=0o755, exist_ok=True)
@@ -119,8 +121,17 @@ def install(home: Path, files: dict[str, bytes] | None = None) -> dict[str, list
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if len(args) == 3 and args[1] == "--stdin":
+        # HOME --stdin FOLDER: {"path": "<base64>"} on stdin (workshop materials, which the
+        # spawner reads from the platform's var/ and the user's account cannot)
+        import base64
+
+        files = {rel: base64.b64decode(data) for rel, data in json.load(sys.stdin).items()}
+        print(json.dumps(install(Path(args[0]), files, args[2])))
+        return 0
     if len(args) != 1:
-        print("usage: python -m marketplace_ext.start_here HOME", file=sys.stderr)
+        print("usage: python -m marketplace_ext.start_here HOME [--stdin FOLDER]",
+              file=sys.stderr)
         return 2
     done = install(Path(args[0]))
     print(json.dumps(done))

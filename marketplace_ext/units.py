@@ -19,6 +19,13 @@ from .orm import Member, Unit, write_transaction
 SLUG_RE = re.compile(r"^[a-z][a-z0-9]{0,30}$")
 # jupyterhub accepts more, but a unit's slug also names a hub group and a Hive database
 USER_RE = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,254}$")
+#: the paper's unit types (section 2.2), with how pages label them
+UNIT_TYPES = {
+    "headquarters": "Headquarters",
+    "provincial_company": "Provincial company",
+    "research_institute": "Research institute",
+    "industry_unit": "Industry unit",
+}
 
 
 def validate_slug(slug: object, field: str = "slug") -> str:
@@ -47,12 +54,29 @@ def validate_unit_name(name: object, field: str = "name") -> str:
     return name.strip()
 
 
-def create_unit(session: Session, slug: str, name: str, actor: str) -> Unit:
+def validate_unit_type(value: object, field: str = "type") -> str:
+    if not isinstance(value, str) or value not in UNIT_TYPES:  # ({} is not hashable)
+        raise InvalidField(f"{field} must be one of {', '.join(UNIT_TYPES)}", field)
+    return value
+
+
+def set_unit_type(session: Session, slug: str, unit_type: object) -> Unit:
+    """Change unit ``slug``'s type (an operator's action; the caller checks the scope)."""
+    unit_type = validate_unit_type(unit_type)
+    unit = get_unit(session, slug)
+    unit.type = unit_type
+    session.flush()
+    return unit
+
+
+def create_unit(session: Session, slug: str, name: str, actor: str,
+                unit_type: str = "provincial_company") -> Unit:
     slug = validate_slug(slug)
     name = validate_unit_name(name)
+    unit_type = validate_unit_type(unit_type)
     if session.scalar(select(Unit).where(Unit.slug == slug)) is not None:
         raise Conflict(f"a unit with slug {slug!r} already exists", "slug")
-    unit = Unit(slug=slug, name=name, created_by=actor)
+    unit = Unit(slug=slug, name=name, created_by=actor, type=unit_type)
     session.add(unit)
     try:
         session.flush()
@@ -136,10 +160,11 @@ class UnitDirectory:
         # unit (the points economy opens its account); a crash before it is repaired at start-up
         self.on_created = on_created
 
-    async def create_unit(self, slug: str, name: str, actor: str) -> Unit:
+    async def create_unit(self, slug: str, name: str, actor: str,
+                          unit_type: str = "provincial_company") -> Unit:
         with self.session_factory() as session:
             write_transaction(session)
-            unit = create_unit(session, slug, name, actor)
+            unit = create_unit(session, slug, name, actor, unit_type)
             session.commit()
         try:
             await self.hub.ensure_group(unit.hub_group)

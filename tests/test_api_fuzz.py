@@ -56,6 +56,7 @@ STATEFUL_400 = [
     ("POST", "/api/bundles/validate"),
     ("POST", "/api/m2d/{request}/decision"),
     ("POST", "/api/runs"),
+    ("POST", "/api/products/{product}/retrain"),  # only a tool that offers further training
     ("POST", "/api/m2d"),
     ("POST", "/api/products/{product}/query"),
     ("POST", "/api/products/{product}/predict"),
@@ -63,6 +64,24 @@ STATEFUL_400 = [
     ("POST", "/api/products/{product}/versions/{version}/review"),
     ("POST", "/api/products/{product}/shelf"),
     ("PUT", "/api/units/{unit}/members/{user}"),
+    ("POST", "/api/topics"),  # a deadline must lie ahead: a date-time the schema cannot bound
+    ("POST", "/api/features"),  # a start plus its days must be a time Python holds (not 9999)
+    # workshops: dates ahead, base64 materials, notebooks and label CSVs checked by content,
+    # an award's winner must have a scored submission
+    ("POST", "/api/workshops"),
+    ("POST", "/api/workshops/{workshop}/exercises"),
+    ("POST", "/api/workshops/{workshop}/exercises/{exercise}/submissions"),
+    # forum and inbox: texts must hold something besides spaces (a title 3 characters, a query
+    # 2, a hiding reason 3, once trimmed), an e-mail address must look like one
+    ("GET", "/api/forum/threads"),
+    ("POST", "/api/forum/threads"),
+    ("POST", "/api/forum/threads/{thread}/posts"),
+    ("POST", "/api/forum/threads/{thread}/moderation"),
+    ("POST", "/api/forum/posts/{post}/moderation"),
+    ("PUT", "/api/inbox/settings"),
+    ("POST", "/api/workshops/{workshop}/competitions"),
+    ("POST", "/api/workshops/{workshop}/competitions/{competition}/submissions"),
+    ("POST", "/api/workshops/{workshop}/competitions/{competition}/awards"),
 ]
 #: the federated-learning part (openapi_fl.yaml, kept by its own concern) describes keys,
 #: ciphertexts and round numbers more loosely than its handlers check them

@@ -126,6 +126,7 @@ EXPECTED: dict[tuple[str, str], dict[str, int | str]] = {
     ("/api/log/proof/consistency", "GET"): R(401, 200, 200, 200, 200, 200),
     # anyone may offer a cosignature; a forged one is a 400 naming the field
     ("/api/log/cosignatures", "POST"): R(401, 400, 400, 400, 400, 400),
+    ("/api/loop-lag", "GET"): R(401, 403, 403, 403, 403, 200),
     # C2SP tlog-tiles: the public part, for every logged-in caller and API token
     ("/api/log/tlog/checkpoint", "GET"): R(401, 200, 200, 200, 200, 200),
     ("/api/log/tlog/tile/{path}", "GET"): R(401, 200, 200, 200, 200, 200),
@@ -424,6 +425,7 @@ BUILDERS: dict[tuple[str, str], Builder] = {
         post("api/products/{data[name]}/views/customers_public/export", {"format": "csv"}),
     ("/api/downloads/{token}", "GET"): get("{link}"),
     ("/api/log/key", "GET"): get("api/log/key"),
+    ("/api/loop-lag", "GET"): get("api/loop-lag?seconds=5"),
     ("/api/log/tlog/checkpoint", "GET"): get("api/log/tlog/checkpoint"),
     ("/api/log/tlog/tile/{path}", "GET"): get("api/log/tlog/tile/0/000.p/1"),
     ("/api/log/checkpoint", "GET"): get("api/log/checkpoint"),

@@ -20,7 +20,7 @@ SCRIPTS = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py") if not p.nam
 # further lines a script's quick output must hold (the figures its readers look for)
 EXTRA = {
     "certlog.py": [r"inclusion proof \+ entry \+ verify\s+median", r"consistency proof\s+median"],
-    "purchases.py": [r"purchases"],
+    "purchases.py": [r"purchases", r"event-loop lag buying: +p50 .* p99 "],
     "platform_query.py": [r"start 2 unit servers in parallel .*: \d+\.\d s",
                           r"unit \w+: resident memory \d+ MB", r"Spark Connect warm query: median",
                           r"classic SparkSession \(local\[2\]"],

@@ -37,7 +37,7 @@ from marketplace_ext.errors import Conflict, InvalidField
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "product_templates"
 KINDS = ["tool", "application", "data"]
-CATALOGUE = ["electricity-theft-detection", "tariff-risk-prediction", "ev-charger-layout"]
+CATALOGUE = sorted(p.name for p in (TEMPLATES / "catalogue").iterdir() if p.is_dir())
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -153,7 +153,16 @@ def test_catalogue_kinds_follow_the_design():
     kinds = {name: load_bundle(TEMPLATES / "catalogue" / name).manifest["kind"]
              for name in CATALOGUE}
     assert kinds == {"electricity-theft-detection": "application",
-                     "tariff-risk-prediction": "tool", "ev-charger-layout": "application"}
+                     "tariff-risk-prediction": "tool", "ev-charger-layout": "application",
+                     # issue 17: the rest of the paper's Table 2
+                     "customer-service-panorama": "application",
+                     "business-hall-efficiency": "application",
+                     "customer-portrait": "application",
+                     "abnormal-consumption-detection": "tool",
+                     "transformer-overload-prediction": "tool",
+                     "service-efficiency-analysis": "application",
+                     "power-resumption-index": "application", "power-marketing-data": "data",
+                     "abnormal-price-detection": "tool", "traffic-prediction": "tool"}
 
 
 def test_schema_enums_match_the_module():

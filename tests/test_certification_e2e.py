@@ -5,6 +5,7 @@ final; a tampered file, tampered details and a forked or rolled-back checkpoint 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -14,8 +15,10 @@ from pathlib import Path
 from urllib.parse import urljoin
 
 import pytest
-from helpers import market_as, publish_on_shelf
+import requests
+from helpers import market_as, publish_on_shelf, wait_until
 
+from marketplace_ext import merkle, tiles
 from marketplace_ext.client import MarketAPIError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -209,6 +212,38 @@ def test_witnesses_cosign_and_refuse_rollback_and_fork(bought, platform_proc, tm
     assert e.value.status == 400
 
 
+def test_a_running_witness_cosigns_each_new_checkpoint(bought, platform_proc, tmp_path):
+    """`market witness --every`, as `make run` starts it: a process of its own that co-signs
+    every new checkpoint until it is stopped (SIGTERM: status 0)."""
+    sub = bought["sub"]
+    state = tmp_path / "witness-b"
+    shutil.copytree(platform_proc.witness_dirs["witness-b"], state)
+    (state / "checkpoint.json").unlink(missing_ok=True)  # its own history starts here
+    env = {**os.environ, "MARKETPLACE_URL": sub.url,
+           "MARKET_TOKEN": sub.http.headers["Authorization"].split()[1]}
+    witness = subprocess.Popen([str(ROOT / ".venv" / "bin" / "market"), "witness", "--state",
+                                str(state), "--every", "0.2"], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(2):  # a checkpoint it has not seen, then another one
+            more = sub.request("POST", "orders", json={
+                "product": bought["name"], "plan": "per_use",
+                "idempotency_key": f"e2e-witness-{time.time_ns()}"})
+            index = more["log_index"]
+
+            def cosigned(index=index) -> bool:
+                latest = sub.request("GET", "log/checkpoint")
+                return latest["size"] > index and "witness-b" in latest["witnesses"]
+
+            wait_until(cosigned, timeout=60,
+                       what=f"witness-b's cosignature on a checkpoint holding entry {index}")
+    finally:
+        witness.terminate()
+        out, err = witness.communicate(timeout=30)
+    assert witness.returncode == 0, err
+    assert out.count("co-signed checkpoint") >= 2 and "consistent with" in out, out
+
+
 def test_log_endpoints_reject_bad_input(bought):
     sub = bought["sub"]
     size = sub.request("GET", "log/checkpoint")["size"]
@@ -223,6 +258,55 @@ def test_log_endpoints_reject_bad_input(bought):
     for index in ("999999999", "abc", "\u00b2", str(2**64)):
         r = sub.http.get(f"{sub.url}api/log/entries/{index}")
         assert r.status_code == 404 and r.json()["field"] == "index", (index, r.text)
+
+
+def test_a_monitor_mirrors_the_running_log_as_tiles(bought):
+    """C2SP tlog-tiles as a third-party monitor reads them with an API token: the checkpoint
+    note verifies with the log's key, the level-0 tiles rebuild its root, the entry bundle
+    hashes to those tiles; a bad path is a 400, a tile beyond the tree a 404, both naming
+    ``path``."""
+    sub = bought["sub"]
+    base = f"{sub.url}api/log/tlog/"
+    keys = [merkle.parse_vkey(sub.request("GET", "log/key")["log_key"])]
+    r = sub.http.get(base + "checkpoint")
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/plain")
+    checkpoint, _ = merkle.open_checkpoint(r.text, keys)
+    size = checkpoint.size
+    assert size > 0
+    leaves = b""
+    for n in range((size + 255) // 256):
+        width = min(256, size - 256 * n)
+        r = sub.http.get(base + "tile/0/" + tiles.tile_path(0, n, width).split("/", 1)[1])
+        assert r.status_code == 200, r.text
+        leaves += r.content
+    hashes = [leaves[i:i + 32] for i in range(0, len(leaves), 32)]
+    assert len(hashes) == size
+    assert merkle_tree_hash(hashes) == checkpoint.root
+    last = (size - 1) // 256
+    bundle = sub.http.get(base + "tile/" + tiles.tile_path("entries", last,
+                                                           size - 256 * last)).content
+    at, entries = 0, []
+    while at < len(bundle):
+        length = int.from_bytes(bundle[at:at + 2], "big")
+        entries.append(bundle[at + 2:at + 2 + length])
+        at += 2 + length
+    assert [merkle.leaf_hash(e) for e in entries] == hashes[256 * last:]
+    for path, status in [(f"tile/0/{tiles.format_index(last + 1)}", 404),
+                         ("tile/0/1", 400), ("tile/9/000", 400), ("tile/0/000.p/0", 400)]:
+        r = sub.http.get(base + path)
+        assert r.status_code == status and r.json()["field"] == "path", (path, r.text)
+    assert requests.get(base + "checkpoint", timeout=30).status_code == 401
+
+
+def merkle_tree_hash(hashes: list[bytes]) -> bytes:
+    """RFC 9162's MTH over leaf hashes, written out naively (the monitor's own reference)."""
+    if len(hashes) == 1:
+        return hashes[0]
+    k = 1
+    while k * 2 < len(hashes):
+        k *= 2
+    return hashlib.sha256(b"\x01" + merkle_tree_hash(hashes[:k])
+                          + merkle_tree_hash(hashes[k:])).digest()
 
 
 def test_fsck_of_the_running_log(platform_proc):

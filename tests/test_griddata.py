@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from canaries import find_canaries
 
-from marketplace_ext import griddata
+from marketplace_ext import griddata, griddata_commercial, griddata_service
 from marketplace_ext.griddata import (
     ATTACK_NAMES,
     CANARY_MARKER,
@@ -89,6 +89,10 @@ EXPECTED = {
         "district": "string",
     },
 }
+
+
+EXPECTED.update(griddata_commercial.SCHEMA)  # the commercial tables (issue 17)
+EXPECTED.update(griddata_service.SCHEMA)  # the service tables (issue 17)
 
 
 @pytest.fixture(scope="module")

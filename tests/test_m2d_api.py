@@ -213,6 +213,12 @@ def test_model_to_data_refusals_take_no_points(data_product):
     assert e.value.field == "reason"
     rejected = pub.decide_model(request["id"], "reject", "reads the customer register")
     assert rejected["status"] == "rejected" and rejected["run"] is None
+    # the inbox: the owner's people were told it waits, the demander how it was decided
+    link = f"m2d/{request['id']}"
+    assert [n["kind"] for n in pub.inbox(per_page=100)["notifications"]
+            if n["link"] == link] == ["m2d_waiting"]
+    assert [(n["kind"], n["body"]) for n in sub.inbox(per_page=100)["notifications"]
+            if n["link"] == link] == [("m2d_decided", "reads the customer register")]
     assert balance(sub) == unpaid  # refunded
     with pytest.raises(MarketAPIError) as e:  # and used: a new request needs a new order
         sub.send_model(name, training_notebook(), ["outputs/model.pt"])

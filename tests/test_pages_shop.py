@@ -143,7 +143,7 @@ def test_shelf_sorts_by_use_and_age_and_counts_units_using(session):
     by = {s: [p.name for p in catalog.list_products(session, viewer, sort=s)[0]]
           for s in catalog.SORTS}
     assert by == {"name": ["new-tool", "old-tool"], "new": ["new-tool", "old-tool"],
-                  "used": ["old-tool", "new-tool"]}
+                  "used": ["old-tool", "new-tool"], "rank": ["old-tool", "new-tool"]}
     with pytest.raises(InvalidField) as e:
         catalog.list_products(session, viewer, sort="rating")
     assert e.value.field == "sort"

@@ -38,6 +38,7 @@ from .. import certlog
 from ..auth import Caller
 from ..blobs import BlobStore
 from ..errors import Conflict, Forbidden, InvalidField, NotFound
+from ..exchange import inbox
 from ..orm import utcnow, write_transaction
 from . import packing
 from .common import (
@@ -78,7 +79,43 @@ def _open_round(session: Session, project: FLProject, number: int, attempt: int,
     session.add(rnd)
     project.current_round = number
     session.flush()
+    again = f" (attempt {attempt})" if attempt > 1 else ""
+    for member in active_members(session, project):  # the inbox, in this transaction
+        inbox.notify_unit(session, member.unit_id, "fl_round_opened",
+                          f"Round {number}{again} of “{project.title}” is open",
+                          f"fl/{project.id}", body=f"Send your update before {iso(rnd.deadline)}.",
+                          ref=f"fl_round:{rnd.id}")
     return rnd
+
+
+#: members that have not sent their update are told a round is about to close when this share
+#: of its window is left (at most an hour before the deadline)
+CLOSING_NOTICE_SHARE = 0.25
+CLOSING_NOTICE_MAX = timedelta(hours=1)
+
+
+def warn_closing(session: Session, now: datetime | None = None) -> int:
+    """Tell the units that still owe an open round their update that it is about to close,
+    once per round attempt. Needs a write transaction; returns the notifications added."""
+    now = now or utcnow()
+    told = 0
+    for rnd in list(session.scalars(select(FLRound).where(FLRound.state == OPEN,
+                                                          FLRound.deadline > now))):
+        project = session.get(FLProject, rnd.project_id)
+        notice = min(timedelta(seconds=project.deadline_seconds * CLOSING_NOTICE_SHARE),
+                     CLOSING_NOTICE_MAX)
+        ref = f"fl_round:{rnd.id}"
+        if rnd.deadline - now > notice or inbox.already_notified(session, "fl_round_closing",
+                                                                 ref):
+            continue
+        sent = set(session.scalars(select(FLUpdate.member_id).where(FLUpdate.round_id == rnd.id)))
+        for member in active_members(session, project):
+            if member.id not in sent:
+                told += inbox.notify_unit(
+                    session, member.unit_id, "fl_round_closing",
+                    f"Round {rnd.number} of “{project.title}” closes at {iso(rnd.deadline)}",
+                    f"fl/{project.id}", body="Your unit has not sent its update yet.", ref=ref)
+    return told
 
 
 def start(session: Session, caller: Caller, project: FLProject) -> FLRound:

@@ -28,13 +28,13 @@ from ..ids import parse_id
 from ..openapi import openapi_document
 from ..orm import write_transaction
 from ..publishing import publish_upload, review_version
-from ..units import get_unit, list_units, validate_slug
+from ..units import get_unit, list_units, validate_slug, validate_unit_type
 from .base import MULTIPART_ENVELOPE, APIHandler
 
 
 def unit_json(unit, member_count: int | None = None) -> dict:
     data = {"slug": unit.slug, "name": unit.name, "hub_group": unit.hub_group,
-            "created_at": unit.created_at.isoformat() + "Z"}
+            "type": unit.type, "created_at": unit.created_at.isoformat() + "Z"}
     if member_count is not None:
         data["member_count"] = member_count
     return data
@@ -49,6 +49,17 @@ class HealthHandler(APIHandler):
     def get(self):
         self.db.execute(text("SELECT 1"))
         self.write_json({"status": "ok", "version": __version__})
+
+
+class LoopLagHandler(APIHandler):
+    """Operators: how late the service's event loop ran its timer over the last ``seconds``
+    (see :mod:`marketplace_ext.looplag`)."""
+
+    @web.authenticated
+    def get(self):
+        self.caller.require(SCOPE_APPROVE, "reading the service's loop lag")
+        seconds = self.int_argument("seconds", 60, 1, 3600)
+        self.write_json(self.market.loop_lag.stats(seconds))
 
 
 class OpenAPIHandler(APIHandler):
@@ -84,7 +95,9 @@ class UnitsHandler(APIHandler):
         slug = validate_slug(body.get("slug"))
         if "name" not in body:
             raise InvalidField("name is required: the unit's display name", "name")
-        unit = await self.market.units.create_unit(slug, body["name"], self.caller.name)
+        unit = await self.market.units.create_unit(
+            slug, body["name"], self.caller.name,
+            validate_unit_type(body.get("type", "provincial_company")))
         self.set_header("Location", f"{self.market.service_prefix}api/units/{unit.slug}")
         self.write_json(unit_json(unit, 0), status=201)
 
@@ -228,12 +241,18 @@ class OrdersHandler(APIHandler):
                          "limit": limit, "offset": offset})
 
     @web.authenticated
-    def post(self):
+    async def post(self):
         product, plan, key = points.validate_order_request(self.json_body())
-        order, created = points.place_order(self.db, self.caller, self.market.economy,
-                                            product, plan, key)
-        self.db.commit()
-        self.write_json(points.order_json(order), status=201 if created else 200)
+        body, created = await self.in_db(_buy, self.caller, self.market.economy, product, plan,
+                                         key)
+        self.write_json(body, status=201 if created else 200)
+
+
+def _buy(session, caller, economy, product: str, plan: str, key: str) -> tuple[dict, bool]:
+    write_transaction(session)
+    order, created = points.place_order(session, caller, economy, product, plan, key)
+    session.commit()
+    return points.order_json(order), created
 
 
 class OrderRefundHandler(APIHandler):
@@ -420,6 +439,7 @@ class PredictHandler(APIHandler):
             session.commit()
         self.set_header("X-Log-Index", str(index))
         self.write_json({"predictions": predictions, "version": plan.version,
+                         **({"model": plan.derived_model} if plan.derived_model else {}),
                          "log_index": index})
 
 
@@ -443,6 +463,7 @@ default_handlers = [
      FileDownloadHandler),
     (r"/api/products/(?P<product>[^/]+)/views/(?P<view>[^/]+)/export", ViewExportHandler),
     (r"/api/downloads/(?P<token>[^/]+)", DownloadLinkHandler),
+    (r"/api/loop-lag", LoopLagHandler),
     (r"/api/log/key", LogKeyHandler),
     (r"/api/log/checkpoint", CheckpointHandler),
     (r"/api/log/entries/(?P<index>[^/]+)", LogEntryHandler),

@@ -29,6 +29,8 @@ import json
 import logging
 import re
 import tempfile
+from collections.abc import Callable
+from typing import TypeVar
 from urllib.parse import quote
 
 from jupyterhub.services.auth import HubOAuthenticated
@@ -47,6 +49,14 @@ MAX_JSON_BODY = 1024 * 1024
 #: a multipart upload's envelope (boundaries, headers, a small JSON field) beyond its file
 MULTIPART_ENVELOPE = 1024 * 1024
 _METHODS = ("get", "head", "post", "delete", "patch", "put", "options")
+
+
+T = TypeVar("T")
+
+
+def _unit_slug(session: Session, name: str) -> str | None:
+    unit = unit_of(session, name)
+    return unit.slug if unit else None
 
 
 #: how long a connection refused before its body was read keeps reading (and dropping) it
@@ -116,7 +126,31 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         """Checks of the route cheap enough to run before the body is read (a scope); raise a
         :class:`MarketError` to refuse. The caller is already authenticated."""
 
+    async def authenticate(self) -> None:
+        """Ask the hub who the caller is without blocking the loop. ``current_user`` is
+        Tornado's synchronous property: on a cache miss it would wait for the hub's answer with
+        the whole service stopped; awaited here first, it finds the answer already cached
+        (HubAuth keeps it on the handler and its token cache)."""
+        if not hasattr(self, "_cached_hub_user") \
+                and type(self).get_current_user is HubOAuthenticated.get_current_user:
+            # (a route that answers everyone, like the health check, overrides it: no hub call)
+            model = await self.hub_auth.get_user(self, sync=False)
+            if model and model.get("name"):
+                # the caller's unit too, in the database executor (``caller`` needs it)
+                self._caller_unit = await self.in_db(_unit_slug, model["name"])
+
+    async def in_db(self, work: Callable[..., T], *args) -> T:
+        """Run ``work(session, *args)`` in the service's database executor with a session of
+        its own, closed afterwards (``work`` commits what it writes; a write should start with
+        ``write_transaction(session)``). The event loop serves other requests meanwhile."""
+        def run() -> T:
+            with self.market.session_factory() as session:
+                return work(session, *args)
+
+        return await asyncio.get_running_loop().run_in_executor(self.market.db_executor, run)
+
     async def prepare(self) -> None:
+        await self.authenticate()
         self._body = bytearray()
         self._spool = None
         self._received = 0
@@ -260,10 +294,12 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             model = self.current_user
             if not model:
                 raise Unauthenticated("log in through the hub or send 'Authorization: token ...'")
-            self._caller = caller_from_model(self.hub_auth, model, self._unit_of(model["name"]))
+            unit = self._caller_unit if hasattr(self, "_caller_unit") \
+                else self._unit_of(model["name"])
+            self._caller = caller_from_model(self.hub_auth, model, unit)
         return self._caller
 
-    def _unit_of(self, name: str) -> str | None:
+    def _unit_of(self, name: str) -> str | None:  # (a handler whose prepare did not ask)
         # a short session of its own: self.db may become a write transaction, and async
         # handlers must not hold one across an await
         with self.market.session_factory() as session:
@@ -438,7 +474,22 @@ class PageHandler(BaseHandler):
             "nav": self.nav,
             "errors": {},
             "form": {},
+            "unread": self._unread(caller),
         }
+
+    def _unread(self, caller: Caller | None) -> int:
+        """The nav's inbox count, read in a short session of its own (never the handler's
+        transaction, which may be rolled back or failed when an error page renders)."""
+        if caller is None:
+            return 0
+        from ..exchange.inbox import unread_count
+
+        try:
+            with self.market.session_factory() as session:
+                return unread_count(session, caller.name)
+        except Exception:  # an error page must render even when the database does not answer
+            log.exception("reading the unread count failed")
+            return 0
 
     def render_template(self, name: str, status: int = 200, **ns) -> None:
         template = self.settings["jinja_env"].get_template(name)

@@ -181,6 +181,7 @@ class UpdatesHandler(APIHandler):
     _close = False
 
     async def prepare(self):
+        await self.authenticate()
         self._chunks: list[bytes] = []
         self._received = 0
         self._update = None

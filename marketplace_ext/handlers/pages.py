@@ -17,6 +17,7 @@ from ..errors import MarketError, NotFound
 from ..orm import Version
 from ..units import get_unit
 from .base import PageHandler
+from .reviews import reviews_page, shelf_sections
 
 
 def shown_error(error: MarketError, fields: tuple[str, ...]) -> MarketError:
@@ -47,6 +48,7 @@ def product_namespace(session: Session, market, caller: Caller, name: str) -> di
     return {
         "product": detail,
         "stats": points.usage_stats(session, p),
+        "reviews": reviews_page(session, caller, p, 3, 0),  # the aggregate, the latest three
         "envs": product_envs.environments(market.envs, p, caller),
         "entitlements": points.list_entitlements(session, unit, p) if unit else [],
         "own_product": caller.unit is not None and caller.unit == p.unit.slug,
@@ -70,7 +72,7 @@ class HomeHandler(PageHandler):
         facets = catalog.shelf_facets(self.db, caller)
         arg = self.get_query_argument
         filters = {"q": arg("q", "").strip(), "kind": arg("kind", ""), "tag": arg("tag", ""),
-                   "unit": arg("unit", ""), "sort": arg("sort", "name")}
+                   "unit": arg("unit", ""), "sort": arg("sort", "rank")}
         # a filter value the shelf does not offer is ignored (a stale bookmark), not an error
         if filters["kind"] not in catalog.KINDS:
             filters["kind"] = ""
@@ -79,7 +81,7 @@ class HomeHandler(PageHandler):
         if filters["unit"] not in facets["units"]:
             filters["unit"] = ""
         if filters["sort"] not in catalog.SORTS:
-            filters["sort"] = "name"
+            filters["sort"] = "rank"
         products, total = catalog.list_products(
             self.db, caller, kind=filters["kind"] or None, tag=filters["tag"] or None,
             unit=filters["unit"] or None, q=filters["q"] or None, sort=filters["sort"],
@@ -101,6 +103,7 @@ class HomeHandler(PageHandler):
             products=[{**catalog.product_summary(p, caller), "units_using": using[p.id]}
                       for p in products],
             total=total, review_queue=review_queue,
+            **shelf_sections(self.db, caller, products),  # featured, trending, new, ratings
         )
 
 

@@ -4,6 +4,7 @@ from alembic import context
 
 import marketplace_ext.exchange  # noqa: F401  (its tables belong to the metadata)
 import marketplace_ext.federated.orm  # noqa: F401  (its tables belong to the metadata)
+import marketplace_ext.retrain_orm  # noqa: F401  (its tables belong to the metadata)
 from marketplace_ext.orm import Base, make_engine
 
 config = context.config
