@@ -28,3 +28,11 @@ def parse_id(text: object, what: str, field: str) -> int:
     if not 0 <= value <= MAX_ID:
         raise NotFound(f"no {what} {str(text)[:40]!r}", field)
     return value
+
+
+def json_int(value: object) -> object:
+    """``value`` with a JSON number that is a whole number (``3.0``, which JSON Schema calls an
+    integer) as an ``int``; anything else unchanged, for the caller's own check."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    return value

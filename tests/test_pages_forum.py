@@ -267,7 +267,7 @@ def test_a_mention_in_the_browser_reaches_the_inbox(page_as, users, hub_url):
     first = operator.locator(".post").first
     first.locator("input[name=reason]").fill("off topic for the models category")
     with operator.expect_navigation():
-        first.locator("text=Hide").click()
+        first.get_by_role("button", name="Hide", exact=True).click()
     assert operator.locator("#forum-notice").is_visible()
     assert_accessible(operator)
     reader.goto(thread_url)

@@ -30,6 +30,7 @@ from .. import certlog, points
 from ..auth import Caller
 from ..blobs import BlobStore
 from ..errors import Conflict, InvalidField, NotFound
+from ..ids import json_int
 from ..orm import Unit, utcnow
 from .workshops import (
     NAME_RE,
@@ -82,7 +83,7 @@ def create_competition(session: Session, blobs: BlobStore, caller: Caller,
     if metric not in METRICS:
         raise InvalidField(f"metric must be one of {', '.join(METRICS)}", "metric")
     deadline = parse_time(body.get("deadline"), "deadline", now)
-    percent = body.get("public_percent", 50)
+    percent = json_int(body.get("public_percent", 50))
     if not isinstance(percent, int) or isinstance(percent, bool) or not 1 <= percent <= 99:
         raise InvalidField("public_percent must be an integer from 1 to 99", "public_percent")
     labels = parse_labels(body.get("labels"))
@@ -182,7 +183,7 @@ def award(session: Session, caller: Caller, workshop: Workshop, competition: Com
     user = body.get("user")
     if not isinstance(user, str) or not user:
         raise InvalidField("user is required: the winner's user name", "user")
-    amount = body.get("points")
+    amount = json_int(body.get("points"))
     if (not isinstance(amount, int) or isinstance(amount, bool)
             or not 1 <= amount <= MAX_AWARD_POINTS):
         raise InvalidField(f"points must be an integer from 1 to {MAX_AWARD_POINTS}", "points")

@@ -16,6 +16,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from ..errors import InvalidField, NotFound
+from ..ids import json_int
 from ..orm import Member, Unit, utcnow
 from .inbox_orm import MailSetting, Notification
 
@@ -117,8 +118,7 @@ def parse_mark_request(body: dict) -> list[int] | None:
         return None
     ids = body.get("ids")
     if isinstance(ids, list):  # 3.0 is the integer 3 in JSON
-        ids = [int(i) if isinstance(i, float) and i.is_integer() and abs(i) < 2**63 else i
-               for i in ids]
+        ids = [json_int(i) for i in ids]
     if not isinstance(ids, list) or not ids or len(ids) > MAX_MARK or not all(
             isinstance(i, int) and not isinstance(i, bool) and 1 <= i < 2**63 for i in ids):
         raise InvalidField(f"ids must be a list of 1 to {MAX_MARK} notification ids (or send "

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from .. import catalog, certlog
 from ..auth import SCOPE_PUBLISH, SCOPE_SUBSCRIBE, Caller
 from ..errors import Conflict, Forbidden, InvalidField, NotFound
-from ..ids import parse_id
+from ..ids import json_int, parse_id
 from ..orm import Order, Product, Run, Unit, Version, utcnow
 from . import inbox
 from .ratings_orm import Review
@@ -44,6 +44,7 @@ STARS = range(1, 6)
 def validate_stars(value: object) -> int:
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value.strip())
+    value = json_int(value)  # 4.0 is the integer 4 in JSON
     if not isinstance(value, int) or isinstance(value, bool) or value not in STARS:
         raise InvalidField("stars must be a whole number from 1 to 5", "stars")
     return value

@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 from .. import certlog, points
 from ..auth import SCOPE_PUBLISH, SCOPE_SUBSCRIBE, Caller
 from ..errors import Conflict, Forbidden, InvalidField, MarketError, NotFound
-from ..ids import parse_id
+from ..ids import json_int, parse_id
 from ..orm import Account, Product, Unit, Version, utcnow, write_transaction
 from . import inbox
 from .topics_orm import Topic, TopicEvent, TopicProposal
@@ -107,7 +107,7 @@ def validate_topic_request(body: dict, now: datetime | None = None) -> TopicRequ
     title = _text(body, "title", TITLE_MAX)
     description = _text(body, "description", DESCRIPTION_MAX)
     data_offered = _text(body, "data_offered", DATA_MAX, required=False)
-    bounty = body.get("bounty")
+    bounty = json_int(body.get("bounty"))
     if isinstance(bounty, bool) or not isinstance(bounty, int) or not 1 <= bounty <= MAX_BOUNTY:
         raise InvalidField(f"bounty must be a whole number of points from 1 to {MAX_BOUNTY}",
                            "bounty")
@@ -330,6 +330,7 @@ def assign(session: Session, caller: Caller, topic: Topic, proposal_id: object,
         if caller.unit != topic.unit.slug:
             raise Forbidden(f"topic {topic.id} is unit {topic.unit.slug!r}'s: its members or an "
                             "operator assign it", "unit")
+    proposal_id = json_int(proposal_id)
     if isinstance(proposal_id, bool) or not isinstance(proposal_id, int) \
             or not 1 <= proposal_id < 2**63:
         raise InvalidField("proposal must be the id of a proposal of this topic", "proposal")

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 from ..auth import SCOPE_PUBLISH, SCOPE_SUBSCRIBE, Caller
 from ..blobs import BlobStore
 from ..errors import Conflict, Forbidden, InvalidField, NotFound
-from ..ids import parse_id
+from ..ids import json_int, parse_id
 from ..orm import Unit, utcnow
 from . import inbox
 from .grading import unzip_files, zip_files
@@ -86,7 +86,7 @@ def parse_time(raw: object, name: str, now: datetime | None = None) -> datetime:
 
 
 def _int(body: dict, name: str, low: int, high: int, default: int | None = None) -> int:
-    value = body.get(name, default)
+    value = json_int(body.get(name, default))
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise InvalidField(f"{name} must be an integer from {low} to {high}", name)
     return value
