@@ -12,7 +12,7 @@ KERNELS := $(wildcard kernels/*/kernel.json)
 # pip lists index locations it cannot read as warnings; they are noise here
 PIP_QUIET := sed "/^WARNING: Location/d"
 
-.PHONY: install reachable sandbox browser run test lint bench clean
+.PHONY: install reachable sandbox browser run test lint bench clean card-pictures
 
 install: reachable $(STAMP) $(CHP) sandbox
 
@@ -75,6 +75,11 @@ test: install browser
 
 lint: install
 	$(BIN)/ruff check .
+
+# the output pictures on the catalogue cards of the products without ground truth (issue 17):
+# each product's notebook run on the demo tables, its PNG written to the bundle's card/
+card-pictures: install
+	nice -n 10 $(BIN)/python -m marketplace_ext.catalogue_pictures
 
 clean:
 	rm -rf var .pytest_cache

@@ -24,3 +24,7 @@ if os.environ.get("MARKET_SPARK_ENDPOINTS"):
     import json
 
     c.DataPlatform.endpoints = json.loads(os.environ["MARKET_SPARK_ENDPOINTS"])
+if os.environ.get("MARKET_SERVICE_PROCESSES"):
+    # several service processes sharing the port (PostgreSQL only; see README "Several
+    # service processes")
+    c.MarketplaceApp.processes = int(os.environ["MARKET_SERVICE_PROCESSES"])

@@ -19,13 +19,14 @@ from jupyterhub.services.auth import HubOAuth
 from jupyterhub.utils import url_path_join
 from tornado import web
 from tornado.httpserver import HTTPServer
-from traitlets import Bool, Dict, Float, Integer, Unicode, default
+from traitlets import Unicode
 from traitlets.config import Application
 
 from . import (
     __version__,
     blob_gc,
     dbutil,
+    leases,
     m2d,
     points,
     product_envs,
@@ -36,7 +37,6 @@ from . import (
 from . import exchange as _exchange  # noqa: F401  (its tables belong to the metadata)
 from .blobs import BlobStore
 from .bundle import BundleLimits
-from .catalog import DEFAULT_TERMS
 from .certlog import TransparencyLog
 from .download_links import DownloadLinks
 from .envs import EnvironmentBuilder
@@ -44,8 +44,8 @@ from .exchange.grading import Grader
 from .exchange.mail import MailConfig, send_pending
 from .exchange.topics import sweep_loop as topic_sweep_loop
 from .exchange.workshops import reminder_loop as workshop_reminder_loop
+from .executors import NamedExecutors
 from .federated import orm as _fl_orm  # noqa: F401  (its tables belong to the metadata)
-from .federated.common import DEFAULT_MAX_PARAMETERS as FL_DEFAULT_MAX_PARAMETERS
 from .federated.rounds import Coordinator, warn_closing
 from .handlers import default_handlers
 from .handlers.base import MAX_JSON_BODY
@@ -53,10 +53,12 @@ from .hubapi import HubAPI
 from .looplag import LoopLagMonitor
 from .orm import Version, make_engine, make_session_factory, write_transaction
 from .platform import DataPlatform
-from .platform.supervisor import UnitServers
+from .platform.supervisor import EndpointsFile, UnitServers
 from .predict import PredictPool
 from .runner import Runner
 from .sandbox.config import SandboxConfig
+from .service_processes import start_workers, stop_workers
+from .settings import MarketplaceSettings
 from .signing import UnitSigner
 from .units import UnitDirectory
 
@@ -77,7 +79,10 @@ def read_or_create_secret(path: Path, nbytes: int = 32) -> bytes:
     return secret
 
 
-class MarketplaceApp(Application):
+class MarketplaceApp(Application, MarketplaceSettings):
+    """The service: its settings (:class:`~.settings.MarketplaceSettings`, set as
+    ``c.MarketplaceApp.<name>``), start-up, the HTTP server and the background loops."""
+
     name = "marketplace"
     description = "The Grid Data Supermarket service (run by JupyterHub as a managed service)."
     version = __version__
@@ -93,288 +98,20 @@ class MarketplaceApp(Application):
         "", help="Python config file to load (e.g. hub_config/marketplace_config.py)."
     ).tag(config=True)
 
-    var_dir = Unicode(
-        help="""Directory for the service's state in the embedded mode: the SQLite database,
-        the cookie secret, blobs. Defaults to $MARKET_VAR_DIR, else ./var."""
-    ).tag(config=True)
-
-    @default("var_dir")
-    def _default_var_dir(self):
-        return os.environ.get("MARKET_VAR_DIR") or os.path.abspath("var")
-
-    db_url = Unicode(
-        help="""SQLAlchemy URL of the service database. Defaults to $MARKET_DB_URL, else a SQLite
-        file under var_dir (WAL mode). PostgreSQL: postgresql+psycopg://user@host/db."""
-    ).tag(config=True)
-
-    @default("db_url")
-    def _default_db_url(self):
-        return os.environ.get("MARKET_DB_URL") or f"sqlite:///{self.var_dir}/marketplace.sqlite"
-
-    upgrade_db = Bool(
-        True,
-        help="""Run pending Alembic migrations at start-up. With False the service refuses to
-        start on an out-of-date schema (run `market db upgrade` yourself).""",
-    ).tag(config=True)
-
-    service_url = Unicode(
-        help="URL this service listens on; the hub sets $JUPYTERHUB_SERVICE_URL."
-    ).tag(config=True)
-
-    @default("service_url")
-    def _default_service_url(self):
-        return os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101")
-
-    service_prefix = Unicode(
-        help="URL prefix the proxy routes to us; the hub sets $JUPYTERHUB_SERVICE_PREFIX."
-    ).tag(config=True)
-
-    @default("service_prefix")
-    def _default_service_prefix(self):
-        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/marketplace/")
-
-    hub_prefix = Unicode(
-        help="The hub's URL prefix, for links back to it; the hub sets $JUPYTERHUB_BASE_URL."
-    ).tag(config=True)
-
-    @default("hub_prefix")
-    def _default_hub_prefix(self):
-        return url_path_join(os.environ.get("JUPYTERHUB_BASE_URL", "/"), "hub/")
-
-    hub_api_url = Unicode(
-        help="The hub's REST API; the hub sets $JUPYTERHUB_API_URL."
-    ).tag(config=True)
-
-    @default("hub_api_url")
-    def _default_hub_api_url(self):
-        return os.environ.get("JUPYTERHUB_API_URL", "http://127.0.0.1:8081/hub/api")
-
-    reconcile_interval = Float(
-        300.0,
-        help="""Seconds between checks that every unit-<slug> hub group holds exactly the unit's
-        members (also run at start-up). 0 disables the periodic check.""",
-    ).tag(config=True)
-
-    sharing_terms = Unicode(
-        DEFAULT_TERMS,
-        help="""The sharing agreement a publisher accepts for every version; the text and its
-        sha256 are kept with the version, signed with the unit's key.""",
-    ).tag(config=True)
-
-    price_min = Integer(10, help="Lowest price (points) a plan may ask.").tag(config=True)
-    price_max = Integer(50, help="Highest price (points) a plan may ask.").tag(config=True)
-
-    max_bundle_bytes = Integer(
-        200 * 2**20, help="Largest bundle upload (zip) and largest unpacked bundle, in bytes."
-    ).tag(config=True)
-
-    max_file_bytes = Integer(
-        50 * 2**20, help="Largest single file inside a bundle, in bytes."
-    ).tag(config=True)
-
-    max_bundle_files = Integer(500, help="Most files a bundle may hold.").tag(config=True)
-
-    initial_grant_points = Integer(
-        500, help="Points the mint issues to every new unit's account."
-    ).tag(config=True)
-
-    fee_basis_points = Integer(
-        600,
-        help="""The operator's fee on every order in basis points (600 = 6 %); the fee is
-        rounded down to the centipoint and the supplier gets the rest.""",
-    ).tag(config=True)
-
-    allow_self_purchase = Bool(
-        False,
-        help="Whether a unit may buy its own product (it can always use it without an order).",
-    ).tag(config=True)
-
-    log_origin = Unicode(
-        "grid-data-supermarket.local/log",
-        help="""The transparency log's origin line (C2SP checkpoint): a name unique to this
-        log, conventionally host/path. Changing it starts a different log for verifiers.""",
-    ).tag(config=True)
-
-    log_key_file = Unicode(
-        help="""The log's Ed25519 signing key (C2SP signed-note private key), created with mode
-        0600 on first start. Defaults to var_dir/log_signing.key."""
-    ).tag(config=True)
-
-    @default("log_key_file")
-    def _default_log_key_file(self):
-        return os.path.join(self.var_dir, "log_signing.key")
-
-    log_witnesses = Dict(
-        {},
-        help="""Witnesses whose cosignatures the log accepts: {name: vkey}, each vkey printed by
-        `market witness --init`. Cosignatures of other keys are refused.""",
-    ).tag(config=True)
-
-    log_quorum = Integer(
-        1,
-        help="""How many configured witnesses must co-sign a checkpoint for it to be final
-        (k of n). 0 means checkpoints are never reported final.""",
-    ).tag(config=True)
-
-    log_interval = Float(
-        1.0,
-        help="""Seconds between integrations of newly certified entries into the Merkle tree
-        and a new signed checkpoint (entries learn their index at once).""",
-    ).tag(config=True)
-
-    run_workers = Integer(
-        2, help="Product runs (papermill kernels) executing at once; more wait in the queue."
-    ).tag(config=True)
-
-    run_timeout = Integer(
-        600, help="Default time limit of a run in seconds (a request may ask for less or more)."
-    ).tag(config=True)
-
-    run_max_timeout = Integer(
-        3600, help="The longest time limit a run request may ask for, in seconds."
-    ).tag(config=True)
-
-    refunded_output_days = Integer(
-        7, help="""Days a refunded run's outputs (a per-use run that failed, timed out or was
-        cancelled) stay readable by the publishers of the product's unit, to debug their
-        product; its caller never gets them (a refund must not buy anything). The outputs
-        were computed on the caller's data, so 0 withholds them from everyone.""",
-    ).tag(config=True)
-
-    predict_workers = Integer(
-        4, help="""Warm kernels kept for remote calls (one per tool version and calling unit);
-        the least recently used is stopped to make room.""",
-    ).tag(config=True)
-
-    predict_workers_per_unit = Integer(
-        2, help="""Warm remote-call kernels one calling unit may hold (0: no limit beyond
-        predict_workers). A unit's call needing one more stops that unit's least recently used
-        idle kernel, never another unit's; with all of that unit's kernels busy the call is
-        refused with 429 quota_exceeded (field "unit", Retry-After), nothing charged.""",
-    ).tag(config=True)
-
-    max_active_runs_per_unit = Integer(
-        4, help="""Runs (remote runs, a unit's own runs of its own products, model-to-data runs
-        on its platform) one unit may have queued or running at once (0: no limit). One more
-        is refused with 429 quota_exceeded (field "unit", Retry-After), nothing charged or
-        stored.""",
-    ).tag(config=True)
-
-    blob_gc_interval = Float(
-        3600.0, help="""Seconds between collections of orphan blobs (stored content no database
-        row refers to: failed uploads, expired download links). 0 disables the periodic pass;
-        `market blobs gc` runs one by hand.""",
-    ).tag(config=True)
-
-    blob_gc_grace = Float(
-        86400.0, help="""Seconds an orphan blob is kept before it is collected, so an upload in
-        flight or an unexpired download link is never broken; at least the download links'
-        lifetime (300 s).""",
-    ).tag(config=True)
-
-    predict_idle_timeout = Float(
-        600.0, help="Seconds an idle remote-call kernel is kept warm before it is stopped."
-    ).tag(config=True)
-
-    predict_timeout = Float(
-        60.0, help="Seconds one remote call may run before its kernel is killed (504)."
-    ).tag(config=True)
-
-    predict_max_rows = Integer(
-        10_000, help="The most rows one remote call may send."
-    ).tag(config=True)
-
-    envs_dir = Unicode(
-        help="""Where products' own Python environments (from their requirements.txt) and
-        kernelspecs are built; default ``<var_dir>/envs``.""",
-    ).tag(config=True)
-
-    @default("envs_dir")
-    def _default_envs_dir(self) -> str:
-        return str(Path(self.var_dir) / "envs")
-
-    env_pip_timeout = Integer(
-        900, help="Seconds pip may take to install one product environment before it fails."
-    ).tag(config=True)
-
-    m2d_max_output_bytes = Integer(
-        50 * 1024 * 1024,
-        help="""The largest file a model-to-data run may return to its demander (a model, not a
-        table); a larger declared output is withheld and stays with the data owner.""",
-    ).tag(config=True)
-
-    fl_max_parameters = Integer(
-        FL_DEFAULT_MAX_PARAMETERS,
-        help="""The most parameters a federated project's model may have (its model.json
-        "parameters"). Each update is about parameters / 100 Paillier ciphertexts, so this bounds
-        the size of updates, aggregates and the service's work per round; a project over it is
-        refused with 400 naming the field model.""",
-    ).tag(config=True)
-
-    db_threads = Integer(
-        4, help="""Threads that run handlers' database work off the event loop (purchases and
-        their caller lookups). More help PostgreSQL, whose writers run side by side; SQLite
-        serialises writers, so more threads there only wait longer.""",
-    ).tag(config=True)
-
-    fl_tick_interval = Float(
-        1.0, help="""Seconds between checks of federated rounds' deadlines (a round that reaches
-        its quorum is aggregated at once)."""
-    ).tag(config=True)
-
-    topic_sweep_interval = Float(
-        5.0, help="""Seconds between sweeps that expire topics past their deadline and give their
-        escrowed bounties back (reads show them expired at once). 0: no sweep."""
-    ).tag(config=True)
-
-    # -- notifications: the periodic sweep and the optional e-mail copy (exchange/mail.py) --
-    notify_interval = Float(
-        30.0, help="""Seconds between passes that tell federated partners a round is about to
-        close and, with smtp_host set, send the e-mail copies of new notifications."""
-    ).tag(config=True)
-
-    smtp_host = Unicode(
-        "", help="""SMTP server for e-mail copies of notifications (users turn them on, with
-        their address, on their inbox page). Empty, the default, sends no e-mail at all."""
-    ).tag(config=True)
-
-    smtp_port = Integer(25, help="The SMTP server's port (587 with starttls, 465 with ssl).").tag(
-        config=True)
-
-    smtp_security = Unicode(
-        "none", help="How to reach the SMTP server: none, starttls or ssl."
-    ).tag(config=True)
-
-    smtp_username = Unicode("", help="SMTP login name; empty: no login.").tag(config=True)
-
-    smtp_password_file = Unicode(
-        "", help="""File holding the SMTP password (read at start; the password is never
-        logged). Empty: no password."""
-    ).tag(config=True)
-
-    smtp_from = Unicode(
-        "marketplace@localhost", help="The From address of notification e-mails."
-    ).tag(config=True)
-
-    mail_base_url = Unicode(
-        "", help="""Scheme and host the links in notification e-mails start with, e.g.
-        https://hub.example.org (the service prefix follows)."""
-    ).tag(config=True)
-
-    pid_file = Unicode(
-        help="File the service writes its pid to while running (used by tests and the launcher)."
-    ).tag(config=True)
-
-    @default("pid_file")
-    def _default_pid_file(self):
-        return os.path.join(self.var_dir, "marketplace.pid")
-
     def initialize(self, argv=None) -> None:
         super().initialize(argv)
         if self.config_file:
             self.load_config_file(self.config_file)
+        if self.processes < 1 or not 0 <= self.process_index < self.processes:
+            raise ValueError(f"processes must be at least 1 and process_index below it "
+                             f"(processes={self.processes}, process_index={self.process_index})")
+        if self.processes > 1:
+            if not self.db_url.startswith("postgresql"):
+                raise ValueError(f"processes={self.processes} needs a PostgreSQL db_url: "
+                                 "SQLite admits one writer process at a time")
+            self.shared_database = True
         self.engine = make_engine(self.db_url)
-        if self.upgrade_db:
+        if self.upgrade_db and self.process_index == 0:  # the others start after it
             dbutil.upgrade(self.db_url)
         else:
             dbutil.check(self.db_url)
@@ -410,12 +147,16 @@ class MarketplaceApp(Application):
         # every unit on one shared server: development and tests only, units then share it.
         shared = os.environ.get("MARKET_SPARK_REMOTE")
         self.unit_servers = None
-        if not shared:
+        servers = None
+        if not shared and self.process_index > 0:  # the first process supervises them
+            servers = EndpointsFile(var / "platform")
+        elif not shared:
             memory = os.environ.get("MARKET_SPARK_MEMORY")
-            self.unit_servers = UnitServers(parent=self, var_dir=str(var / "platform"),
-                                            **({"driver_memory": memory} if memory else {}))
+            self.unit_servers = servers = UnitServers(
+                parent=self, var_dir=str(var / "platform"),
+                **({"driver_memory": memory} if memory else {}))
         self.data_platform = DataPlatform(
-            parent=self, var_dir=str(var / "platform"), servers=self.unit_servers,
+            parent=self, var_dir=str(var / "platform"), servers=servers,
             **({"default_endpoint": shared} if shared else {}),
         )
         self._version_bundle = remote_run.bundle_for(self.blobs)
@@ -426,17 +167,22 @@ class MarketplaceApp(Application):
                                        limits=limits)
         # one build at a time: pip on two cores is slow enough once
         self.env_builds = ThreadPoolExecutor(1, thread_name_prefix="env-build")
-        # handlers' database work (handlers/base.py ``in_db``), off the event loop; SQLite
-        # serialises writers anyway, so a few threads suffice and bound the waiting ones
-        self.db_executor = ThreadPoolExecutor(self.db_threads, thread_name_prefix="db")
+        # blocking work of handlers and loops, off the event loop, by kind (executors.py)
+        self.executors = NamedExecutors(
+            {"db": self.db_threads, "io": self.io_threads, "spark": self.spark_threads,
+             "log": self.log_threads}, self.session_factory)
         self.runner = Runner(
             self.session_factory, self.blobs, var / "runs", max_workers=self.run_workers,
             bundle_for=self._bundle_for, env_for=self._run_env,
             kernel_for=product_envs.kernel_for(self.envs), on_finished=self._run_finished,
             limits=limits, platform_down=self.data_platform.unit_down,
+            exclusive=not self.shared_database, lease_seconds=self.lease_seconds,
+            max_attempts=self.run_max_attempts,
         )
+        # each process sweeps its own predict and grading directories at start
+        own = "" if self.process_index == 0 else f"-p{self.process_index}"
         self.predictor = PredictPool(
-            var / "predict", max_workers=self.predict_workers,
+            var / f"predict{own}", max_workers=self.predict_workers,
             idle_timeout=self.predict_idle_timeout, call_timeout=self.predict_timeout,
             max_rows=self.predict_max_rows, limits=limits,
             max_workers_per_unit=self.predict_workers_per_unit)
@@ -454,7 +200,8 @@ class MarketplaceApp(Application):
             oauth_redirect_uri=url_path_join(self.service_prefix, "oauth_callback"),
             cache_max_age=60,
         )
-        self.fl = Coordinator(self.session_factory, self.blobs, self.fl_tick_interval)
+        self.fl = Coordinator(self.session_factory, self.blobs, self.fl_tick_interval,
+                              lease_seconds=self.lease_seconds)
         self.loop_lag = LoopLagMonitor()
         self.mail = MailConfig(
             host=self.smtp_host, port=self.smtp_port, sender=self.smtp_from,
@@ -463,7 +210,8 @@ class MarketplaceApp(Application):
                       if self.smtp_password_file else ""),
             base_url=self.mail_base_url, prefix=self.service_prefix)
         # workshop submissions are graded in the sandbox, off the loop (exchange/grading.py)
-        self.grader = Grader(self.session_factory, self.blobs, var / "grading", limits=limits)
+        self.grader = Grader(self.session_factory, self.blobs, var / f"grading{own}",
+                             limits=limits)
         self.tornado_app = self.make_tornado_app()
 
     def _unit_created(self, session, unit, actor) -> None:
@@ -490,11 +238,28 @@ class MarketplaceApp(Application):
         # products' own kernelspecs live under envs_dir
         return {**env, **self.envs.jupyter_path_env(os.environ.get("JUPYTER_PATH"))}
 
+    async def in_db(self, work, *args):
+        """``work(session, *args)`` in the db executor (see :mod:`.executors`)."""
+        return await self.executors.in_db(work, *args)
+
+    async def in_write(self, work, *args):
+        """``work(session, *args)`` as one write transaction in the db executor."""
+        return await self.executors.in_write(work, *args)
+
+    async def in_io(self, work, *args):
+        """``work(*args)`` (file or blob I/O) in the io executor."""
+        return await self.executors.run("io", work, *args)
+
+    async def in_spark(self, work, *args):
+        """``work(*args)`` (a data platform call) in the spark executor."""
+        return await self.executors.run("spark", work, *args)
+
+    def _env_status(self, session, version_id: int):
+        return product_envs.env_status(self.envs, session.get(Version, version_id))
+
     async def predict(self, plan) -> list:
         """Answer a remote call from the tool version's warm kernel on the caller's platform."""
-        with self.session_factory() as session:
-            version = session.get(Version, plan.version_id)
-            status = product_envs.env_status(self.envs, version)
+        status = await self.in_db(self._env_status, plan.version_id)
         if status is not None and status.state != "ready":
             raise product_envs.EnvironmentNotReady(
                 f"the product's environment is {status.state}", "product")
@@ -569,6 +334,14 @@ class MarketplaceApp(Application):
             await asyncio.sleep(delay)
 
     def integrate_log(self) -> int | None:
+        """One integration pass, by whichever service process holds the integrator's lease."""
+        with self.session_factory() as session:
+            write_transaction(session)
+            held = leases.acquire(session, leases.LOG_INTEGRATOR, leases.process_id(),
+                                  self.lease_seconds)
+            session.commit()
+        if not held:
+            return None
         with self.session_factory() as session:
             write_transaction(session)
             size = self.tlog.integrate(session)
@@ -579,7 +352,7 @@ class MarketplaceApp(Application):
         loop = asyncio.get_running_loop()
         while True:
             try:
-                size = await loop.run_in_executor(None, self.integrate_log)
+                size = await loop.run_in_executor(self.executors["log"], self.integrate_log)
                 if size is not None:
                     self.log.debug("log checkpoint at size %i", size)
             except Exception:
@@ -610,49 +383,64 @@ class MarketplaceApp(Application):
         while self.blob_gc_interval > 0:
             await asyncio.sleep(self.blob_gc_interval)
             try:
-                await loop.run_in_executor(None, blob_gc.collect, self.session_factory,
-                                           self.blobs, self.blob_gc_grace)
+                await loop.run_in_executor(self.executors["io"], blob_gc.collect,
+                                           self.session_factory, self.blobs, self.blob_gc_grace)
             except Exception:
                 self.log.exception("orphan blob collection failed; retrying next interval")
+
+    async def unit_server_loop(self, interval: float = 10.0) -> None:
+        """With several processes, a unit created through another one gets its embedded Spark
+        server from the first process within ``interval`` seconds."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await loop.run_in_executor(None, self._start_unit_servers)
+            except Exception:
+                self.log.exception("starting new units' data platforms failed; retrying")
 
     async def serve(self) -> None:
         url = urlparse(self.service_url)
         # every handler of ours streams its body and raises this per route once the caller is
         # authenticated (handlers/base.py); what does not stream (the OAuth callback) gets 1 MiB
         server = HTTPServer(self.tornado_app, xheaders=True, max_body_size=MAX_JSON_BODY)
-        server.listen(url.port or 80, url.hostname or "127.0.0.1")
-        Path(self.pid_file).write_text(str(os.getpid()))
-        self.log.info("Marketplace %s at %s%s", __version__, self.service_url, self.service_prefix)
+        server.listen(url.port or 80, url.hostname or "127.0.0.1",
+                      reuse_port=self.processes > 1)
+        first = self.process_index == 0
+        if first:
+            Path(self.pid_file).write_text(str(os.getpid()))
+        self.log.info("Marketplace %s at %s%s (process %d of %d)", __version__,
+                      self.service_url, self.service_prefix, self.process_index + 1,
+                      self.processes)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         # the hub stops managed services with SIGINT; treat SIGTERM the same
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        loop_lag = asyncio.create_task(self.loop_lag.run())
-        reconcile = asyncio.create_task(self.reconcile_loop())
-        integrate = asyncio.create_task(self.log_loop())
-        fl_rounds = asyncio.create_task(self.fl.loop())
-        collect_blobs = asyncio.create_task(self.blob_gc_loop())
-        notifications = asyncio.create_task(self.notify_loop())
-        workshop_reminders = asyncio.create_task(workshop_reminder_loop(self.session_factory))
-        topic_sweep = asyncio.create_task(topic_sweep_loop(self.session_factory,
-                                                           self.topic_sweep_interval))
+        # every process: its loop-lag probe; the log integrator and the FL coordinator, which
+        # take turns through leases. The first process only: the rest (each once per host)
+        loops = [self.loop_lag.run(), self.log_loop(), self.fl.loop()]
+        if first:
+            loops += [self.reconcile_loop(), self.blob_gc_loop(), self.notify_loop(),
+                      workshop_reminder_loop(self.session_factory),
+                      topic_sweep_loop(self.session_factory, self.topic_sweep_interval)]
+            if self.processes > 1:
+                loops.append(self.unit_server_loop())
+        tasks = [asyncio.create_task(c) for c in loops]
         await loop.run_in_executor(None, self.grader.recover)
-        # the units' Spark servers come up in the background (a minute on two cores)
-        await loop.run_in_executor(None, self._start_unit_servers)
+        workers = []
+        if first:
+            # the units' Spark servers come up in the background (a minute on two cores)
+            await loop.run_in_executor(None, self._start_unit_servers)
+            workers = await loop.run_in_executor(None, start_workers, self.processes)
         await self.runner.start()
         try:
             await stop.wait()
         finally:
             self.log.info("Marketplace shutting down")
-            loop_lag.cancel()
-            reconcile.cancel()
-            integrate.cancel()
-            fl_rounds.cancel()
-            collect_blobs.cancel()
-            notifications.cancel()
-            workshop_reminders.cancel()
-            topic_sweep.cancel()
+            for task in tasks:
+                task.cancel()
+            await loop.run_in_executor(None, stop_workers, workers)
             self.grader.shutdown()
             await self.runner.stop()
             if self.unit_servers is not None:
@@ -660,8 +448,10 @@ class MarketplaceApp(Application):
             await self.predictor.shutdown()
             server.stop()
             await server.close_all_connections()
+            self.executors.shutdown()
             self.engine.dispose()
-            Path(self.pid_file).unlink(missing_ok=True)
+            if first:
+                Path(self.pid_file).unlink(missing_ok=True)
 
     def start(self) -> None:
         try:

@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import NotFound
 
@@ -88,6 +89,14 @@ class BlobStore:
     def get(self, sha256: str) -> bytes:
         try:
             return self.path(sha256).read_bytes()
+        except FileNotFoundError as e:
+            raise NotFound(f"blob {sha256} is missing from the store", "sha256") from e
+
+    def open(self, sha256: str) -> BinaryIO:
+        """The blob opened for reading (blocking: call it in an executor), to read it in pieces
+        rather than whole (downloads stream it)."""
+        try:
+            return self.path(sha256).open("rb")
         except FileNotFoundError as e:
             raise NotFound(f"blob {sha256} is missing from the store", "sha256") from e
 

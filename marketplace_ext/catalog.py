@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
+from pathlib import PurePosixPath
+from urllib.parse import quote, unquote
 
 import mistune
 import nh3
@@ -23,7 +26,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
-from . import certlog, points
+from . import certlog, ledger_views
 from .auth import SCOPE_PUBLISH, Caller
 from .errors import Conflict, Forbidden, InvalidField, NotFound
 from .orm import Agreement, Product, Tag, Transition, Unit, Version
@@ -307,7 +310,7 @@ def list_products(session: Session, caller: Caller, *, kind: str | None = None,
         return ranked[offset:offset + limit], total
     order = {"name": (Product.name,),
              "new": (Product.created_at.desc(), Product.id.desc()),
-             "used": (points.buyers_count_expr().desc(), Product.name)}[sort]
+             "used": (ledger_views.buyers_count_expr().desc(), Product.name)}[sort]
     items = session.scalars(query.order_by(*order).limit(limit).offset(offset)).all()
     return list(items), total
 
@@ -327,9 +330,64 @@ def version_files(version: Version | None) -> list[dict]:
             for path, digest in sorted(json.loads(version.file_digests).items())]
 
 
-def render_readme(markdown: str) -> str:
-    """The product card as HTML, sanitized by nh3 (untrusted publisher input)."""
-    return nh3.clean(mistune.html(markdown))
+#: the images a product card may show, by extension: raster only (an SVG can carry script)
+CARD_IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def card_image_path(src: str) -> str | None:
+    """The bundle file a card's image ``src`` names (``card/output.png``, ``./files/a.jpg``),
+    or None for anything else: a URL with a scheme or a host, an absolute path, ``..``, a
+    query or fragment, control characters, or a file that is not a PNG or JPEG by its name.
+    Percent-encoding is decoded first, so an encoded ``..`` or ``/`` is refused as well."""
+    value = unquote(src or "")
+    if (not value or value != value.strip() or "\\" in value or "?" in value or "#" in value
+            or value.startswith("/") or _SCHEME.match(src or "") or _SCHEME.match(value)
+            or any(ord(c) < 32 or ord(c) == 127 for c in value)):
+        return None
+    parts = value.split("/")
+    if parts[0] == ".":
+        parts = parts[1:]
+    if not parts or any(part in ("", ".", "..") for part in parts):
+        return None
+    path = "/".join(parts)
+    return path if PurePosixPath(path).suffix.lower() in CARD_IMAGE_TYPES else None
+
+
+def card_image_base(service_prefix: str, product: str, version: str) -> str:
+    """Where the service serves the card images of one version (handlers/card_pages.py)."""
+    return (f"{service_prefix}products/{quote(product, safe='')}/versions/"
+            f"{quote(version, safe='')}/card/")
+
+
+def render_readme(markdown: str, image_base: str | None = None) -> str:
+    """The product card as HTML, sanitized by nh3 (untrusted publisher input).
+
+    An image whose ``src`` names a PNG or JPEG of the bundle (:func:`card_image_path`) is
+    pointed at ``image_base`` + that path, the version's card-image route; every other image
+    source (external, absolute, ``..``, ``data:``, SVG) is dropped, as are all of them without
+    an ``image_base`` (forum posts, reviews): a card never makes the browser fetch anything
+    but the service's own card images."""
+    def keep(tag: str, attribute: str, value: str) -> str | None:
+        if tag == "img" and attribute == "src":
+            path = card_image_path(value)
+            return None if path is None or image_base is None else image_base + quote(path)
+        return value
+
+    return nh3.clean(mistune.html(markdown), attribute_filter=keep)
+
+
+def card_image_paths(markdown: str) -> set[str]:
+    """The bundle files a card's README shows as images (those :func:`render_readme` keeps)."""
+    found: set[str] = set()
+
+    def collect(tag: str, attribute: str, value: str) -> str:
+        if tag == "img" and attribute == "src" and (path := card_image_path(value)):
+            found.add(path)
+        return value
+
+    nh3.clean(mistune.html(markdown), attribute_filter=collect)
+    return found
 
 
 def version_json(v: Version, full: bool = False) -> dict:
@@ -363,14 +421,25 @@ def product_summary(p: Product, caller: Caller) -> dict:
     }
 
 
-def product_detail(p: Product, caller: Caller) -> dict:
+def visible_versions(p: Product, caller: Caller) -> list[Version]:
+    """The versions the product page shows ``caller``: all of them to the owning unit and
+    operators, the one on sale to everyone else."""
+    see_all = _can_see_all(p, caller)
+    return [v for v in p.versions if see_all or v is p.current_version]
+
+
+def product_detail(p: Product, caller: Caller, service_prefix: str | None = None) -> dict:
+    """The product page's data; with ``service_prefix``, the card's images point at the
+    service's card-image route (without it, the card shows none)."""
     data = product_summary(p, caller)
     see_all = _can_see_all(p, caller)
-    versions = [v for v in p.versions if see_all or v is p.current_version]
+    versions = visible_versions(p, caller)
     card = p.current_version or (versions[-1] if versions else None)
     manifest = json.loads(card.manifest) if card else {}
     data.update({
-        "card_html": render_readme(card.readme) if card else "",
+        "card_html": render_readme(card.readme, None if service_prefix is None else
+                                   card_image_base(service_prefix, p.name, card.version))
+        if card else "",
         "manifest": manifest,
         "parameters": json.loads(card.parameters) if card else {},
         "versions": [version_json(v, full=see_all) for v in versions],

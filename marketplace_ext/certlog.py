@@ -73,6 +73,7 @@ ENTRY_TYPES = (
     "topic",  # the exchange's topic requests: every step, field `step`
     "workshop_award",  # the exchange's competitions: points a host paid a winner
     "derived_model",  # further training: a unit's retrained tool and its lineage (retrain.py)
+    "fl_pool", "fl_split", "fl_model_product",  # a federated project's pool, split and model
 )
 
 # actors that are the service itself, not hub users: a hub user who happens to be called
@@ -228,7 +229,7 @@ def party_units_of(session: Session, entry_type: str, unit: str | None, details:
         project = session.get(FLProject, project_id)
         if project is not None:
             found.append(_slug(session, project.unit_id))
-            if entry_type == "fl_aggregate":
+            if entry_type in ("fl_aggregate", "fl_split", "fl_model_product"):
                 found += [_slug(session, m.unit_id) for m in session.scalars(
                     select(FLMember).where(FLMember.project_id == project_id,
                                            FLMember.status == "approved"))]

@@ -109,6 +109,43 @@ class Market:
             data={"accept_terms": "true" if accept_terms else "false"},
         )
 
+    # --- a federated project's economy (the protocol itself: federated.client) -------------
+
+    def fl_fund_pool(self, project: int, points: int) -> dict:
+        """Escrow ``points`` more of your unit's points in the reward pool of ``project``
+        (your unit opened it); returns the project's economy."""
+        return self.request("POST", f"fl/projects/{int(project)}/pool",
+                            json={"amount": int(points)})
+
+    def fl_contributions(self, project: int) -> dict:
+        """The pool, the contribution estimate so far and the settlement, if any."""
+        return self.request("GET", f"fl/projects/{int(project)}/contributions")
+
+    def fl_settle(self, project: int, shares: dict[str, int] | None = None) -> dict:
+        """Settle a finished project: the certified measure (or, for the initiator's unit, an
+        agreed split ``shares`` in basis points summing to 10000) and the pool's payout."""
+        return self.request("POST", f"fl/projects/{int(project)}/settlement",
+                            json={} if shares is None else {"shares": shares})
+
+    def fl_settlement(self, project: int) -> dict:
+        return self.request("GET", f"fl/projects/{int(project)}/settlement")
+
+    def fl_publish_model(self, project: int, path: str | Path,
+                         accept_terms: bool = True) -> dict:
+        """Publish the bundle directory ``path`` (a tool holding the project's final model) as
+        a new product co-owned by the settled project's members; it goes to review."""
+        problems = validate_dir(Path(path))
+        if problems:
+            raise BundleInvalid(problems)
+        archive = canonical_archive(Path(path))
+        return self.request(
+            "POST", f"fl/projects/{int(project)}/product",
+            files={"bundle": ("bundle.zip", io.BytesIO(archive), "application/zip")},
+            data={"accept_terms": "true" if accept_terms else "false"})
+
+    def fl_model_product(self, project: int) -> dict:
+        return self.request("GET", f"fl/projects/{int(project)}/product")
+
     def review(self, product: str, version: str, decision: str, reason: str | None = None):
         return self.request("POST", f"products/{product}/versions/{version}/review",
                             json={"decision": decision, "reason": reason})

@@ -5,7 +5,6 @@ so the receiver can verify it offline later."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import zipfile
 from dataclasses import dataclass
@@ -29,9 +28,24 @@ class Delivery:
     filename: str
 
 
-def deliver_file(session: Session, blobs: BlobStore, caller: Caller, product_name: str,
-                 version: str, path: str) -> Delivery:
-    """Check the caller may download, consume a per-use order, certify, return the bytes.
+@dataclass(frozen=True)
+class FilePlan:
+    """An authorized download of one file of a version, to take out of its bundle outside any
+    transaction (:func:`extract_file`) and then to record (:func:`record_file`)."""
+
+    grant: sharing.Grant
+    bundle_sha256: str
+    path: str
+    sha256: str  # the file's certified digest
+
+    @property
+    def filename(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+
+def plan_file(session: Session, caller: Caller, product_name: str, version: str,
+              path: str) -> FilePlan:
+    """Check the caller may download ``path`` of a version (nothing spent yet).
 
     Other units get the version on sale; the owning unit's publishers and operators any
     version (a preview); an operator in no unit inspects without an order.
@@ -42,15 +56,41 @@ def deliver_file(session: Session, blobs: BlobStore, caller: Caller, product_nam
     digests = json.loads(v.file_digests)
     if path not in digests:
         raise NotFound(f"version {version} of {product_name!r} has no file {path!r}", "path")
-    with zipfile.ZipFile(io.BytesIO(blobs.get(v.sha256))) as archive:
-        data = archive.read(path)
+    return FilePlan(grant=grant, bundle_sha256=v.sha256, path=path, sha256=digests[path])
+
+
+def extract_file(blobs: BlobStore, plan: FilePlan) -> str:
+    """Blocking (the io executor): take the file out of the stored bundle (read from the
+    archive's file, never the whole bundle into memory), check it against its certified digest
+    and store it as a blob; returns its sha256. Stored before the use is recorded: a failure
+    after this leaves an orphan blob (blob_gc collects it), never a spent use without its
+    file."""
+    with blobs.open(plan.bundle_sha256) as f, zipfile.ZipFile(f) as archive:
+        data = archive.read(plan.path)
     digest = hashlib.sha256(data).hexdigest()
-    if digest != digests[path]:  # the stored archive no longer matches what was certified
-        raise NotFound(f"{path} of {product_name} {version} failed its integrity check", "path")
-    index = sharing.record_use(session, caller, grant, "download", digest, path=path,
-                               bundle_sha256=v.sha256)
-    return Delivery(data=data, sha256=digest, log_index=index,
-                    filename=path.rsplit("/", 1)[-1])
+    if digest != plan.sha256:  # the stored archive no longer matches what was certified
+        raise NotFound(f"{plan.path} of {plan.grant.product} {plan.grant.version} failed its "
+                       "integrity check", "path")
+    blobs.put(data)
+    return digest
+
+
+def record_file(session: Session, caller: Caller, plan: FilePlan) -> int:
+    """Consume one use and certify the delivered file (in the caller's write transaction);
+    returns the log index."""
+    return sharing.record_use(session, caller, plan.grant, "download", plan.sha256,
+                              path=plan.path, bundle_sha256=plan.bundle_sha256)
+
+
+def deliver_file(session: Session, blobs: BlobStore, caller: Caller, product_name: str,
+                 version: str, path: str) -> Delivery:
+    """:func:`plan_file`, :func:`extract_file` and :func:`record_file` in one blocking call
+    (scripts and tests; handlers run the middle step on the io executor)."""
+    plan = plan_file(session, caller, product_name, version, path)
+    extract_file(blobs, plan)
+    index = record_file(session, caller, plan)
+    return Delivery(data=blobs.get(plan.sha256), sha256=plan.sha256, log_index=index,
+                    filename=plan.filename)
 
 
 @dataclass(frozen=True)

@@ -282,13 +282,13 @@ def finish(session: Session, blobs, run: Run, max_output_bytes: int) -> None:
         refunded=refunded)
 
 
-def released_file(session: Session, blobs, caller: Caller, request: ModelToDataRequest,
-                  path: str) -> tuple[bytes, str]:
+def released_sha(request: ModelToDataRequest, path: str) -> str:
+    """The blob of a file the run returned to its demander (404 if it was withheld)."""
     sha = json.loads(request.released).get(path)
     if sha is None:
         why = json.loads(request.withheld).get(path)
         raise NotFound(f"{path!r} was not returned" + (f": {why}" if why else ""), "path")
-    return blobs.get(sha), sha
+    return sha
 
 
 def notebook_cells(blobs, request: ModelToDataRequest) -> list[dict]:

@@ -372,6 +372,25 @@ class Entitlement(Base):
     order: Mapped[Order] = relationship(back_populates="entitlement")
 
 
+class ProductShare(Base):
+    """A co-owner of a product and its certified share (basis points, 10 000 in all per
+    product): a federated project's model sells for its members (``points.place_order``)."""
+
+    __tablename__ = "product_shares"
+    __table_args__ = (UniqueConstraint("product_id", "unit_id", name="uq_product_shares_unit"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    product_id: Mapped[int] = mapped_column(
+        ForeignKey("products.id", name="fk_product_shares_product_id"), nullable=False,
+        index=True)
+    unit_id: Mapped[int] = mapped_column(
+        ForeignKey("units.id", name="fk_product_shares_unit_id"), nullable=False)
+    basis_points: Mapped[int] = mapped_column(Integer, nullable=False)
+    source: Mapped[str] = mapped_column(String(64), nullable=False)  # e.g. fl_project:12
+
+    unit: Mapped[Unit] = relationship()
+
+
 # --- transparency log (owned by certlog.py) ----------------------------------------------------
 
 
@@ -484,6 +503,22 @@ class Run(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
     started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # the service process executing it and until when its claim holds (run_leases.py): another
+    # process takes a running run over only once its lease has expired
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+
+
+class Lease(Base):
+    """A named singleton job (the log integrator, the FL round coordinator) held by one
+    service process at a time until ``expires_at`` (leases.py)."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128), nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
 
 
 class ModelToDataRequest(Base):

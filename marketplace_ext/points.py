@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import case, func, or_, select, update
+from sqlalchemy import case, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -37,6 +37,7 @@ from .orm import (
     Order,
     Posting,
     Product,
+    ProductShare,
     Unit,
     utcnow,
 )
@@ -233,7 +234,9 @@ def place_order(session: Session, caller: Caller, rules: EconomyRules, product_n
     buyer = unit_account(session, buyer_unit)
     supplier = unit_account(session, product.unit)
     operator = operator_account(session)
-    _lock(session, [buyer, supplier, operator])
+    owners = {s.unit.slug: (unit_account(session, s.unit), s.basis_points)
+              for s in product_shares(session, product)}  # a co-owned product: several payees
+    _lock(session, [buyer, supplier, operator, *(a for a, _ in owners.values())])
     # the same key may have been committed by a concurrent request while we waited
     replay = _replay(session, buyer_unit, key, digest)
     if replay is not None:
@@ -253,15 +256,20 @@ def place_order(session: Session, caller: Caller, rules: EconomyRules, product_n
     except IntegrityError as e:  # the same key raced in on another connection
         raise Conflict("a concurrent order with this idempotency_key is in progress",
                        "idempotency_key") from e
+    split = split_amount(price - fee, {u: bp for u, (_, bp) in owners.items()}) if owners \
+        else {product.unit.slug: price - fee}
+    payees = [(owners[u][0] if owners else supplier, amount) for u, amount in split.items()]
     transfer = _post(session, "order", caller.name,
-                     [(buyer, -price), (supplier, price - fee), (operator, fee)], order=order,
+                     [(buyer, -price), *payees, (operator, fee)], order=order,
                      memo=f"{plan} of {product.name}", at=now)
     order.log_index = certlog.append(
         session, "order", caller.name, buyer_unit.slug, f"order:{order.id}",
         order=order.id, product=product.name, version=version.version,
         bundle_sha256=version.sha256, plan=plan, price=format_points(price),
         fee=format_points(fee), supplier=product.unit.slug, transfer=transfer.id,
+        **({"co_owners": {u: format_points(a) for u, a in split.items()}} if owners else {}),
         idempotency_key_sha256=hashlib.sha256(key.encode()).hexdigest(),
+        party_units=list(owners),
     )
     now = now or utcnow()
     period = PLAN_PERIODS.get(plan)
@@ -340,18 +348,19 @@ def open_escrow_account(session: Session) -> Account:
 
 
 def escrow_deposit(session: Session, unit: Unit, escrow: Account, amount: int, actor: str,
-                   memo: str) -> LedgerTransfer:
+                   memo: str, *, field: str = "bounty", kind: str = "escrow_in") -> LedgerTransfer:
     """Move ``amount`` centipoints from ``unit``'s account into ``escrow``; 409 naming
-    ``bounty`` when the unit has fewer points."""
+    ``field`` (a topic's ``bounty``, a federated project's ``pool``) when the unit has fewer
+    points."""
     if amount <= 0 or escrow.kind != "escrow":
         raise AssertionError("an escrow deposit is positive and goes into an escrow account")
     payer = unit_account(session, unit)
     _lock(session, [payer, escrow])
     if payer.balance < amount:
         raise InsufficientPoints(
-            f"unit {unit.slug!r} has {format_points(payer.balance)} points; the bounty is "
-            f"{format_points(amount)}", "bounty")
-    return _post(session, "escrow_in", actor, [(payer, -amount), (escrow, amount)], memo=memo)
+            f"unit {unit.slug!r} has {format_points(payer.balance)} points; the {field} is "
+            f"{format_points(amount)}", field)
+    return _post(session, kind, actor, [(payer, -amount), (escrow, amount)], memo=memo)
 
 
 def escrow_release(session: Session, escrow: Account, payee: Unit, rules: EconomyRules,
@@ -370,14 +379,73 @@ def escrow_release(session: Session, escrow: Account, payee: Unit, rules: Econom
 
 
 def escrow_refund(session: Session, escrow: Account, unit: Unit, actor: str,
-                  memo: str) -> LedgerTransfer:
+                  memo: str, *, kind: str = "escrow_refund") -> LedgerTransfer:
     """Give the whole escrow back to ``unit`` (no fee)."""
     to = unit_account(session, unit)
     _lock(session, [escrow, to])
     held = escrow.balance
     if held <= 0:
         raise AssertionError("refunding an empty escrow")
-    return _post(session, "escrow_refund", actor, [(escrow, -held), (to, held)], memo=memo)
+    return _post(session, kind, actor, [(escrow, -held), (to, held)], memo=memo)
+
+
+def escrow_split(session: Session, escrow: Account, shares: dict[Unit, int],
+                 rules: EconomyRules, actor: str, memo: str,
+                 kind: str = "fl_pool_split") -> tuple[LedgerTransfer, int, dict[str, int]]:
+    """Pay the whole escrow, less the operator's fee (as a topic's bounty), to several units
+    by ``shares`` (basis points summing to 10 000) in ONE transfer; the remainders go by
+    largest remainder, so no centipoint is created or lost. Returns (transfer, fee,
+    {unit slug: centipoints})."""
+    payees = {unit: unit_account(session, unit) for unit in shares}
+    operator = operator_account(session)
+    _lock(session, [escrow, operator, *payees.values()])
+    held = escrow.balance
+    if held <= 0:
+        raise AssertionError("splitting an empty escrow")
+    fee = rules.fee(held)
+    amounts = split_amount(held - fee, {u.slug: bp for u, bp in shares.items()})
+    legs = [(escrow, -held), (operator, fee)]
+    legs += [(payees[u], amounts[u.slug]) for u in shares]
+    return _post(session, kind, actor, legs, memo=memo), fee, amounts
+
+
+def split_amount(total: int, weights: dict[str, int]) -> dict[str, int]:
+    """``total`` centipoints divided in proportion to ``weights`` (non-negative integers, not
+    all zero) by largest remainder: the parts are integers summing exactly to ``total``; ties
+    in the remainder go to the larger weight, then to the key in sorted order."""
+    whole = sum(weights.values())
+    if total < 0 or whole <= 0 or any(w < 0 for w in weights.values()):
+        raise AssertionError("a split needs a non-negative total and positive weights")
+    parts = {k: total * w // whole for k, w in weights.items()}
+    left = total - sum(parts.values())
+    order = sorted(weights, key=lambda k: (-(total * weights[k] % whole), -weights[k], k))
+    for k in order[:left]:
+        parts[k] += 1
+    return parts
+
+
+# --- co-owned products: a federated project's model (federated/coowned.py) -------------------
+
+
+def product_shares(session: Session, product: Product) -> list[ProductShare]:
+    """The co-owners of ``product`` with their certified basis points (none: one owner)."""
+    return list(session.scalars(select(ProductShare).where(ProductShare.product_id == product.id)
+                                .order_by(ProductShare.id)))
+
+
+def set_product_shares(session: Session, product: Product, shares: dict[Unit, int],
+                       source: str) -> None:
+    """Make ``product`` co-owned by ``shares`` (basis points summing to 10 000) once: its
+    sales revenue after the fee then goes to those units (:func:`place_order`)."""
+    if sum(shares.values()) != 10_000 or any(bp < 0 for bp in shares.values()):
+        raise InvalidField("shares must be non-negative basis points summing to 10000",
+                           "shares")
+    if product_shares(session, product):
+        raise Conflict(f"product {product.name!r} has its co-owners already", "product")
+    for unit, bp in shares.items():
+        session.add(ProductShare(product_id=product.id, unit_id=unit.id, basis_points=bp,
+                                 source=source))
+    session.flush()
 
 
 # --- awards: a workshop host pays a competition's winner (exchange/competitions.py) ---------
@@ -417,8 +485,9 @@ def check(session: Session, unit: Unit, product: Product, mode: str,
     """
     if mode not in offered_modes(product):
         raise Forbidden(f"{product.name!r} is not shared by {mode}", "mode")
-    if product.unit_id == unit.id:
-        return None
+    if product.unit_id == unit.id or session.scalar(select(ProductShare.id).where(
+            ProductShare.product_id == product.id, ProductShare.unit_id == unit.id)):
+        return None  # the owner, or a co-owner of a federated project's model
     now = now or utcnow()
     candidates = session.scalars(
         select(Entitlement).where(
@@ -451,137 +520,3 @@ def consume(session: Session, entitlement: Entitlement | None) -> None:
     session.refresh(entitlement)
     if taken != 1:
         raise NoEntitlement("this per-use order was used already", "product")
-
-
-# --- statements --------------------------------------------------------------------------------
-
-
-def statement(session: Session, account: Account, limit: int, offset: int) -> dict:
-    """Balance and transfers (newest first) of one account, with counterparties."""
-    total = session.scalar(select(func.count()).select_from(Posting)
-                           .where(Posting.account_id == account.id))
-    postings = session.scalars(
-        select(Posting).where(Posting.account_id == account.id)
-        .order_by(Posting.id.desc()).limit(limit).offset(offset)
-    ).all()
-    rows = []
-    for posting in postings:
-        transfer = posting.transfer
-        order = session.get(Order, transfer.order_id) if transfer.order_id else None
-        rows.append({
-            "transfer": transfer.id, "kind": transfer.kind,
-            "at": transfer.created_at.isoformat() + "Z",
-            "amount": format_points(posting.amount), "centipoints": posting.amount,
-            "counterparties": [
-                {"account": _owner_label(p.account), "amount": format_points(p.amount)}
-                for p in transfer.postings if p.account_id != account.id
-            ],
-            "order": order.id if order else None,
-            "product": order.product.name if order else None,
-            "plan": order.plan if order else None,
-            "memo": transfer.memo,
-        })
-    return {"account": _owner_label(account), "balance": format_points(account.balance),
-            "centipoints": account.balance, "transfers": rows, "total": total}
-
-
-def _owner_label(account: Account) -> str:
-    if account.kind == "escrow":  # a topic's bounty held in escrow (the memo names the topic)
-        return f"escrow:{account.id}"
-    return f"unit:{account.unit.slug}" if account.unit else account.kind
-
-
-def all_accounts(session: Session) -> list[dict]:
-    return [
-        {"account": _owner_label(a), "balance": format_points(a.balance),
-         "centipoints": a.balance}
-        for a in session.scalars(select(Account).order_by(Account.kind, Account.id))
-    ]
-
-
-def order_json(order: Order) -> dict:
-    ent = order.entitlement
-    return {
-        "id": order.id, "product": order.product.name, "plan": order.plan,
-        "price": format_points(order.price), "fee": format_points(order.fee),
-        "supplier_share": format_points(order.price - order.fee), "status": order.status,
-        "buyer": order.buyer, "unit": order.unit.slug, "idempotency_key": order.idempotency_key,
-        "created_at": order.created_at.isoformat() + "Z", "log_index": order.log_index,
-        "entitlement": None if ent is None else {
-            "id": ent.id, "plan": ent.plan, "status": ent.status,
-            "valid_from": ent.valid_from.isoformat() + "Z",
-            "valid_until": ent.valid_until.isoformat() + "Z" if ent.valid_until else None,
-            "uses_left": ent.uses_left,
-        },
-    }
-
-
-def list_orders(session: Session, unit: Unit, limit: int, offset: int) -> tuple[list[Order], int]:
-    query = select(Order).where(Order.unit_id == unit.id)
-    total = session.scalar(select(func.count()).select_from(query.subquery()))
-    orders = session.scalars(query.order_by(Order.id.desc()).limit(limit).offset(offset)).all()
-    return list(orders), total
-
-
-def usage_stats(session: Session, product: Product) -> dict:
-    """The paper's Table 2: units using the product (the owner and every unit that bought it)
-    and the investment saved (each user but the builder did not build it again)."""
-    buyers = session.scalar(
-        select(func.count(func.distinct(Order.unit_id))).where(
-            Order.product_id == product.id, Order.status == "paid",
-            Order.unit_id != product.unit_id))
-    units_using = 1 + (buyers or 0)
-    return {"units_using": units_using, "investment_saved": units_using - 1,
-            "orders": session.scalar(select(func.count()).select_from(Order)
-                                     .where(Order.product_id == product.id))}
-
-
-def buyers_count_expr():
-    """A correlated count of the other units that bought a product (paid orders), to sort the
-    shelf by use; ``Product`` is the outer query's row."""
-    return (select(func.count(func.distinct(Order.unit_id)))
-            .where(Order.product_id == Product.id, Order.status == "paid",
-                   Order.unit_id != Product.unit_id)
-            .correlate(Product).scalar_subquery())
-
-
-def units_using_counts(session: Session, products: list[Product]) -> dict[int, int]:
-    """Units using each product (:func:`usage_stats`' ``units_using``) in one query."""
-    ids = [p.id for p in products]
-    if not ids:
-        return {}
-    rows = session.execute(
-        select(Order.product_id, func.count(func.distinct(Order.unit_id)))
-        .join(Product, Product.id == Order.product_id)
-        .where(Order.product_id.in_(ids), Order.status == "paid",
-               Order.unit_id != Product.unit_id)
-        .group_by(Order.product_id)).all()
-    bought = dict(rows)
-    return {i: 1 + bought.get(i, 0) for i in ids}
-
-
-def entitlement_json(ent: Entitlement, now: datetime | None = None) -> dict:
-    """An entitlement as pages and clients show it, with ``usable``: whether a use would pass
-    :func:`check` today."""
-    now = now or utcnow()
-    usable = ent.status == "active" and (
-        (ent.valid_until is not None and ent.valid_until > now)
-        or (ent.uses_left is not None and ent.uses_left > 0))
-    return {"id": ent.id, "order": ent.order_id, "product": ent.order.product.name,
-            "plan": ent.plan, "status": ent.status, "usable": usable,
-            "valid_from": ent.valid_from.isoformat() + "Z",
-            "valid_until": ent.valid_until.isoformat() + "Z" if ent.valid_until else None,
-            "uses_left": ent.uses_left}
-
-
-def list_entitlements(session: Session, unit: Unit, product: Product | None = None,
-                      limit: int = 200) -> list[dict]:
-    """The unit's entitlements (of one product, or all), usable ones first, newest first."""
-    query = select(Entitlement).where(Entitlement.unit_id == unit.id)
-    if product is not None:
-        query = query.where(Entitlement.product_id == product.id)
-    found = session.scalars(query.order_by(Entitlement.id.desc()).limit(limit)).all()
-    now = utcnow()
-    items = [entitlement_json(e, now) for e in found]
-    return sorted(items, key=lambda e: not e["usable"])
-

@@ -11,11 +11,11 @@ failed upload leaves nothing behind.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import select
@@ -27,7 +27,7 @@ from .blobs import BlobStore, Staged
 from .catalog import Submission, submit_version
 from .errors import InvalidField, MarketError
 from .exchange import inbox
-from .orm import Product, write_transaction
+from .orm import Product, Version, write_transaction
 
 
 def _prepare(data: bytes, limits: bundles.BundleLimits, workdir: Path,
@@ -45,9 +45,12 @@ def _prepare(data: bytes, limits: bundles.BundleLimits, workdir: Path,
     return sub, blobs.stage(archive)
 
 
-async def publish_upload(market, caller: Caller, data: bytes, accept_terms: bool) -> dict:
+async def publish_upload(market, caller: Caller, data: bytes, accept_terms: bool,
+                         within: Callable[[Session, Version, bool], dict] | None = None) -> dict:
     """Validate and record an uploaded bundle; returns product, version, sha256, state and
-    whether the version is new."""
+    whether the version is new. ``within(session, version, created)``, if given, runs in the
+    same transaction (a federated project's co-owned model) and adds to the result; raising
+    there writes nothing."""
     caller.require(SCOPE_PUBLISH, "publishing a product")
     if not accept_terms:
         raise InvalidField(
@@ -56,26 +59,31 @@ async def publish_upload(market, caller: Caller, data: bytes, accept_terms: bool
         )
     workdir = Path(tempfile.mkdtemp(prefix="upload-", dir=market.tmp_dir))
     try:
-        sub, staged = await asyncio.get_running_loop().run_in_executor(
-            None, _prepare, data, market.bundle_limits, workdir, market.blobs
-        )
+        sub, staged = await market.in_io(_prepare, data, market.bundle_limits, workdir,
+                                         market.blobs)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        await market.in_io(shutil.rmtree, workdir, True)
     try:
-        with market.session_factory() as session:
-            write_transaction(session)
-            # the product's unit and the agreement are checked here: only then is it stored
-            version, created = submit_version(session, market.signer, caller, sub,
-                                              market.sharing_terms)
-            result = {"product": version.product.name, "version": version.version,
-                      "sha256": version.sha256, "state": version.state, "created": created,
-                      "log_index": version.log_index}
-            # a rename; if the commit then fails, the blob is an orphan for blob_gc, never a
-            # row without its blob
-            staged.commit()
-            session.commit()
+        return await market.in_db(_record_submission, market, caller, sub, staged, within)
     finally:
-        staged.discard()
+        await market.in_io(staged.discard)
+
+
+def _record_submission(session: Session, market, caller: Caller, sub: Submission,
+                       staged: Staged, within=None) -> dict:
+    """Blocking (the db executor): record the version and commit its staged archive."""
+    write_transaction(session)
+    # the product's unit and the agreement are checked here: only then is it stored
+    version, created = submit_version(session, market.signer, caller, sub, market.sharing_terms)
+    result = {"product": version.product.name, "version": version.version,
+              "sha256": version.sha256, "state": version.state, "created": created,
+              "log_index": version.log_index}
+    if within is not None:
+        result.update(within(session, version, created))
+    # a rename; if the commit then fails, the blob is an orphan for blob_gc, never a row
+    # without its blob
+    staged.commit()
+    session.commit()
     return result
 
 
@@ -127,16 +135,14 @@ async def check_upload(market, caller: Caller, data: bytes) -> dict:
     caller.require(SCOPE_PUBLISH, "publishing a product")
     workdir = Path(tempfile.mkdtemp(prefix="check-", dir=market.tmp_dir))
     try:
-        manifest, sha256 = await asyncio.get_running_loop().run_in_executor(
-            None, _check, data, market.bundle_limits, workdir)
+        manifest, sha256 = await market.in_io(_check, data, market.bundle_limits, workdir)
     except (bundles.BundleInvalid, bundles.BundleTooLarge) as e:
         return {"valid": False, "problems": [vars(p) for p in e.problems], "product": None,
                 "version": None, "sha256": None, "new_product": None, "same_as": None,
                 "previous": None}
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    with market.session_factory() as session:
-        found, facts = check_submission(session, caller, manifest, sha256)
+        await market.in_io(shutil.rmtree, workdir, True)
+    found, facts = await market.in_db(check_submission, caller, manifest, sha256)
     problems = [{"file": bundles.MANIFEST, "field": field, "message": message}
                 for field, message in found]
     return {"valid": not problems, "problems": problems, "product": manifest["name"],
@@ -156,34 +162,49 @@ async def review_version(market, caller: Caller, product: str, version: str,
     """An operator's decision on a submitted version: a data product's views are built on its
     unit's platform first (outside any transaction: Spark is slow, and a failure approves
     nothing), then the decision is recorded and an approved version's environment queued."""
-    from . import catalog, interface, product_envs  # interface pulls in the platform
+    from . import interface  # it pulls in the platform
 
     caller.require(SCOPE_APPROVE, "reviewing a version")
     if decision == "approve":
-        with market.session_factory() as session:
-            p = catalog.get_product(session, product, caller)
-            v = catalog.get_version(p, version)
-            views = (json.loads(v.manifest).get("views", [])
-                     if p.kind == "data" and v.state == catalog.SUBMITTED else None)
-            unit = p.unit.slug
-        if views is not None:
-            await asyncio.get_running_loop().run_in_executor(
-                None, interface.publish_views, market.data_platform, unit, views)
-    with market.session_factory() as session:
-        write_transaction(session)
-        p = catalog.get_product(session, product, caller)
-        v = catalog.get_version(p, version)
-        catalog.review(session, caller, p, v, decision, reason)
-        outcome = "approved" if v.state == catalog.ON_SHELF else "rejected"
-        inbox.notify_unit(session, p.unit, "version_decided",
-                          f"Version {v.version} of {p.name} was {outcome}", f"publish/{p.name}",
-                          body=v.reason or "", exclude=[caller.name],
-                          ref=f"version:{v.id}:{outcome}")
-        build = None
-        if v.state == catalog.ON_SHELF:
-            build = product_envs.approve_environment(session, market.blobs, market.envs, v)
-        session.commit()
-        result = catalog.version_json(v, full=True)
+        found = await market.in_db(_views_to_publish, caller, product, version)
+        if found is not None:
+            unit, views = found
+            await market.in_spark(interface.publish_views, market.data_platform, unit, views)
+    result, build = await market.in_db(_record_review, market, caller, product, version,
+                                       decision, reason)
     if build is not None:
         market.build_environment(build)
     return result
+
+
+def _views_to_publish(session: Session, caller: Caller, product: str,
+                      version: str) -> tuple[str, list] | None:
+    """A submitted data product's views and its unit (built before it is approved)."""
+    from . import catalog
+
+    p = catalog.get_product(session, product, caller)
+    v = catalog.get_version(p, version)
+    if p.kind != "data" or v.state != catalog.SUBMITTED:
+        return None
+    return p.unit.slug, json.loads(v.manifest).get("views", [])
+
+
+def _record_review(session: Session, market, caller: Caller, product: str, version: str,
+                   decision: object, reason: object) -> tuple[dict, str | None]:
+    """Blocking (the db executor): the decision, its notification and an approved version's
+    environment; returns the version's JSON and the requirements to build, if any."""
+    from . import catalog, product_envs
+
+    write_transaction(session)
+    p = catalog.get_product(session, product, caller)
+    v = catalog.get_version(p, version)
+    catalog.review(session, caller, p, v, decision, reason)
+    outcome = "approved" if v.state == catalog.ON_SHELF else "rejected"
+    inbox.notify_unit(session, p.unit, "version_decided",
+                      f"Version {v.version} of {p.name} was {outcome}", f"publish/{p.name}",
+                      body=v.reason or "", exclude=[caller.name], ref=f"version:{v.id}:{outcome}")
+    build = None
+    if v.state == catalog.ON_SHELF:
+        build = product_envs.approve_environment(session, market.blobs, market.envs, v)
+    session.commit()
+    return catalog.version_json(v, full=True), build

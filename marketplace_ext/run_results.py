@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .blobs import BlobStore
 from .sandbox import files
-from .sandbox.workspace import inside
+from .sandbox.workspace import CONTROL_DIR, inside
 
 MAX_NOTEBOOK_BYTES = 256 * 2**20  # an executed notebook or its HTML
 
@@ -105,3 +105,26 @@ def tail(path: Path, lines: int = 5, limit: int = 2000) -> str:
     except OSError:
         return ""
     return " | ".join(text.splitlines()[-lines:])[-limit:]
+
+
+def store_results(blobs: BlobStore, work: Path, status: str, error: str | None,
+                  outputs: list[str], max_artifact_bytes: int) -> tuple[str, str | None, dict]:
+    """Put a finished run's executed notebook, its HTML and (on success) its declared outputs
+    in the blob store; returns the final (status, error, columns to record). A declared output
+    that is missing, too big or not a regular file fails the run, naming it."""
+    extra: dict = {}
+    nb = files.try_read_inside(work, f"{CONTROL_DIR}/output.ipynb", MAX_NOTEBOOK_BYTES)
+    progress = notebook_progress(nb)
+    if progress is not None:  # a whole notebook (a killed run may leave half of one)
+        extra["output_sha256"] = blobs.put(nb)
+        done, total = progress
+        extra["cells_done"], extra["cells_total"] = (total if status == "succeeded"
+                                                     else done), total
+        html = files.try_read_inside(work, f"{CONTROL_DIR}/output.html", MAX_NOTEBOOK_BYTES)
+        if html is not None:
+            extra["html_sha256"] = blobs.put(html)
+    artifacts, problems = collect_outputs(blobs, work, outputs, max_artifact_bytes)
+    if problems:
+        status, error, artifacts = "failed", "; ".join(problems), {}
+    extra["artifacts"] = json.dumps(artifacts, sort_keys=True)
+    return status, error, extra

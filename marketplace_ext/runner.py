@@ -35,14 +35,17 @@ Killing: the sandbox's PID namespace ends every process in it when its launcher 
 :func:`~.sandbox.procs.kill_run_processes` also sweeps everything carrying the run's marker
 (``GRID_MARKET_RUN=<run directory>``), after every run and at start-up for runs a crashed
 service left ``running`` (failed with "service restarted"). Recovery assumes one runner per
-database and work root (the embedded default); several hosts would need a lease per run.
+database and work root (the embedded default, ``exclusive``). Several service processes, on
+one host or several, share the queue through run leases (:mod:`.run_leases`): each claims runs
+with ``FOR UPDATE SKIP LOCKED``, renews its leases while they execute, and takes over (queues
+again, or fails) the runs of a process whose leases expired.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import itertools
 import logging
 import shutil
 import subprocess
@@ -50,40 +53,38 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from . import run_leases
 from .blobs import BlobStore
 from .errors import Conflict, MarketError, NotFound
-from .orm import Run, Unit, utcnow, write_transaction
+from .leases import process_id
+from .orm import Run, utcnow, write_transaction
 from .parameters import CONTEXT_PARAMETERS, validate_parameters
+from .run_prepare import Prepared as _Prepared
+from .run_prepare import build_workspace, load_inputs
 from .run_queue import DATA_KINDS, MAX_TIMEOUT_SECONDS, RunRequest, queue_run
 from .run_results import (
-    MAX_NOTEBOOK_BYTES,
-    collect_outputs,
     exists_inside,
     json_object,
     notebook_progress,
-    read_progress,
+    store_results,
     tail,
 )
+from .run_watch import Job as _Job
+from .run_watch import poll_run
 from .sandbox import files, usage
 from .sandbox.limits import Limits
-from .sandbox.procs import MARKER_ENV, descendants, kill_run_processes, processes_of, start_time
+from .sandbox.procs import MARKER_ENV, kill_run_processes, processes_of, start_time
 from .sandbox.spec import launcher_argv
 from .sandbox.workspace import (
     CONTROL_DIR,
     INPUT_DIR,
     OUTPUT_DIR,
-    Workspace,
-    identity,
-    inside,
-    kernel_paths,
     prepare_root,
-    sandbox_env,
 )
 
 log = logging.getLogger(__name__)
@@ -105,30 +106,8 @@ PlatformDown = Callable[[str], "str | None"]
 
 # --- the runner --------------------------------------------------------------------------------
 
+_runner_numbers = itertools.count(1)
 
-@dataclass
-class _Job:
-    run_id: int
-    workdir: Path  # the run directory (the marker); the sandbox's cwd is workdir/work
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    abort: str | None = None  # "cancelled" | "service stopped" | a limit's message
-    pid: int | None = None  # the sandbox's launcher
-    known: dict[int, int | None] = field(default_factory=dict)  # pid -> start time
-    progress: tuple[int, int] | None = None
-    nb_signature: tuple[int, int] | None = None
-    task: asyncio.Task | None = None
-    peak: usage.Usage = field(default_factory=usage.Usage)
-    platform_checked: float = 0.0
-
-
-@dataclass
-class _Prepared:
-    outputs: list[str]
-    env: dict[str, str]
-    timeout: int
-    space: Workspace
-    read_only: list[str]
-    platform_unit: str | None  # the unit whose data platform the run uses
 
 
 class Runner:
@@ -146,6 +125,12 @@ class Runner:
     ``platform_down(unit)`` (fast: no Spark round trip) returns why the unit's data platform is
     down, or None; it is asked every ``platform_check_interval`` seconds while a run on that
     platform executes.
+
+    ``exclusive``: this runner is the only one on its database, so at start every run left
+    running is its previous incarnation's. Otherwise runs are taken over only when their
+    ``lease_seconds`` lease has expired (or their holder on this host is gone), checked every
+    third of it; ``max_attempts`` executions of a run at most (a taken-over run is queued
+    again while it has attempts left, else failed).
     """
 
     def __init__(self, session_factory, blobs: BlobStore, work_root: Path, *,
@@ -154,9 +139,17 @@ class Runner:
                  poll_interval: float = 0.5, max_artifact_bytes: int = 50 * 2**20,
                  kernel_for: Callable[[Session, Run], str | None] | None = None,
                  limits: Limits | None = None, platform_down: PlatformDown | None = None,
-                 platform_check_interval: float = 5.0):
+                 platform_check_interval: float = 5.0, exclusive: bool = True,
+                 lease_seconds: float = 30.0, max_attempts: int = 1):
         if max_workers < 1:
             raise ValueError("max_workers must be at least 1")
+        if lease_seconds <= 0 or max_attempts < 1:
+            raise ValueError("lease_seconds must be positive and max_attempts at least 1")
+        self.exclusive = exclusive
+        self.lease_seconds = lease_seconds
+        self.max_attempts = max_attempts
+        # one holder identity per runner, so two runners of one process (tests) are distinct
+        self.owner = f"{process_id()}/{next(_runner_numbers)}"
         self.session_factory = session_factory
         self.blobs = blobs
         self.work_root = Path(work_root).resolve()
@@ -313,8 +306,16 @@ class Runner:
             job.wake.set()
 
     async def _dispatch(self) -> None:
+        next_lease_pass = 0.0
+        loop = asyncio.get_running_loop()
         while not self._stopping:
             self._wake.clear()
+            if loop.time() >= next_lease_pass:
+                next_lease_pass = loop.time() + self.lease_seconds / 3
+                try:
+                    await self._call(self._lease_pass, list(self._jobs))
+                except Exception:
+                    log.exception("renewing run leases failed; retrying")
             while len(self._jobs) < self.max_workers and not self._stopping:
                 try:
                     run_id = await self._call(self._claim)
@@ -344,25 +345,56 @@ class Runner:
                 return None
             s.rollback()
             write_transaction(s)
-            run = s.scalars(select(Run).where(Run.status == "queued").order_by(Run.id)
-                            .limit(1).with_for_update(skip_locked=True)).first()
+            run = run_leases.claim_next(s, self.owner, self.lease_seconds)
             if run is None:
                 s.rollback()
                 return None
-            run.status, run.started_at = "running", utcnow()
-            run.cells_done = run.cells_total = 0
             s.commit()
             return run.id
 
-    def _recover(self) -> None:
+    def _lease_pass(self, mine: list[int]) -> None:
+        """Renew the leases of the runs this runner executes (``mine``; aborting any another
+        process took over) and, shared with other processes, take over the runs of dead ones."""
+        if mine:
+            with self.session_factory() as s:
+                write_transaction(s)
+                held = run_leases.renew(s, self.owner, mine, self.lease_seconds)
+                s.commit()
+            for run_id in set(mine) - held:
+                job = self._jobs.get(run_id)
+                if job is not None and job.pid is not None:  # started, and no longer ours
+                    self._in_loop(self._abort, run_id, "lease lost")
+        if not self.exclusive:
+            self._recover(reason="the service process running it stopped")
+
+    def _recover(self, reason: str = "service restarted") -> None:
+        """Take over the runs whose holder is gone: queue them again while they have attempts
+        left, else kill what is left of them here and record them failed with ``reason``."""
         with self.session_factory() as s:
-            stale = s.scalars(select(Run.id).where(Run.status == "running")).all()
+            stale = run_leases.stale_runs(s, self.owner, self.exclusive)
         for run_id in stale:
+            if run_id in self._jobs:
+                continue
+            with self.session_factory() as s:
+                write_transaction(s)
+                outcome = run_leases.take_over(s, run_id, self.owner, self.lease_seconds,
+                                               self.max_attempts, self.exclusive)
+                s.commit()
+            if outcome is None:
+                continue
             workdir = self._workdir(run_id)
             kill_run_processes(None, workdir)
-            if self._record(run_id, "failed", "service restarted", {}):
-                log.warning("run %s was left running by a previous service: failed", run_id)
             shutil.rmtree(workdir, ignore_errors=True)
+            if outcome == "requeued":
+                log.warning("run %s lost its service process: queued again", run_id)
+                self.kick()
+            elif self._record(run_id, "failed", reason, {}):
+                log.warning("run %s lost its service process: failed", run_id)
+            else:
+                with self.session_factory() as s:
+                    write_transaction(s)
+                    run_leases.give_up(s, run_id, self.owner)
+                    s.commit()
 
     # --- one run
 
@@ -443,80 +475,18 @@ class Runner:
                 exited.cancel()
 
     def _poll(self, job: _Job, prep: _Prepared) -> str | None:
-        """Record the process tree, its usage and progress; the reason to kill the run (a
-        cancel, perhaps requested by another service process; a limit; its platform down),
-        or None."""
-        if job.pid is not None:
-            tree = descendants(job.pid)
-            new = {pid: start_time(pid) for pid in tree if pid not in job.known}
-            if new:  # replaced, not updated: process_ids() reads it from the loop's thread
-                job.known = {**job.known, **new}
-            used = usage.sample(tree, (prep.space.work, prep.space.tmp), self.limits)
-            job.peak = job.peak.peak(used)
-            over = usage.exceeded(used, self.limits)
-            if over:
-                return over
-        now = time.monotonic()
-        if (prep.platform_unit and self.platform_down is not None
-                and now - job.platform_checked >= self.platform_check_interval):
-            job.platform_checked = now
-            down = self.platform_down(prep.platform_unit)
-            if down:  # the reason names the unit
-                return f"the run's data platform is down: {down}"
-        progress, job.nb_signature = read_progress(prep.space.work, job.nb_signature)
-        with self.session_factory() as s:
-            if progress is not None and progress != job.progress:
-                write_transaction(s)
-                run = s.get(Run, job.run_id)
-                run.cells_done, run.cells_total = progress
-                cancel = run.cancel_requested
-                s.commit()
-                job.progress = progress
-                return "cancelled" if cancel else None
-            cancel = s.scalar(select(Run.cancel_requested).where(Run.id == job.run_id))
-            return "cancelled" if cancel else None
+        return poll_run(job, prep, self.session_factory, self.limits, self.platform_down,
+                        self.platform_check_interval)
 
     def _prepare(self, job: _Job) -> _Prepared:
         with self.session_factory() as s:
-            run = s.get(Run, job.run_id)
-            bundle, notebook, outputs = self.bundle_for(s, run)
-            extra_env = dict(self.env_for(s, run) or {})
-            kernel = (self.kernel_for(s, run) if self.kernel_for else None) or self.kernel_name
-            unit = s.get(Unit, run.unit_id) if run.unit_id is not None else None
-            parameters = json.loads(run.parameters or "{}")
-            data = (run.data_sha256, run.data_name) if run.data_kind == "upload" else None
-            timeout = run.timeout_seconds
+            inputs = load_inputs(s, s.get(Run, job.run_id), self.bundle_for, self.env_for,
+                                 self.kernel_for, self.kernel_name)
         # asked again for every run: an operator may have fixed the modes meanwhile
         self._unreachable = prepare_root(self.work_root)
         if self._unreachable:
             raise MarketError(self._unreachable)
-        slug = unit.slug if unit else None
-        space = Workspace(job.workdir, *identity(slug))
-        space.create(bundle)
-        if inside(notebook, space.bundle) is None or not (space.bundle / notebook).is_file():
-            raise ValueError(f"the bundle has no notebook {notebook!r}")
-        context = {"run_id": job.run_id, "unit": slug or "", "output_dir": OUTPUT_DIR,
-                   "input_path": ""}
-        if data is not None:
-            sha, name = data
-            source = self.blobs.path(sha)
-            if not source.is_file():
-                raise NotFound(f"the uploaded file {name!r} is missing from the store", "data")
-            shutil.copyfile(source, space.inputs / Path(name).name)
-            (space.inputs / Path(name).name).chmod(0o644)
-            context["input_path"] = str(space.work / INPUT_DIR / Path(name).name)
-        (space.control / "job.json").write_text(json.dumps({
-            "notebook": notebook, "output": f"{CONTROL_DIR}/output.ipynb",
-            "html": f"{CONTROL_DIR}/output.html", "result": f"{CONTROL_DIR}/result.json",
-            "kernel": kernel, "parameters": parameters, "context": context,
-        }))
-        space.seal()
-        env = sandbox_env(extra_env, job.workdir, space.control / "runtime")
-        # a run on an uploaded file does not need its platform: only a platform run fails
-        # with it
-        on_platform = data is None and "SPARK_REMOTE" in extra_env
-        return _Prepared(list(outputs), env, timeout, space, kernel_paths(kernel, env),
-                         slug if on_platform else None)
+        return build_workspace(job.run_id, job.workdir, inputs, self.blobs)
 
     async def _render(self, job: _Job, prep: _Prepared) -> None:
         """HTML of a killed run's partial notebook, in the sandbox too (nbconvert parses the
@@ -578,22 +548,8 @@ class Runner:
 
     def _store(self, job: _Job, prep: _Prepared, status: str, error: str | None,
                outputs: list[str]) -> None:
-        work = prep.space.work
-        extra: dict = {}
-        nb = files.try_read_inside(work, f"{CONTROL_DIR}/output.ipynb", MAX_NOTEBOOK_BYTES)
-        progress = notebook_progress(nb)
-        if progress is not None:  # a whole notebook (a killed run may leave half of one)
-            extra["output_sha256"] = self.blobs.put(nb)
-            done, total = progress
-            extra["cells_done"], extra["cells_total"] = (total if status == "succeeded"
-                                                         else done), total
-            html = files.try_read_inside(work, f"{CONTROL_DIR}/output.html", MAX_NOTEBOOK_BYTES)
-            if html is not None:
-                extra["html_sha256"] = self.blobs.put(html)
-        artifacts, problems = collect_outputs(self.blobs, work, outputs, self.max_artifact_bytes)
-        if problems:
-            status, error, artifacts = "failed", "; ".join(problems), {}
-        extra["artifacts"] = json.dumps(artifacts, sort_keys=True)
+        status, error, extra = store_results(self.blobs, prep.space.work, status, error, outputs,
+                                             self.max_artifact_bytes)
         self._record(job.run_id, status, error, extra)
 
     def _record(self, run_id: int, status: str, error: str | None, extra: dict) -> bool:
@@ -604,8 +560,9 @@ class Runner:
             try:
                 with self.session_factory() as s:
                     write_transaction(s)
-                    run = s.get(Run, run_id)
-                    if run is None or run.status != "running":
+                    run = s.get(Run, run_id, with_for_update=True)
+                    if run is None or run.status != "running" or run.lease_owner not in (
+                            None, self.owner):  # another process took it over
                         s.rollback()
                         return False
                     run.status, run.error, run.finished_at = status, error, utcnow()
@@ -624,9 +581,12 @@ class Runner:
     def _requeue(self, run_id: int) -> None:
         with self.session_factory() as s:
             write_transaction(s)
-            run = s.get(Run, run_id)
-            if run is not None and run.status == "running":
+            run = s.get(Run, run_id, with_for_update=True)
+            if run is not None and run.status == "running" and run.lease_owner in (None,
+                                                                                 self.owner):
                 run.status, run.started_at = "queued", None
+                run.lease_owner = run.lease_expires_at = None
+                run.attempts = max((run.attempts or 1) - 1, 0)  # it never started
             s.commit()
 
     def _cleanup(self, job: _Job) -> None:

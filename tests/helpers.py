@@ -348,3 +348,30 @@ def probe(targets):
         "listing": sorted(os.listdir(os.path.dirname(targets["package"]))),
     }
 '''.replace("SLEEP_MARK", SLEEP_MARK)
+
+
+def run_state_machine(machine: type, kind: str, tmp_path: Path, request, *, max_examples: int,
+                      steps: int = 25) -> None:
+    """Run a Hypothesis ``RuleBasedStateMachine`` whose ``__init__`` reads ``self.db_url``,
+    each example on a fresh, empty database of ``kind`` (``sqlite`` or ``postgresql``)."""
+    from hypothesis import HealthCheck, settings
+
+    counter = itertools.count()
+
+    def fresh_url() -> str:
+        if kind == "sqlite":
+            return f"sqlite:///{tmp_path}/sm{next(counter)}.sqlite"
+        from conftest import _new_postgres_db
+
+        return _new_postgres_db(request.getfixturevalue("postgres_server"))
+
+    class Machine(machine):
+        def __init__(self):
+            self.db_url = fresh_url()
+            super().__init__()
+
+    Machine.TestCase.settings = settings(
+        max_examples=max_examples, stateful_step_count=steps, deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
+    Machine.TestCase().runTest()

@@ -24,6 +24,8 @@ import base64
 import re
 import secrets
 
+import authz_cards
+import authz_fl_economy
 import authz_forum
 import authz_retrain
 import authz_reviews
@@ -248,7 +250,8 @@ EXPECTED: dict[tuple[str, str], dict[str, int | str]] = {
     ("/oauth_callback", "GET"): R(400, 400, 400, 400, 400, 400),
     # the technology exchange: each concern's rows live beside its objects
     **authz_reviews.EXPECTED, **authz_topics.EXPECTED, **authz_forum.EXPECTED,
-    **authz_workshops.EXPECTED, **authz_retrain.EXPECTED,
+    **authz_workshops.EXPECTED, **authz_retrain.EXPECTED, **authz_cards.EXPECTED,
+    **authz_fl_economy.EXPECTED,
 }
 
 #: cells that disagree with the contract while another part of the code catches up, as
@@ -482,7 +485,8 @@ BUILDERS: dict[tuple[str, str], Builder] = {
     ("/oauth_callback", "GET"): get("oauth_callback"),
     **PAGE_BUILDERS,
     **authz_reviews.BUILDERS, **authz_topics.BUILDERS, **authz_forum.BUILDERS,
-    **authz_workshops.BUILDERS, **authz_retrain.BUILDERS,
+    **authz_workshops.BUILDERS, **authz_retrain.BUILDERS, **authz_cards.BUILDERS,
+    **authz_fl_economy.BUILDERS,
 }
 
 

@@ -386,6 +386,12 @@ class _StubClient:
                 {"round": 1, "unit": "b", "metrics": {"auc": 0.7, "epsilon": 1.5}},
                 {"round": 2, "unit": "b", "metrics": {"auc": None, "epsilon": 2.5}}]
 
+    def contributions(self, project):
+        return {"pool": {"held": "60.00", "funded": "60.00"}, "settlement": None,
+                "estimate": {"shares": {"a": 10_000, "b": 0}, "units": {
+                    "a": {"weight": 5, "delta": 0.02, "evaluations": 1, "gated": False},
+                    "b": {"weight": 5, "delta": -0.1, "evaluations": 1, "gated": True}}}}
+
     def run_round(self, project, train, timeout):
         from marketplace_ext.federated.client import RoundResult
 
@@ -402,6 +408,8 @@ def test_round_panel_shows_the_round_the_chart_and_the_budget():
     assert "updates in: 1 / quorum 2 (a)" in panel.status.value
     assert "2 units: a, b" in panel.status.value and "&lt;A-E&gt;" in panel.status.value
     assert "&epsilon; = 2.50" in panel.budget.value
+    assert "Reward pool: 60.00 points" in panel.economy.value
+    assert "leave-one-out -0.1000 (gated), share <b>0.00 %</b>" in panel.economy.value
     assert panel.button.disabled is False  # b has not sent its update yet
     assert bytes(panel.chart.value).startswith(b"\x89PNG")
     assert metric_series(_StubClient().metrics(1), "auc") == {"a": [(1, 0.6)], "b": [(1, 0.7)]}

@@ -363,5 +363,15 @@ def test_experiment_command_line(tmp_path, capsys):
     assert "| Federated (FedAvg) | balanced |" in text and "Paper: federated" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads(out.read_text())
-    assert set(report["summary"]) == {"alone", "federated", "pooled"}
+    assert set(report["summary"]) == {"alone", "federated", "federated_personalized", "pooled"}
     assert set(report["runs"][0]["units"]) == set("abcde")
+    # the personalized arm, per unit, with its safeguard and the goal per unit
+    assert "| Federated, then personalized per unit | balanced |" in text
+    assert "Goal: no unit below its local model - " in text
+    arm = report["runs"][0]["arms"]["federated_personalized"]
+    assert set(arm["per_unit"]) == set(arm["extra"]["units"]) == set("abcde")
+    for info in arm["extra"]["units"].values():
+        if info["federated_val_auc"] is not None:
+            assert info["personalized_val_auc"] >= info["federated_val_auc"]
+    assert set(report["goal"]["units"]) == set("abcde")
+    assert report["config"]["personalize_epochs"] == 10

@@ -4,9 +4,17 @@ api/loop-lag`` and ``benchmarks/purchases.py``'s lag figures)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
+import pytest
+from sqlalchemy import select
+
+from marketplace_ext import dbutil, units
+from marketplace_ext.errors import Conflict
+from marketplace_ext.executors import NAMES, NamedExecutors
 from marketplace_ext.looplag import LoopLagMonitor, percentile
+from marketplace_ext.orm import Unit, make_engine, make_session_factory
 
 
 def test_percentile_is_nearest_rank():
@@ -32,3 +40,40 @@ def test_a_blocking_call_shows_as_lag():
     # the blocked wake-up came at least the blocked time late (a sleep is never shorter)
     assert stats["max_ms"] >= 290, stats
     assert stats["samples"] >= 4 and stats["p50_ms"] <= stats["p99_ms"] <= stats["max_ms"]
+
+
+def test_named_executors_commit_a_write_whole_or_not_at_all(tmp_path):
+    """``in_write`` (what handlers call for a transaction off the loop) commits what its work
+    wrote when it returns and nothing when it raises; each kind of work has its own pool."""
+    url = f"sqlite:///{tmp_path / 'market.sqlite'}"
+    dbutil.upgrade(url)
+    engine = make_engine(url)
+    pools = NamedExecutors({"db": 2, "io": 1, "spark": 1, "log": 1}, make_session_factory(engine))
+
+    def add(session, slug: str, fail: bool) -> str:
+        units.create_unit(session, slug, f"Unit {slug}", "operator")
+        session.flush()
+        if fail:
+            raise Conflict("refused after the write", "slug")
+        return slug
+
+    def slugs(session) -> list[str]:
+        return sorted(session.scalars(select(Unit.slug)))
+
+    async def scenario() -> tuple[str, list[str], set[str]]:
+        kept = await pools.in_write(add, "kept", False)
+        with pytest.raises(Conflict):
+            await pools.in_write(add, "lost", True)
+        names = {await pools.run(n, lambda: threading.current_thread().name.split("_")[0])
+                 for n in NAMES}
+        return kept, await pools.in_db(slugs), names
+
+    try:
+        kept, found, names = asyncio.run(asyncio.wait_for(scenario(), timeout=60))
+    finally:
+        pools.shutdown()
+        engine.dispose()
+    assert kept == "kept" and found == ["kept"]
+    assert names == set(NAMES)
+    with pytest.raises(ValueError, match="io_threads"):
+        NamedExecutors({"db": 1, "io": 0, "spark": 1, "log": 1}, None)

@@ -24,6 +24,7 @@ from marketplace_ext import dbutil, publishing, units
 from marketplace_ext.auth import SCOPE_PUBLISH, SCOPE_SUBSCRIBE, Caller
 from marketplace_ext.bundle import BundleLimits, canonical_archive, new_product
 from marketplace_ext.client import MarketAPIError
+from marketplace_ext.executors import NamedExecutors
 from marketplace_ext.orm import make_engine, make_session_factory, write_transaction
 
 SERVICE = "/services/marketplace/"
@@ -57,8 +58,11 @@ def market_stub(tmp_path):
         units.create_unit(session, "a", "Unit A", "operator")
         session.commit()
     (tmp_path / "tmp").mkdir()
+    pools = NamedExecutors({"db": 1, "io": 1, "spark": 1, "log": 1}, factory)
     yield SimpleNamespace(session_factory=factory, tmp_dir=tmp_path / "tmp",
-                          bundle_limits=BundleLimits())
+                          bundle_limits=BundleLimits(), in_db=pools.in_db,
+                          in_io=lambda work, *args: pools.run("io", work, *args))
+    pools.shutdown()
     engine.dispose()
 
 

@@ -23,7 +23,7 @@ import yaml
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy.orm import Session
 
-from marketplace_ext import catalog, dbutil, points
+from marketplace_ext import catalog, dbutil, ledger_views, points
 from marketplace_ext.auth import SCOPE_SUBSCRIBE, Caller
 from marketplace_ext.errors import InvalidField
 from marketplace_ext.handlers.account_pages import balance_chart
@@ -147,17 +147,17 @@ def test_shelf_sorts_by_use_and_age_and_counts_units_using(session):
     with pytest.raises(InvalidField) as e:
         catalog.list_products(session, viewer, sort="rating")
     assert e.value.field == "sort"
-    assert points.units_using_counts(session, [old, new]) == {old.id: 3, new.id: 1}
+    assert ledger_views.units_using_counts(session, [old, new]) == {old.id: 3, new.id: 1}
     assert catalog.shelf_facets(session, viewer) == {"tags": ["billing", "meter"],
                                                      "units": ["a"]}
     assert [f["path"] for f in catalog.version_files(old.current_version)] == [
         "files/a.csv", "files/b.json"]
-    ents = points.list_entitlements(session, b, old)
+    ents = ledger_views.list_entitlements(session, b, old)
     assert [(e["product"], e["plan"], e["uses_left"], e["usable"]) for e in ents] == [
         ("old-tool", "per_use", 1, True)]
     grant = points.check(session, b, old, "download")
     points.consume(session, grant)
-    assert points.list_entitlements(session, b)[0]["usable"] is False
+    assert ledger_views.list_entitlements(session, b)[0]["usable"] is False
 
 
 # --- the templates, rendered as the service renders them ----------------------------------------

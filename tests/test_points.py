@@ -9,13 +9,13 @@ import threading
 from datetime import timedelta
 
 import pytest
-from hypothesis import HealthCheck, settings
+from helpers import run_state_machine
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
-from marketplace_ext import dbutil, points
+from marketplace_ext import dbutil, ledger_views, points
 from marketplace_ext.auth import SCOPE_APPROVE, SCOPE_SUBSCRIBE, Caller
 from marketplace_ext.errors import Conflict, Forbidden, InvalidField, NotFound
 from marketplace_ext.orm import (
@@ -111,7 +111,7 @@ def test_worked_example_monthly_plan_of_30_points(session_factory):
         ent = order.entitlement
         assert ent.valid_until - ent.valid_from == timedelta(days=30) and ent.uses_left is None
         check_ledger(s)
-        statement = points.statement(s, points.unit_account(s, a), 10, 0)
+        statement = ledger_views.statement(s, points.unit_account(s, a), 10, 0)
         sale = statement["transfers"][0]
         assert sale["amount"] == "28.20" and sale["product"] == product.name
         assert {c["account"] for c in sale["counterparties"]} == {"unit:b", "operator"}
@@ -394,25 +394,8 @@ class LedgerMachine(RuleBasedStateMachine):
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_ledger_state_machine(kind, tmp_path, request):
-    counter = itertools.count()
-
-    def fresh_url() -> str:
-        if kind == "sqlite":
-            return f"sqlite:///{tmp_path}/m{next(counter)}.sqlite"
-        from conftest import _new_postgres_db
-
-        return _new_postgres_db(request.getfixturevalue("postgres_server"))
-
-    class Machine(LedgerMachine):
-        def __init__(self):
-            self.db_url = fresh_url()
-            super().__init__()
-
-    Machine.TestCase.settings = settings(
-        max_examples=25 if kind == "sqlite" else 12, stateful_step_count=25, deadline=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-    )
-    Machine.TestCase().runTest()
+    run_state_machine(LedgerMachine, kind, tmp_path, request,
+                      max_examples=25 if kind == "sqlite" else 12)
 
 
 def test_two_uses_of_one_per_use_order_cannot_both_succeed(session_factory):

@@ -163,7 +163,7 @@ def test_queue_claim_cancel_on_both_databases(db_url, tmp_path):
             run = runner.cancel(s, first)
         assert (run.status, run.cancel_requested) == ("running", True)
         assert world.calls(second) == ["cancelled"] and world.calls(first) == []
-        runner._recover()  # what a restart does with runs left running
+        world.runner()._recover()  # what a restart (a new runner) does with runs left running
         assert [world.get(r).status for r in (first, second, third)] == ["failed", "cancelled",
                                                                           "failed"]
         assert world.calls(first) == ["failed"] and world.calls(third) == ["failed"]

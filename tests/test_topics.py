@@ -6,19 +6,18 @@ actions."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import threading
 from datetime import timedelta
 
 import pytest
-from hypothesis import HealthCheck, settings
+from helpers import run_state_machine
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from sqlalchemy import func, select
 from test_points import check_ledger, make_product, make_unit
 
-from marketplace_ext import dbutil, points
+from marketplace_ext import dbutil, ledger_views, points
 from marketplace_ext.auth import SCOPE_APPROVE, SCOPE_PUBLISH, SCOPE_SUBSCRIBE, Caller
 from marketplace_ext.errors import Conflict, Forbidden, InvalidField, MarketError, NotFound
 from marketplace_ext.exchange import topics
@@ -132,11 +131,11 @@ def test_worked_example_40_point_bounty_pays_37_60_and_a_2_40_fee(session_factor
         assert set(json.loads(s.get(LogEntry, topic.events[-1].log_index).parties)) == {"a",
                                                                                        "b"}
         # the statement labels the escrow and the transfer kinds
-        rows = points.statement(s, points.unit_account(s, a), 10, 0)["transfers"]
+        rows = ledger_views.statement(s, points.unit_account(s, a), 10, 0)["transfers"]
         assert rows[0]["kind"] == "escrow_in"
         assert rows[0]["counterparties"] == [{"account": f"escrow:{escrow.id}",
                                               "amount": "40.00"}]
-        paid = points.statement(s, points.unit_account(s, b), 10, 0)["transfers"][0]
+        paid = ledger_views.statement(s, points.unit_account(s, b), 10, 0)["transfers"][0]
         assert (paid["kind"], paid["amount"]) == ("bounty", "37.60")
         assert "topic" in paid["memo"]
         # the inbox: b's people hear of the assignment and the bounty, a's of the delivery
@@ -580,22 +579,5 @@ class TopicMachine(RuleBasedStateMachine):
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_topic_state_machine(kind, tmp_path, request):
-    counter = itertools.count()
-
-    def fresh_url() -> str:
-        if kind == "sqlite":
-            return f"sqlite:///{tmp_path}/t{next(counter)}.sqlite"
-        from conftest import _new_postgres_db
-
-        return _new_postgres_db(request.getfixturevalue("postgres_server"))
-
-    class Machine(TopicMachine):
-        def __init__(self):
-            self.db_url = fresh_url()
-            super().__init__()
-
-    Machine.TestCase.settings = settings(
-        max_examples=12 if kind == "sqlite" else 6, stateful_step_count=25, deadline=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-    )
-    Machine.TestCase().runTest()
+    run_state_machine(TopicMachine, kind, tmp_path, request,
+                      max_examples=12 if kind == "sqlite" else 6)

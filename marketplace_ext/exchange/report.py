@@ -16,7 +16,7 @@ import io
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from .. import catalog, points
+from .. import catalog, ledger_views, points
 from ..auth import Caller
 from ..errors import InvalidField
 from ..orm import Order, Unit
@@ -64,7 +64,7 @@ def table(session: Session, caller: Caller, sort: object = None, order: object =
     if unit_type is not None:
         products = [p for p in products if unit_types[p.unit_id] == unit_type]
     ids = [p.id for p in products]
-    using = points.units_using_counts(session, products)
+    using = ledger_views.units_using_counts(session, products)
     sales = _sales(session, ids) if ids else {}
     stars = ratings.aggregate(session, ids)
     rows = []

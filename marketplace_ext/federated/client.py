@@ -188,12 +188,14 @@ class FederatedClient(EnrolmentMixin):
                      title: str | None = None, task: str = "binary classification",
                      bits: int = 16, clip: float = 1.0, max_parties: int = 10,
                      max_weight: int = 100_000, dp: dict | None = None,
-                     allow_units: list[str] | str | None = None) -> dict:
+                     allow_units: list[str] | str | None = None,
+                     products: list[str] | None = None, pool: int = 0) -> dict:
         """Generate the project's Paillier key pair here, keep the private key in the home
         (0600) and open the project with the public key and the model bundle in ``model_dir``
         (see :func:`marketplace_ext.federated.model.save_bundle`). Units in ``allow_units``
-        are approved as soon as they join; any other waits for :meth:`approve`. Returns the
-        project."""
+        are approved as soon as they join; any other waits for :meth:`approve`. ``products``:
+        the data products (offering ``federated``) it is opened on; ``pool``: whole points your
+        unit escrows as the reward pool. Returns the project."""
         import base64
 
         public_key, private_key = keys.generate_paillier_keypair(key_size)
@@ -210,6 +212,7 @@ class FederatedClient(EnrolmentMixin):
             "dp": dp,
             "model": base64.b64encode(bundle_zip(model_dir)).decode(),
             "allow_units": _unit_list(allow_units),
+            "products": list(products or []), "pool": int(pool),
         }
         project = self.market.request("POST", "fl/projects", json=body)
         self.ensure_partner_key(project)
@@ -477,6 +480,43 @@ class FederatedClient(EnrolmentMixin):
             total_weight=aggregate["total_weight"], mean_update=mean,
             global_vector=base + mean, aggregate_sha256=aggregate["sha256"],
             log_index=receipt.get("log_index"))
+
+    # --- contributions: leave-one-out evaluations (federated.economy) -------------------------
+
+    def loo_mean(self, project: dict, number: int, unit: str) -> np.ndarray:
+        """The decrypted weighted mean update of round ``number`` without ``unit``'s update
+        (the service adds the other ciphertexts; a round needs three updates or more)."""
+        r = self.market.http.get(
+            self.market.url + f"api/fl/projects/{project['id']}/rounds/{int(number)}/loo/{unit}",
+            timeout=self.market.timeout)
+        if r.status_code != 200:
+            raise FederatedError(f"no leave-one-out sum of round {number} without {unit}: "
+                                 f"{r.status_code} {r.text[:200]}")
+        spec = self.spec(project)
+        return packing.unpack_aggregate(
+            spec, packing.ciphertexts_from_bytes(spec, r.content), self.private_key(project),
+            int(r.headers["X-FL-Total-Weight"]), int(r.headers["X-FL-Parties"]),
+            workers=DECRYPT_WORKERS)
+
+    def evaluate_contributions(self, project: int, number: int,
+                               evaluate: Callable[[np.ndarray], float],
+                               metric: str = "auc") -> dict:
+        """Evaluate on this unit's own validation data (``evaluate(global_vector) -> metric``)
+        the model after round ``number`` and, for every other unit that sent an update, the
+        model without that unit's update; posts them as ``metric`` and ``loo.<unit>`` (the
+        inputs of the contribution measure) and returns them."""
+        info = self.project(project)
+        base = self.global_vector(info, number - 1)
+        rnd = self.round(project, number)
+        metrics = {metric: evaluate(base + self.mean_update(info, number))}
+        for unit in sorted({u["unit"] for u in rnd["updates"]} - {self.unit}):
+            metrics[f"loo.{unit}"] = evaluate(base + self.loo_mean(info, number, unit))
+        self.post_metrics(project, number, metrics)
+        return metrics
+
+    def contributions(self, project: int) -> dict:
+        """The pool, the contribution estimate so far and the settlement (if any)."""
+        return self.market.request("GET", f"fl/projects/{int(project)}/contributions")
 
     # --- metrics ------------------------------------------------------------------------------
 

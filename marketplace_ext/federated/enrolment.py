@@ -27,7 +27,7 @@ from .. import certlog
 from ..auth import SCOPE_PUBLISH, Caller
 from ..errors import Conflict, Forbidden, InvalidField, NotFound
 from ..orm import Unit, utcnow
-from . import keys
+from . import economy, keys
 from .common import (
     APPROVED,
     FINISHED,
@@ -168,6 +168,7 @@ def join(session: Session, caller: Caller, project: FLProject, x25519_public_key
         return member, False
     if project.state == FINISHED:
         raise Conflict(f"project {project.name!r} has finished", "project")
+    economy.require_data_access(session, project, unit)
     approved = unit.slug in allow_list_of(project)
     if approved:
         _check_room(session, project)

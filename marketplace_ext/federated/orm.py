@@ -22,7 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from ..orm import Base, Unit, utcnow
+from ..orm import Base, Product, Unit, utcnow
 
 
 class FLProject(Base):
@@ -217,3 +217,78 @@ class FLMetric(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
 
     member: Mapped[FLMember] = relationship()
+
+
+# --- the economy of a project (owned by :mod:`.economy` and :mod:`.coowned`) ------------------
+
+
+class FLProjectProduct(Base):
+    """A data product (offering ``federated``) a project is opened on: its owner and the units
+    with its ``federated`` entitlement may take part."""
+
+    __tablename__ = "fl_project_products"
+    __table_args__ = (
+        UniqueConstraint("project_id", "product_id", name="uq_fl_project_products"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(
+        ForeignKey("fl_projects.id", name="fk_fl_project_products_project_id"), nullable=False,
+        index=True)
+    product_id: Mapped[int] = mapped_column(
+        ForeignKey("products.id", name="fk_fl_project_products_product_id"), nullable=False,
+        index=True)
+
+    product: Mapped[Product] = relationship()
+
+
+class FLPool(Base):
+    """A project's reward pool: points the initiator's unit escrowed (an ``escrow`` account),
+    split among the members when the project ends (:class:`FLSettlement`)."""
+
+    __tablename__ = "fl_pools"
+
+    project_id: Mapped[int] = mapped_column(
+        ForeignKey("fl_projects.id", name="fk_fl_pools_project_id"), primary_key=True)
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", name="fk_fl_pools_account_id"), nullable=False)
+    funded: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)  # centipoints
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+
+
+class FLSettlement(Base):
+    """The certified contribution measure and split of a finished project (one per project):
+    shares in basis points (10 000 in all) and what the pool paid each unit."""
+
+    __tablename__ = "fl_settlements"
+
+    project_id: Mapped[int] = mapped_column(
+        ForeignKey("fl_projects.id", name="fk_fl_settlements_project_id"), primary_key=True)
+    measure: Mapped[str] = mapped_column(String(32), nullable=False)  # loo_weight | submitted
+    inputs: Mapped[str] = mapped_column(Text, nullable=False)  # JSON
+    shares: Mapped[str] = mapped_column(Text, nullable=False)  # JSON {unit: basis points}
+    paid: Mapped[str] = mapped_column(Text, nullable=False)  # JSON {unit: centipoints}
+    fee: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    transfer_id: Mapped[int | None] = mapped_column(
+        ForeignKey("transfers.id", name="fk_fl_settlements_transfer_id"), nullable=True)
+    decided_by: Mapped[str] = mapped_column(String(255), nullable=False)
+    log_index: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+
+
+class FLModelProduct(Base):
+    """The tool product a finished project's members published its model as (co-owned by the
+    settlement's shares, ``product_shares``)."""
+
+    __tablename__ = "fl_model_products"
+    __table_args__ = (UniqueConstraint("product_id", name="uq_fl_model_products_product"),)
+
+    project_id: Mapped[int] = mapped_column(
+        ForeignKey("fl_projects.id", name="fk_fl_model_products_project_id"), primary_key=True)
+    product_id: Mapped[int] = mapped_column(
+        ForeignKey("products.id", name="fk_fl_model_products_product_id"), nullable=False)
+    published_by: Mapped[str] = mapped_column(String(255), nullable=False)
+    log_index: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+
+    product: Mapped[Product] = relationship()

@@ -3,8 +3,9 @@
 It shows the project's current round (number, attempt, state, deadline countdown, units that
 have sent their update against the quorum), the members, a "Train and submit" button that runs
 this unit's round in a background thread (the kernel stays responsive while the round waits for
-the others), a live chart of every unit's validation metric per round and, with differential
-privacy, the privacy budget this unit has spent.
+the others), a live chart of every unit's validation metric per round, with differential
+privacy the privacy budget this unit has spent, and the project's reward pool with the
+contribution estimate as rounds progress (the certified split once settled).
 
 It is drawn in the look of the marketplace's pages and widgets (:mod:`marketplace_ext.reprs`:
 the same card, badges and palette as ``Shop`` and ``RunForm``).
@@ -68,6 +69,24 @@ def round_status_html(project: dict) -> str:
                f"({', '.join(map(html.escape, sent)) or 'none yet'})")
 
 
+def economy_html(economy: dict) -> str:
+    """The pool and each unit's estimated (or, once settled, certified) share, as a card."""
+    settled = economy.get("settlement")
+    shares = settled["shares"] if settled else economy["estimate"]["shares"]
+    units = (settled["inputs"] if settled else economy["estimate"])["units"]
+    rows = []
+    for unit, row in sorted(units.items()):
+        delta = "not evaluated" if row["delta"] is None else f"{row['delta']:+.4f}"
+        gate = " (gated)" if row["gated"] else ""
+        share = f"{shares[unit] / 100:.2f} %" if unit in shares else "-"
+        paid = f", paid {settled['paid'].get(unit, '0.00')}" if settled else ""
+        rows.append(f"<code>{html.escape(unit)}</code>: weight {row['weight']}, "
+                    f"leave-one-out {delta}{gate}, share <b>{share}</b>{paid}")
+    what = "certified split" if settled else "contribution estimate"
+    return box(f"Reward pool: {html.escape(economy['pool']['held'])} points",
+               f"{what}<br>" + ("<br>".join(rows) or "no update in a published round yet"))
+
+
 class RoundPanel:
     """``RoundPanel(fl, project, train).show()`` in a partner's notebook.
 
@@ -88,6 +107,7 @@ class RoundPanel:
         self.results: list[RoundResult] = []
         self.status = w.HTML()
         self.budget = w.HTML()
+        self.economy = w.HTML()
         self.button = w.Button(description="Train and submit", button_style="primary",
                                icon="upload")
         self.button.on_click(lambda _: self._run_round())
@@ -96,8 +116,8 @@ class RoundPanel:
                                   f'<span style="color:{MUTED}">this unit: '
                                   f"<code>{html.escape(str(fl.unit))}</code></span>"))
         self.chart = w.Image(format="png", layout={"max_width": "640px"})
-        self.widget = w.VBox([self.heading, self.status, self.budget, self.button, self.log,
-                              self.chart])
+        self.widget = w.VBox([self.heading, self.status, self.budget, self.economy,
+                              self.button, self.log, self.chart])
         self._stop = threading.Event()
         self._busy = False
         self._charted: object = None
@@ -129,6 +149,7 @@ class RoundPanel:
                                 or not info["is_member"])
         if info["is_member"]:
             self._draw(self.fl.metrics(self.project), info)
+            self.economy.value = economy_html(self.fl.contributions(self.project))
 
     def _draw(self, metrics: list[dict], info: dict) -> None:
         series = metric_series(metrics, self.metric)

@@ -34,7 +34,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .. import certlog
+from .. import certlog, leases
 from ..auth import Caller
 from ..blobs import BlobStore
 from ..errors import Conflict, Forbidden, InvalidField, NotFound
@@ -403,10 +403,12 @@ class Coordinator:
     Rounds left ``aggregating`` by a crash are picked up again on the next tick.
     """
 
-    def __init__(self, session_factory, blobs: BlobStore, interval: float = 1.0):
+    def __init__(self, session_factory, blobs: BlobStore, interval: float = 1.0,
+                 lease_seconds: float = 30.0):
         self.session_factory = session_factory
         self.blobs = blobs
         self.interval = interval
+        self.lease_seconds = lease_seconds
         self._wake: asyncio.Event | None = None
         self._lock = threading.Lock()
 
@@ -415,8 +417,13 @@ class Coordinator:
             self._wake.set()
 
     def tick(self, now: datetime | None = None) -> int:
-        """One pass; returns the number of aggregates published."""
+        """One pass; returns the number of aggregates published. Only the service process
+        holding the coordinator's lease works (several may share the database); the lease is
+        renewed before each aggregation, so a process that dies mid-round hands the round over
+        (still ``aggregating``) once its lease expires."""
         with self._lock:
+            if not self._hold_lease():
+                return 0
             with self.session_factory() as session:
                 expired, _ = due_work(session, now)
             if expired:
@@ -430,7 +437,7 @@ class Coordinator:
             for round_id in pending:
                 with self.session_factory() as session:
                     job = aggregation_job(session, round_id)
-                if job is None:
+                if job is None or not self._hold_lease():
                     continue
                 try:
                     data = add_updates(job, self.blobs)
@@ -446,6 +453,14 @@ class Coordinator:
                 log.info("round %s aggregated: %s updates -> %s", round_id, len(job.shas),
                          sha[:12])
             return published
+
+    def _hold_lease(self) -> bool:
+        with self.session_factory() as session:
+            write_transaction(session)
+            held = leases.acquire(session, leases.FL_COORDINATOR, leases.process_id(),
+                                  self.lease_seconds)
+            session.commit()
+            return held
 
     async def loop(self) -> None:
         self._wake = asyncio.Event()

@@ -8,7 +8,7 @@ mean or packed Paillier ciphertexts - never sees a torch object.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,6 +70,8 @@ def train_local(
     class_weight: str | float | None = "balanced",
     weight_decay: float = 1e-4,
     optimizer: str = "adam",
+    parameters: Sequence[nn.Parameter] | None = None,
+    after_epoch: Callable[[int], bool] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``(X, y)`` and return its new flat weights.
 
@@ -79,6 +81,11 @@ def train_local(
     state). Shuffling is drawn from ``seed`` and the global torch RNG is left as it was, so the
     same call gives the same weights. ``class_weight="balanced"`` weights thieves by the
     honest-to-thief ratio of this party's data.
+
+    ``parameters`` limits training to those of the model's parameters (default: all), e.g. a
+    per-unit head. ``after_epoch(epoch)`` (1-based) is called after every epoch with the model in
+    eval mode; returning True stops training early (a caller's early stopping, which keeps its
+    own copy of the best weights: the returned weights are the last epoch's).
     """
     X = np.asarray(X, dtype=np.float32)
     y = np.asarray(y, dtype=np.float32)
@@ -91,11 +98,14 @@ def train_local(
         raise TrainingError(f"lr must be positive, got {lr!r}")
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(_pos_weight(y, class_weight)))
     xs, ys = torch.from_numpy(X), torch.from_numpy(y)
+    params = list(model.parameters()) if parameters is None else list(parameters)
+    if not params:
+        raise TrainingError("no parameters to train")
     if optimizer == "adam":
-        optimiser = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+        optimiser = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     elif optimizer == "sgd":
         optimiser = torch.optim.SGD(
-            model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay
+            params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay
         )
     else:
         raise TrainingError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
@@ -104,7 +114,7 @@ def train_local(
     model.train()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for _ in range(epochs):
+        for epoch in range(1, epochs + 1):
             order = torch.randperm(len(ys), generator=generator)
             total = 0.0
             for start in range(0, len(ys), batch_size):
@@ -115,6 +125,12 @@ def train_local(
                 optimiser.step()
                 total += loss.item() * len(idx)
             losses.append(total / len(ys))
+            if after_epoch is not None:
+                model.eval()
+                stop = after_epoch(epoch)
+                model.train()
+                if stop:
+                    break
     model.eval()
     return TrainResult(flatten_state(model), len(ys), losses[-1], tuple(losses))
 

@@ -6,7 +6,9 @@ from . import (
     account_pages,
     admin_pages,
     api,
+    card_pages,
     fl,
+    fl_economy,
     fl_pages,
     forum,
     forum_pages,
@@ -32,7 +34,8 @@ from . import (
 )
 
 default_handlers = (api.default_handlers + runs.default_handlers + m2d.default_handlers
-                    + fl.default_handlers + m2d_pages.default_handlers + run_pages.default_handlers
+                    + fl.default_handlers + fl_economy.default_handlers
+                    + m2d_pages.default_handlers + run_pages.default_handlers
                     + pages.default_handlers + tools_pages.default_handlers
                     + account_pages.default_handlers + publish_pages.default_handlers
                     + review_pages.default_handlers + admin_pages.default_handlers
@@ -44,5 +47,5 @@ default_handlers = (api.default_handlers + runs.default_handlers + m2d.default_h
                     + forum.default_handlers + forum_pages.default_handlers
                     + inbox.default_handlers + inbox_pages.default_handlers
                     + workshops.default_handlers + workshops_pages.default_handlers
-                    # further training of tools (issue 17)
-                    + retrain.default_handlers)
+                    # further training of tools, card images (issue 17)
+                    + retrain.default_handlers + card_pages.default_handlers)

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from tornado import web
 
-from .. import points
+from .. import ledger_views, points
 from ..auth import SCOPE_APPROVE
 from .base import PageHandler
 from .pages import unit_balance
@@ -79,22 +79,26 @@ class AccountPage(PageHandler):
     nav = "account"
 
     @web.authenticated
-    def get(self):
-        caller = self.caller
-        unit, _ = unit_balance(self.db, caller)
-        ns: dict = {"unit": unit, "accounts": None}
-        if caller.is_operator and SCOPE_APPROVE in caller.scopes:
-            ns["accounts"] = points.all_accounts(self.db)
-        if unit is not None:
-            account = points.unit_account(self.db, unit)
-            statement = points.statement(self.db, account, STATEMENT_ROWS, 0)
-            orders, order_total = points.list_orders(self.db, unit, ORDER_ROWS, 0)
-            ns.update(
-                statement=statement,
-                chart=balance_chart(statement["transfers"], statement["centipoints"]),
-                orders=[points.order_json(o) for o in orders], order_total=order_total,
-                entitlements=points.list_entitlements(self.db, unit))
-        self.render_template("account.html", **ns)
+    async def get(self):
+        await self.render_from_db("account.html", account_namespace, self.caller)
+
+
+def account_namespace(session, caller) -> dict:
+    """Blocking (the db executor): the account page's namespace."""
+    unit, _ = unit_balance(session, caller)
+    ns: dict = {"unit": unit, "accounts": None}
+    if caller.is_operator and SCOPE_APPROVE in caller.scopes:
+        ns["accounts"] = ledger_views.all_accounts(session)
+    if unit is not None:
+        account = points.unit_account(session, unit)
+        statement = ledger_views.statement(session, account, STATEMENT_ROWS, 0)
+        orders, order_total = ledger_views.list_orders(session, unit, ORDER_ROWS, 0)
+        ns.update(
+            statement=statement,
+            chart=balance_chart(statement["transfers"], statement["centipoints"]),
+            orders=[ledger_views.order_json(o) for o in orders], order_total=order_total,
+            entitlements=ledger_views.list_entitlements(session, unit))
+    return ns
 
 
 default_handlers = [

@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from tornado import web
 
-from .. import points
+from .. import ledger_views, points
 from ..auth import SCOPE_APPROVE
 from ..errors import InvalidField, MarketError
 from ..hubapi import ROLE_GROUPS
@@ -46,7 +46,7 @@ class AdminPage(_AdminPage):
             units = [{"slug": u.slug, "name": u.name, "members": n,
                       "balance": points.format_points(points.unit_account(session, u).balance)}
                      for u, n in list_units(session)]
-            accounts = points.all_accounts(session)
+            accounts = ledger_views.all_accounts(session)
         self.render_template("admin.html", status=status, units=units, accounts=accounts,
                              created=self.get_query_argument("created", ""), **ns)
 
@@ -86,9 +86,9 @@ class AdminUnitPage(_AdminPage):
             info = {"slug": unit.slug, "name": unit.name}
             members = [{"user": m.user_name, "added_at": m.added_at.isoformat() + "Z",
                         "added_by": m.added_by} for m in unit.members]
-            orders, total = points.list_orders(session, unit, 100, 0)
-            order_rows = [points.order_json(o) for o in orders]
-            statement = points.statement(session, points.unit_account(session, unit), 20, 0)
+            orders, total = ledger_views.list_orders(session, unit, 100, 0)
+            order_rows = [ledger_views.order_json(o) for o in orders]
+            statement = ledger_views.statement(session, points.unit_account(session, unit), 20, 0)
         members = await with_roles(self.market, members)  # the hub, outside any session
         self.render_template("admin_unit.html", status=status, unit=info, members=members,
                              orders=order_rows, order_total=total, statement=statement,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from sqlalchemy import text
 from tornado import web
 
@@ -11,12 +9,13 @@ from .. import (
     __version__,
     catalog,
     interface,
+    ledger_views,
     points,
     product_envs,
     remote_call,
 )
 from ..auth import SCOPE_APPROVE, SCOPE_PUBLISH
-from ..downloads import deliver_file, plan_export, record_export
+from ..downloads import extract_file, plan_export, plan_file, record_export, record_file
 from ..errors import (
     Forbidden,
     InvalidField,
@@ -202,8 +201,8 @@ class ProductHandler(APIHandler):
     @web.authenticated
     def get(self, product):
         p = catalog.get_product(self.db, product, self.caller)
-        self.write_json({**catalog.product_detail(p, self.caller),
-                         "stats": points.usage_stats(self.db, p),
+        self.write_json({**catalog.product_detail(p, self.caller, self.market.service_prefix),
+                         "stats": ledger_views.usage_stats(self.db, p),
                          "environments": product_envs.environments(self.market.envs, p,
                                                                    self.caller)})
 
@@ -235,9 +234,9 @@ class OrdersHandler(APIHandler):
                             "unit")
         limit = self.int_argument("limit", 50, 1, 200)
         offset = self.int_argument("offset", 0, 0, 10**9)
-        orders, total = points.list_orders(self.db, get_unit(self.db, self.caller.unit),
+        orders, total = ledger_views.list_orders(self.db, get_unit(self.db, self.caller.unit),
                                            limit, offset)
-        self.write_json({"orders": [points.order_json(o) for o in orders], "total": total,
+        self.write_json({"orders": [ledger_views.order_json(o) for o in orders], "total": total,
                          "limit": limit, "offset": offset})
 
     @web.authenticated
@@ -252,7 +251,7 @@ def _buy(session, caller, economy, product: str, plan: str, key: str) -> tuple[d
     write_transaction(session)
     order, created = points.place_order(session, caller, economy, product, plan, key)
     session.commit()
-    return points.order_json(order), created
+    return ledger_views.order_json(order), created
 
 
 class OrderRefundHandler(APIHandler):
@@ -265,7 +264,7 @@ class OrderRefundHandler(APIHandler):
         found = points.get_order(self.db, order)
         points.refund(self.db, found, self.caller.name, reason.strip())
         self.db.commit()
-        self.write_json(points.order_json(found))
+        self.write_json(ledger_views.order_json(found))
 
 
 class UnitAccountHandler(APIHandler):
@@ -276,7 +275,7 @@ class UnitAccountHandler(APIHandler):
         limit = self.int_argument("limit", 50, 1, 200)
         offset = self.int_argument("offset", 0, 0, 10**9)
         account = points.unit_account(self.db, found)
-        self.write_json({**points.statement(self.db, account, limit, offset),
+        self.write_json({**ledger_views.statement(self.db, account, limit, offset),
                          "limit": limit, "offset": offset})
 
 
@@ -284,7 +283,7 @@ class AccountsHandler(APIHandler):
     @web.authenticated
     def get(self):
         self.caller.require(SCOPE_APPROVE, "listing every account")
-        self.write_json({"accounts": points.all_accounts(self.db)})
+        self.write_json({"accounts": ledger_views.all_accounts(self.db)})
 
 
 class SpendOnPostOnly:
@@ -299,15 +298,18 @@ class SpendOnPostOnly:
 
 
 class FileDownloadHandler(SpendOnPostOnly, APIHandler):
+    """POST spends a use on one file of a version and answers a link; the file itself is
+    served, streamed, by :class:`DownloadLinkHandler` (a GET never spends)."""
+
     @web.authenticated
-    def post(self, product, version, path):
-        delivery = deliver_file(self.db, self.market.blobs, self.caller, product, version, path)
-        # stored before the commit: a crash between the two leaves an orphan blob (blob_gc
-        # collects it), never a spent use without its file
-        self.market.blobs.put(delivery.data)
-        self.db.commit()
-        self._write_link(delivery.sha256, delivery.filename, "application/octet-stream",
-                         delivery.log_index)
+    async def post(self, product, version, path):
+        caller = self.caller
+        plan = await self.in_db(plan_file, caller, product, version, path)
+        # stored before the use is recorded: a failure between the two leaves an orphan blob
+        # (blob_gc collects it), never a spent use without its file
+        await self.in_io(extract_file, self.market.blobs, plan)
+        index = await self.in_write(record_file, caller, plan)
+        self._write_link(plan.sha256, plan.filename, "application/octet-stream", index)
 
     def _write_link(self, sha256: str, filename: str, content_type: str, log_index: int,
                     **extra) -> None:
@@ -326,15 +328,13 @@ class ViewExportHandler(FileDownloadHandler):
         market = self.market
         body = self.json_body() if self.request.body else {}
         fmt = body.get("format", self.get_query_argument("format", "csv"))
-        with market.session_factory() as session:
-            plan = plan_export(session, market.data_platform, self.caller, product, view, fmt)
-        data, rows, truncated = await asyncio.get_running_loop().run_in_executor(
-            None, market.data_platform.export_view, plan.platform_unit, plan.view, plan.format)
-        await asyncio.get_running_loop().run_in_executor(None, market.blobs.put, data)
-        with market.session_factory() as session:
-            write_transaction(session)
-            digest, index = record_export(session, self.caller, plan, data, rows, truncated)
-            session.commit()
+        plan = await self.in_db(plan_export, market.data_platform, self.caller, product, view,
+                                fmt)
+        data, rows, truncated = await self.in_spark(
+            market.data_platform.export_view, plan.platform_unit, plan.view, plan.format)
+        await self.in_io(market.blobs.put, data)
+        digest, index = await self.in_write(record_export, self.caller, plan, data, rows,
+                                            truncated)
         self._write_link(digest, f"{view}.{fmt}", "text/csv; charset=utf-8" if fmt == "csv"
                          else "application/vnd.apache.parquet", index, rows=rows,
                          truncated=truncated)
@@ -345,13 +345,13 @@ class DownloadLinkHandler(APIHandler):
     for the user it was minted for, until it expires."""
 
     @web.authenticated
-    def get(self, token):
+    async def get(self, token):
         link = self.market.download_links.open(token, self.caller.name)
         self.set_attachment(link.filename, link.content_type)
         self.set_header("X-Content-SHA256", link.sha256)
         if link.log_index is not None:
             self.set_header("X-Log-Index", str(link.log_index))
-        self.finish(self.market.blobs.get(link.sha256))
+        await self.stream_blob(link.sha256)  # in chunks read on the io executor
 
 
 class LogKeyHandler(APIHandler):
@@ -411,16 +411,11 @@ class QueryHandler(APIHandler):
     @web.authenticated
     async def post(self, product):
         market = self.market
-        with market.session_factory() as session:
-            plan = interface.plan_query(session, market.data_platform, self.caller, product,
-                                        self.json_body())
-        result = await asyncio.get_running_loop().run_in_executor(
-            None, market.data_platform.query, plan.platform_unit, plan.sql, plan.grants,
-            plan.limit)
-        with market.session_factory() as session:
-            write_transaction(session)
-            index = interface.record_query(session, self.caller, plan, result)
-            session.commit()
+        plan = await self.in_db(interface.plan_query, market.data_platform, self.caller, product,
+                                self.json_body())
+        result = await self.in_spark(market.data_platform.query, plan.platform_unit, plan.sql,
+                                     plan.grants, plan.limit)
+        index = await self.in_write(interface.record_query, self.caller, plan, result)
         self.set_header("X-Log-Index", str(index))
         self.write_json({**result, "log_index": index})
 
@@ -429,14 +424,10 @@ class PredictHandler(APIHandler):
     @web.authenticated
     async def post(self, product):
         market = self.market
-        with market.session_factory() as session:
-            plan = remote_call.plan_call(session, self.caller, product, self.json_body(),
-                                         market.predict_max_rows)
+        plan = await self.in_db(remote_call.plan_call, self.caller, product, self.json_body(),
+                                market.predict_max_rows)
         predictions = await market.predict(plan)
-        with market.session_factory() as session:
-            write_transaction(session)
-            index = remote_call.record_call(session, self.caller, plan, predictions)
-            session.commit()
+        index = await self.in_write(remote_call.record_call, self.caller, plan, predictions)
         self.set_header("X-Log-Index", str(index))
         self.write_json({"predictions": predictions, "version": plan.version,
                          **({"model": plan.derived_model} if plan.derived_model else {}),

@@ -27,6 +27,7 @@ import asyncio
 import functools
 import json
 import logging
+import os
 import re
 import tempfile
 from collections.abc import Callable
@@ -37,6 +38,7 @@ from jupyterhub.services.auth import HubOAuthenticated
 from sqlalchemy.orm import Session
 from tornado import httputil, web
 from tornado.http1connection import HTTP1Connection
+from tornado.iostream import StreamClosedError
 
 from ..auth import Caller, caller_from_model
 from ..errors import InvalidField, MarketError, PayloadTooLarge, QuotaExceeded, Unauthenticated
@@ -46,12 +48,20 @@ from ..units import unit_of
 log = logging.getLogger("marketplace")
 
 MAX_JSON_BODY = 1024 * 1024
+#: the size of the pieces a download is read and sent in (BaseHandler.stream_blob)
+STREAM_CHUNK = 256 * 1024
 #: a multipart upload's envelope (boundaries, headers, a small JSON field) beyond its file
 MULTIPART_ENVELOPE = 1024 * 1024
 _METHODS = ("get", "head", "post", "delete", "patch", "put", "options")
 
 
 T = TypeVar("T")
+
+
+def _unread_count(session: Session, name: str) -> int:
+    from ..exchange.inbox import unread_count
+
+    return unread_count(session, name)
 
 
 def _unit_slug(session: Session, name: str) -> str | None:
@@ -73,7 +83,7 @@ def _after_body(method):
             return method(self, *args, **kwargs)
         if self._spool is not None:
             async def spooled():
-                await asyncio.get_running_loop().run_in_executor(None, self._load_spool)
+                await self.in_io(self._load_spool)
                 result = method(self, *args, **kwargs)
                 return await result if asyncio.iscoroutine(result) else result
             return spooled()
@@ -143,11 +153,43 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         """Run ``work(session, *args)`` in the service's database executor with a session of
         its own, closed afterwards (``work`` commits what it writes; a write should start with
         ``write_transaction(session)``). The event loop serves other requests meanwhile."""
-        def run() -> T:
-            with self.market.session_factory() as session:
-                return work(session, *args)
+        return await self.market.executors.in_db(work, *args)
 
-        return await asyncio.get_running_loop().run_in_executor(self.market.db_executor, run)
+    async def in_write(self, work: Callable[..., T], *args) -> T:
+        """Run ``work(session, *args)`` as one write transaction in the database executor,
+        committed when it returns, rolled back (nothing written) when it raises."""
+        return await self.market.executors.in_write(work, *args)
+
+    async def in_io(self, work: Callable[..., T], *args) -> T:
+        """Run ``work(*args)`` (file or blob I/O) in the service's io executor."""
+        return await self.market.executors.run("io", work, *args)
+
+    async def in_spark(self, work: Callable[..., T], *args) -> T:
+        """Run ``work(*args)`` (a call to a unit's data platform) in the spark executor."""
+        return await self.market.executors.run("spark", work, *args)
+
+    async def stream_blob(self, sha256: str) -> None:
+        """Send a stored blob as the response body in :data:`STREAM_CHUNK` chunks, each read on
+        the io executor and flushed before the next (a bundle is never held whole in memory,
+        and a slow client holds back only its own response). Sets ``Content-Length``; a blob
+        missing from the store is a 404 before any byte is sent."""
+        f = await self.in_io(self.market.blobs.open, sha256)
+        try:
+            size = await self.in_io(lambda: os.fstat(f.fileno()).st_size)
+            self.set_header("Content-Length", str(size))
+            sent = 0
+            while sent < size:
+                chunk = await self.in_io(f.read, min(STREAM_CHUNK, size - sent))
+                if not chunk:  # the file shrank under us: cannot happen to a stored blob
+                    raise OSError(f"blob {sha256} ended after {sent} of {size} bytes")
+                sent += len(chunk)
+                self.write(chunk)
+                await self.flush()
+        except StreamClosedError:
+            return  # the client went away: nothing left to answer
+        finally:
+            await self.in_io(f.close)
+        self.finish()
 
     async def prepare(self) -> None:
         await self.authenticate()
@@ -194,12 +236,11 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         if self._spool is None and len(self._body) + len(chunk) <= MAX_JSON_BODY:
             self._body += chunk
             return
-        loop = asyncio.get_running_loop()
-        if self._spool is None:
-            self._spool = await loop.run_in_executor(None, self._open_spool)
+        if self._spool is None:  # (file writes on the io executor, in arrival order)
+            self._spool = await self.in_io(self._open_spool)
             pending, self._body = bytes(self._body), bytearray()
-            await loop.run_in_executor(None, self._spool.write, pending)
-        await loop.run_in_executor(None, self._spool.write, chunk)
+            await self.in_io(self._spool.write, pending)
+        await self.in_io(self._spool.write, chunk)
 
     def finish(self, chunk=None):
         connection = self.request.connection
@@ -477,16 +518,28 @@ class PageHandler(BaseHandler):
             "unread": self._unread(caller),
         }
 
+    async def prepare(self) -> None:
+        await super().prepare()
+        model = self.current_user
+        if model and model.get("name") and not self._finished:
+            # the nav's inbox count, read now in the db executor (rendering is synchronous)
+            try:
+                self._unread_count = await self.in_db(_unread_count, model["name"])
+            except Exception:  # a page must render even when the database does not answer
+                log.exception("reading the unread count failed")
+                self._unread_count = 0
+
     def _unread(self, caller: Caller | None) -> int:
-        """The nav's inbox count, read in a short session of its own (never the handler's
-        transaction, which may be rolled back or failed when an error page renders)."""
+        """The nav's inbox count: read in :meth:`prepare`, else (an error page before it ran)
+        in a short session of its own (never the handler's transaction, which may be rolled
+        back or failed when an error page renders)."""
         if caller is None:
             return 0
-        from ..exchange.inbox import unread_count
-
+        if hasattr(self, "_unread_count"):
+            return self._unread_count
         try:
             with self.market.session_factory() as session:
-                return unread_count(session, caller.name)
+                return _unread_count(session, caller.name)
         except Exception:  # an error page must render even when the database does not answer
             log.exception("reading the unread count failed")
             return 0
@@ -497,6 +550,24 @@ class PageHandler(BaseHandler):
         namespace.update(ns)
         self.set_status(status)
         self.finish(template.render(**namespace))
+
+    async def render_from_db(self, name: str, build: Callable[..., dict], *args,
+                             status: int = 200, **ns) -> None:
+        """Render page ``name`` with the namespace ``build(session, *args)`` returns (and
+        ``ns``), built and rendered in the database executor while its session is open: a
+        template may follow the ORM objects it is given (``v.product.unit.slug``), and neither
+        the queries nor those lazy loads run on the event loop."""
+        template = self.settings["jinja_env"].get_template(name)
+        namespace = self.template_namespace()
+
+        def page(session) -> str:
+            namespace.update(build(session, *args))
+            namespace.update(ns)
+            return template.render(**namespace)
+
+        html = await self.in_db(page)
+        self.set_status(status)
+        self.finish(html)
 
     def render_form_error(self, name: str, error: MarketError, **ns) -> None:
         """Render page ``name`` again with ``error`` next to its field, at the error's status;

@@ -35,13 +35,19 @@ class ProjectsHandler(APIHandler):
         caller.require(SCOPE_PUBLISH, "opening a federated project")
         body = self.json_body()
         # base64 and zip checks of the model: off the event loop, before any transaction
-        req = await asyncio.get_running_loop().run_in_executor(
-            None, projects.parse_project_request, body, self.market.fl_max_parameters)
-        project = projects.create_project(self.db, caller, req, self.market.blobs)
-        self.db.commit()
-        self.set_header("Location",
-                        f"{self.market.service_prefix}api/fl/projects/{project.id}")
-        self.write_json(projects.project_json(self.db, project, caller), status=201)
+        req = await self.in_io(projects.parse_project_request, body,
+                               self.market.fl_max_parameters)
+        # the model stored before the transaction (create_project then only finds it): a
+        # refused project leaves an orphan blob for blob_gc, never a row without its blob
+        await self.in_io(self.market.blobs.put, req.model_zip)
+        answer = await self.in_write(_create_project, caller, req, self.market.blobs)
+        self.set_header("Location", f"{self.market.service_prefix}api/fl/projects/{answer['id']}")
+        self.write_json(answer, status=201)
+
+
+def _create_project(session, caller, req, blobs) -> dict:
+    project = projects.create_project(session, caller, req, blobs)
+    return projects.project_json(session, project, caller)
 
 
 class ProjectHandler(APIHandler):

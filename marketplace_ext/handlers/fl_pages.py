@@ -16,18 +16,18 @@ from tornado import web
 from .. import start_here
 from ..auth import SCOPE_PUBLISH
 from ..errors import InvalidField, MarketError
-from ..federated import common, enrolment, projects, report, rounds
+from ..federated import common, economy, enrolment, projects, report, rounds
 from ..federated.common import MAX_MODEL_BYTES
 from .base import MULTIPART_ENVELOPE, PageHandler
 
 #: form fields holding integers / numbers, by the API's field name
 INT_FIELDS = ("rounds", "quorum", "min_updates", "deadline_seconds", "key_size", "pack.bits",
-              "pack.max_parties", "pack.max_weight")
+              "pack.max_parties", "pack.max_weight", "pool")
 FLOAT_FIELDS = ("pack.clip", "dp.noise_multiplier", "dp.clip_norm", "dp.delta")
 #: the new-project form's own fields: an error naming another field (the caller's unit, say)
 #: is shown above the form
 FORM_FIELDS = frozenset(("name", "title", "task", "allow_units", "model", "public_key", "pack",
-                         "dp") + INT_FIELDS + FLOAT_FIELDS)
+                         "dp", "products") + INT_FIELDS + FLOAT_FIELDS)
 #: notices a redirect after a POST may show (``?done=``)
 NOTICES = {
     "created": "Project opened. Partners can ask to join now; approve them below.",
@@ -35,6 +35,7 @@ NOTICES = {
               "are approved at once).",
     "approve": "The unit is approved.", "refuse": "The unit is refused.",
     "start": "Round 1 is open.", "leave": "Your unit left the project.",
+    "settle": "The project is settled: the split is certified and the pool paid.",
 }
 
 
@@ -69,6 +70,9 @@ def project_request_body(form: dict[str, str], model: bytes | None) -> dict:
     units = [u.strip() for u in form.get("allow_units", "").split(",") if u.strip()]
     if units:
         body["allow_units"] = units
+    names = [p.strip() for p in form.get("products", "").split(",") if p.strip()]
+    if names:
+        body["products"] = names
     raw_key = form.get("public_key", "").strip()
     if raw_key:
         if raw_key.isdigit():
@@ -144,7 +148,7 @@ class FLProjectPage(PageHandler):
     join, approve/refuse, start and leave buttons POST here with an ``action``."""
 
     nav = "fl"
-    ACTIONS = ("join", "approve", "refuse", "start", "leave")
+    ACTIONS = ("join", "approve", "refuse", "start", "leave", "settle")
 
     def page_namespace(self, project_id: str) -> dict:
         db, caller = self.db, self.caller
@@ -165,7 +169,8 @@ class FLProjectPage(PageHandler):
         metric = wanted if wanted in names else (names[0] if names else None)
         ns.update(project=detail, metrics=metrics, metric_names=names, metric=metric,
                   chart=report.metric_chart(metrics, metric) if metric else None,
-                  budget=report.dp_budget(detail, metrics))
+                  budget=report.dp_budget(detail, metrics),
+                  economy=economy.economy_json(db, caller, project))
         return ns
 
     @web.authenticated
@@ -186,6 +191,8 @@ class FLProjectPage(PageHandler):
                 enrolment.decide(self.db, self.caller, found, unit, {"decision": action})
             elif action == "start":
                 rounds.start(self.db, self.caller, found)
+            elif action == "settle":
+                economy.settle(self.db, self.caller, found, self.market.economy, {})
             else:
                 enrolment.leave(self.db, self.caller, found, self.caller.unit or "")
             self.db.commit()

@@ -3,13 +3,10 @@ files that come back."""
 
 from __future__ import annotations
 
-import asyncio
-
 from tornado import web
 
 from .. import m2d
 from ..errors import InvalidField
-from ..orm import write_transaction
 from .base import APIHandler
 
 STATUSES = ("pending", "approved", "rejected")
@@ -32,15 +29,30 @@ class ModelToDataHandler(APIHandler):
         body = self.json_body()
         caller = self.caller
         # nbformat and papermill are slow: before any write transaction opens
-        notebook, inspected = await asyncio.get_running_loop().run_in_executor(
-            None, m2d.read_notebook, body.get("notebook"))
-        with market.session_factory() as session:
-            write_transaction(session)
-            request = m2d.submit(session, market.blobs, caller, body, notebook, inspected,
-                                 market.run_timeout, market.run_max_timeout)
-            session.commit()
-            self.write_json(m2d.request_json(session, caller, request, market.service_prefix,
-                                             with_code=True), status=201)
+        notebook, inspected = await self.in_io(m2d.read_notebook, body.get("notebook"))
+        # the notebook stored before the transaction (m2d.submit then only finds it there): a
+        # refused request leaves an orphan blob for blob_gc, never a row without its blob
+        await self.in_io(market.blobs.put, notebook)
+        self.write_json(await self.in_write(submit_request, market, caller, body, notebook,
+                                            inspected), status=201)
+
+
+def submit_request(session, market, caller, body: dict, notebook: bytes,
+                   inspected: dict) -> dict:
+    """Blocking (the db executor, in a write transaction): the request recorded, as JSON."""
+    request = m2d.submit(session, market.blobs, caller, body, notebook, inspected,
+                         market.run_timeout, market.run_max_timeout)
+    session.flush()
+    return m2d.request_json(session, caller, request, market.service_prefix, with_code=True)
+
+
+def decide_request(session, caller, request: str, body: dict,
+                   prefix: str) -> tuple[dict, int | None]:
+    """Blocking (the db executor, in a write transaction): the owner's decision; the request
+    as JSON and the run it queued, if any."""
+    decided = m2d.decide(session, caller, m2d.get_request(session, caller, request), body)
+    session.flush()
+    return m2d.request_json(session, caller, decided, prefix), decided.run_id
 
 
 class ModelToDataRequestHandler(APIHandler):
@@ -55,33 +67,34 @@ class ModelToDataNotebookHandler(APIHandler):
     """The submitted code, for the owner to read before deciding (and for the demander)."""
 
     @web.authenticated
-    def get(self, request):
-        found = m2d.get_request(self.db, self.caller, request)
+    async def get(self, request):
+        found = await self.in_db(m2d.get_request, self.caller, request)
         self.set_attachment(f"m2d-request-{found.id}.ipynb", "application/x-ipynb+json")
         self.set_header("X-Content-SHA256", found.notebook_sha256)
-        self.finish(self.market.blobs.get(found.notebook_sha256))
+        await self.stream_blob(found.notebook_sha256)
 
 
 class ModelToDataDecisionHandler(APIHandler):
     @web.authenticated
-    def post(self, request):
-        found = m2d.get_request(self.db, self.caller, request)
-        decided = m2d.decide(self.db, self.caller, found, self.json_body())
-        self.db.commit()
-        if decided.run_id is not None:
+    async def post(self, request):
+        answer, run_id = await self.in_write(decide_request, self.caller, request,
+                                             self.json_body(), self.market.service_prefix)
+        if run_id is not None:
             self.market.runner.kick()
-        self.write_json(m2d.request_json(self.db, self.caller, decided,
-                                         self.market.service_prefix))
+        self.write_json(answer)
 
 
 class ModelToDataFileHandler(APIHandler):
     @web.authenticated
-    def get(self, request, path):
-        found = m2d.get_request(self.db, self.caller, request)
-        data, sha = m2d.released_file(self.db, self.market.blobs, self.caller, found, path)
+    async def get(self, request, path):
+        sha = await self.in_db(_released_sha, self.caller, request, path)
         self.set_attachment(path)
         self.set_header("X-Content-SHA256", sha)
-        self.finish(data)
+        await self.stream_blob(sha)
+
+
+def _released_sha(session, caller, request: str, path: str) -> str:
+    return m2d.released_sha(m2d.get_request(session, caller, request), path)
 
 
 default_handlers = [

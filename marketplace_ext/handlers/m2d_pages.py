@@ -9,8 +9,6 @@ its status (the page's script polls ``GET api/m2d/{id}``) and downloads the retu
 
 from __future__ import annotations
 
-import asyncio
-
 from tornado import web
 
 from .. import m2d, notebook_view
@@ -28,14 +26,28 @@ class ModelToDataPage(PageHandler):
     nav = "m2d"
 
     @web.authenticated
-    def get(self):
-        requests = m2d.list_requests(self.db, self.caller)
-        code = {r.id: m2d.notebook_cells(self.market.blobs, r) for r in requests
-                if r.status == "pending"}
-        self.render_template(
-            "m2d.html", caller=self.caller, code=code,
-            requests=[m2d.request_json(self.db, self.caller, r, self.market.service_prefix)
-                      for r in requests])
+    async def get(self):
+        code, requests = await self.in_db(_requests_page, self.market, self.caller)
+        self.render_template("m2d.html", caller=self.caller, code=code, requests=requests)
+
+
+def _requests_page(session, market, caller) -> tuple[dict, list[dict]]:
+    """Blocking (the db executor): the unit's requests as JSON and the pending ones' code."""
+    requests = m2d.list_requests(session, caller)
+    code = {r.id: m2d.notebook_cells(market.blobs, r) for r in requests
+            if r.status == "pending"}
+    return code, [m2d.request_json(session, caller, r, market.service_prefix) for r in requests]
+
+
+def _request_info(session, caller, request: str, prefix: str) -> dict:
+    return m2d.request_json(session, caller, m2d.get_request(session, caller, request), prefix,
+                            with_code=True)
+
+
+def _decide(session, caller, request: str, body: dict) -> tuple[int, str, int | None]:
+    """Blocking (the db executor, in a write transaction): the owner's decision."""
+    decided = m2d.decide(session, caller, m2d.get_request(session, caller, request), body)
+    return decided.id, decided.status, decided.run_id
 
 
 class ModelToDataRequestPage(PageHandler):
@@ -43,11 +55,8 @@ class ModelToDataRequestPage(PageHandler):
 
     nav = "m2d"
 
-    def _render(self, request: str, status: int = 200, **ns) -> None:
-        with self.market.session_factory() as session:
-            found = m2d.get_request(session, self.caller, request)
-            info = m2d.request_json(session, self.caller, found, self.market.service_prefix,
-                                    with_code=True)
+    async def _render(self, request: str, status: int = 200, **ns) -> None:
+        info = await self.in_db(_request_info, self.caller, request, self.market.service_prefix)
         caller = self.caller
         owner = caller.unit == info["owner_unit"]
         run = info["run"]
@@ -63,27 +72,24 @@ class ModelToDataRequestPage(PageHandler):
             decided=self.get_query_argument("decided", ""), **ns)
 
     @web.authenticated
-    def get(self, request):
-        self._render(request)
+    async def get(self, request):
+        await self._render(request)
 
     @web.authenticated
-    def post(self, request):
+    async def post(self, request):
         body = {"decision": self.get_body_argument("decision", ""),
                 "reason": self.get_body_argument("reason", "").strip() or None}
         try:
-            found = m2d.get_request(self.db, self.caller, request)
-            decided = m2d.decide(self.db, self.caller, found, body)
-            self.db.commit()
-        except MarketError as e:
-            self.db.rollback()
+            ident, decided, run_id = await self.in_write(_decide, self.caller, request, body)
+        except MarketError as e:  # rolled back: nothing written
             form = {k: self.get_body_argument(k, "") for k in self.request.body_arguments}
-            self._render(request, status=e.status, form=form,
-                         errors={e.field if e.field in ("reason", "decision") else "_form":
-                                 e.message})
+            await self._render(request, status=e.status, form=form,
+                               errors={e.field if e.field in ("reason", "decision") else "_form":
+                                       e.message})
             return
-        if decided.run_id is not None:
+        if run_id is not None:
             self.market.runner.kick()
-        self.redirect_after_post(f"m2d/{decided.id}?decided={decided.status}")
+        self.redirect_after_post(f"m2d/{ident}?decided={decided}")
 
 
 class ModelToDataNotebookView(PageHandler):
@@ -99,11 +105,8 @@ class ModelToDataNotebookView(PageHandler):
 
     @web.authenticated
     async def get(self, request):
-        with self.market.session_factory() as session:
-            found = m2d.get_request(session, self.caller, request)
-            sha = found.notebook_sha256
-        notebook = await asyncio.get_running_loop().run_in_executor(
-            None, self.market.blobs.get, sha)
+        sha = (await self.in_db(m2d.get_request, self.caller, request)).notebook_sha256
+        notebook = await self.in_io(self.market.blobs.get, sha)
         html = await notebook_view.render(sha, notebook, self.market.tmp_dir)
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.finish(html)

@@ -11,9 +11,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from tornado import web
 
-from .. import catalog, interface, points, product_envs
+from .. import catalog, interface, ledger_views, points, product_envs
 from ..auth import Caller
 from ..errors import MarketError, NotFound
+from ..federated import coowned as fl_coowned
+from ..federated import economy as fl_economy
 from ..orm import Version
 from ..units import get_unit
 from .base import PageHandler
@@ -42,20 +44,23 @@ def product_namespace(session: Session, market, caller: Caller, name: str) -> di
     """What every page about one product shows: its detail, its usage, the caller's
     entitlements to it, its files (with their certified sha256) and views."""
     p = catalog.get_product(session, name, caller)
-    detail = catalog.product_detail(p, caller)
+    detail = catalog.product_detail(p, caller, market.service_prefix)
     unit, _ = unit_balance(session, caller)
     sharing = detail["manifest"].get("sharing", [])
     return {
         "product": detail,
-        "stats": points.usage_stats(session, p),
+        "stats": ledger_views.usage_stats(session, p),
         "reviews": reviews_page(session, caller, p, 3, 0),  # the aggregate, the latest three
         "envs": product_envs.environments(market.envs, p, caller),
-        "entitlements": points.list_entitlements(session, unit, p) if unit else [],
+        "entitlements": ledger_views.list_entitlements(session, unit, p) if unit else [],
         "own_product": caller.unit is not None and caller.unit == p.unit.slug,
         "files": catalog.version_files(p.current_version) if "download" in sharing else [],
         "views": (interface.view_schemas(p)
                   if p.kind == "data" and p.current_version is not None else []),
         "sharing": sharing,
+        # federated projects opened on it, and a co-owned model's owners (federated.economy)
+        "fl_projects": fl_economy.projects_on_product(session, p),
+        "co_owners": fl_coowned.co_owners(session, p),
     }
 
 
@@ -66,13 +71,16 @@ class HomeHandler(PageHandler):
     nav = "shelf"
 
     @web.authenticated
-    def get(self):
-        caller = self.caller
-        unit, balance = unit_balance(self.db, caller)
-        facets = catalog.shelf_facets(self.db, caller)
+    async def get(self):
         arg = self.get_query_argument
         filters = {"q": arg("q", "").strip(), "kind": arg("kind", ""), "tag": arg("tag", ""),
                    "unit": arg("unit", ""), "sort": arg("sort", "rank")}
+        await self.render_from_db("home.html", self._shelf, self.caller, filters)
+
+    def _shelf(self, session: Session, caller: Caller, filters: dict) -> dict:
+        """Blocking (the db executor): the shelf page's namespace."""
+        unit, balance = unit_balance(session, caller)
+        facets = catalog.shelf_facets(session, caller)
         # a filter value the shelf does not offer is ignored (a stale bookmark), not an error
         if filters["kind"] not in catalog.KINDS:
             filters["kind"] = ""
@@ -83,27 +91,27 @@ class HomeHandler(PageHandler):
         if filters["sort"] not in catalog.SORTS:
             filters["sort"] = "rank"
         products, total = catalog.list_products(
-            self.db, caller, kind=filters["kind"] or None, tag=filters["tag"] or None,
+            session, caller, kind=filters["kind"] or None, tag=filters["tag"] or None,
             unit=filters["unit"] or None, q=filters["q"] or None, sort=filters["sort"],
             limit=200)
-        using = points.units_using_counts(self.db, products)
+        using = ledger_views.units_using_counts(session, products)
         review_queue = []
         if caller.is_operator:
-            review_queue = self.db.scalars(
+            review_queue = session.scalars(
                 select(Version).where(Version.state == catalog.SUBMITTED).order_by(Version.id)
             ).all()
         try:
-            checkpoint = self.market.tlog.checkpoint(self.db)
+            checkpoint = self.market.tlog.checkpoint(session)
         except NotFound:
             checkpoint = None
-        self.render_template(
-            "home.html", unit=unit,
-            balance=points.format_points(balance) if balance is not None else None,
+        return dict(
+            unit=unit, balance=points.format_points(balance) if balance is not None else None,
             filters=filters, facets=facets, kinds=catalog.KINDS, checkpoint=checkpoint,
             products=[{**catalog.product_summary(p, caller), "units_using": using[p.id]}
                       for p in products],
             total=total, review_queue=review_queue,
-            **shelf_sections(self.db, caller, products),  # featured, trending, new, ratings
+            **shelf_sections(session, caller, products),  # featured, trending, new, ratings
+            fl_shelf=fl_economy.federated_shelf(session),  # the shelf's federated section
         )
 
 
@@ -114,9 +122,9 @@ class ProductPage(PageHandler):
     nav = "shelf"
 
     @web.authenticated
-    def get(self, product):
-        self.render_template("product.html",
-                             **product_namespace(self.db, self.market, self.caller, product))
+    async def get(self, product):
+        await self.render_from_db("product.html", product_namespace, self.market, self.caller,
+                                  product)
 
 
 BUY_FIELDS = ("plan", "idempotency_key")
@@ -130,11 +138,11 @@ class BuyPage(PageHandler):
 
     nav = "shelf"
 
-    def _namespace(self, name: str) -> dict:
-        caller = self.caller
-        p = catalog.get_product(self.db, name, caller)
+    @staticmethod
+    def _namespace(session: Session, caller: Caller, name: str) -> dict:
+        p = catalog.get_product(session, name, caller)
         detail = catalog.product_summary(p, caller)
-        unit, balance = unit_balance(self.db, caller)
+        unit, balance = unit_balance(session, caller)
         plans = []
         for plan in detail["plans"]:
             price = int(plan["price"]) * points.CENTS
@@ -148,36 +156,45 @@ class BuyPage(PageHandler):
                 "idempotency_key": f"page-{uuid.uuid4().hex}"}
 
     @web.authenticated
-    def get(self, product):
+    async def get(self, product):
         order_id = self.get_query_argument("order", None)
-        ns = self._namespace(product)
+        chosen = self.get_query_argument("plan", "")
+        await self.render_from_db("buy.html", self._page, self.caller, product, order_id,
+                                  chosen)
+
+    @classmethod
+    def _page(cls, session: Session, caller: Caller, product: str, order_id: str | None,
+              chosen: str) -> dict:
+        ns = cls._namespace(session, caller, product)
         if order_id is not None:
-            order = points.get_order(self.db, order_id)
-            if self.caller.unit is None or order.unit.slug != self.caller.unit \
+            order = points.get_order(session, order_id)
+            if caller.unit is None or order.unit.slug != caller.unit \
                     or order.product.name != product:
                 raise NotFound(f"no order {order_id!r} of your unit", "order")
-            ns["order"] = points.order_json(order)
+            ns["order"] = ledger_views.order_json(order)
         else:
-            chosen = self.get_query_argument("plan", "")
             ns["form"] = {"plan": chosen} if chosen else {}
-        self.render_template("buy.html", **ns)
+        return ns
 
     @web.authenticated
-    def post(self, product):
+    async def post(self, product):
         body = {"product": product, "plan": self.get_body_argument("plan", None),
                 "idempotency_key": self.get_body_argument("idempotency_key", None)}
         try:
             name, plan, key = points.validate_order_request(body)
-            order, _ = points.place_order(self.db, self.caller, self.market.economy, name,
-                                          plan, key)
-            self.db.commit()
-        except MarketError as e:
-            self.db.rollback()  # nothing half-written
+            order = await self.in_write(_place_order, self.caller, self.market.economy, name,
+                                        plan, key)
+        except MarketError as e:  # rolled back: nothing half-written
             self.render_form_error("buy.html", shown_error(e, BUY_FIELDS),
                                    insufficient=isinstance(e, points.InsufficientPoints),
-                                   **self._namespace(product))
+                                   **await self.in_db(self._namespace, self.caller, product))
             return
-        self.redirect_after_post(f"products/{product}/buy?order={order.id}")
+        self.redirect_after_post(f"products/{product}/buy?order={order}")
+
+
+def _place_order(session: Session, caller: Caller, economy, product: str, plan: str,
+                 key: str) -> int:
+    return points.place_order(session, caller, economy, product, plan, key)[0].id
 
 
 default_handlers = [

@@ -72,18 +72,16 @@ def unit_products(session, caller) -> list[dict]:
 class PublishPage(_BundleUpload, PageHandler):
     nav = "publish"
 
-    def _render(self, status: int = 200, **ns) -> None:
+    async def _render(self, status: int = 200, **ns) -> None:
         ns.setdefault("check", None)
-        # a session of its own: a POST's self.db would be a write transaction
-        with self.market.session_factory() as session:
-            products = unit_products(session, self.caller)
+        products = await self.in_db(unit_products, self.caller)
         self.render_template("publish.html", status=status, terms=self.market.sharing_terms,
                              products=products,
                              can_publish=SCOPE_PUBLISH in self.caller.scopes, **ns)
 
     @web.authenticated
-    def get(self):
-        self._render()
+    async def get(self):
+        await self._render()
 
     @web.authenticated
     async def post(self):
@@ -94,25 +92,25 @@ class PublishPage(_BundleUpload, PageHandler):
             data, filename = self.uploaded_bundle()
             if intent == "check":
                 check = await publishing.check_upload(self.market, self.caller, data)
-                self._render(status=200 if check["valid"] else 400, form=form,
-                             check={**check, "filename": filename})
+                await self._render(status=200 if check["valid"] else 400, form=form,
+                                   check={**check, "filename": filename})
                 return
             accept = self.get_body_argument("accept_terms", "") in ("true", "yes", "1", "on")
             result = await publishing.publish_upload(self.market, self.caller, data, accept)
         except (BundleInvalid, BundleTooLarge) as e:
             check = {"valid": False, "problems": publishing.problems_of(e), "filename": filename}
-            self._render(status=e.status, form=form, check=check,
-                         errors={"bundle": "the bundle has problems: nothing was submitted"})
+            await self._render(status=e.status, form=form, check=check,
+                               errors={"bundle": "the bundle has problems: nothing was submitted"})
             return
         except MarketError as e:
             if e.field in ("name", "version", "kind"):  # the manifest clashes with the catalogue
                 check = {"valid": False, "filename": filename, "problems": [
                     {"file": MANIFEST, "field": e.field, "message": e.message}]}
-                self._render(status=e.status, form=form, check=check,
-                             errors={"bundle": "the bundle has problems: nothing was submitted"})
+                await self._render(status=e.status, form=form, check=check, errors={
+                    "bundle": "the bundle has problems: nothing was submitted"})
                 return
             field = e.field if e.field in ("bundle", "accept_terms") else "_form"
-            self._render(status=e.status, form=form, errors={field: e.message})
+            await self._render(status=e.status, form=form, errors={field: e.message})
             return
         self.redirect_after_post(f"publish/{result['product']}?submitted={result['version']}")
 
@@ -123,39 +121,46 @@ class ProductHistoryPage(PageHandler):
 
     nav = "publish"
 
-    def _render(self, product: str, status: int = 200, **ns) -> None:
-        p = catalog.get_product(self.db, product, self.caller)
-        detail = catalog.product_detail(p, self.caller)
-        owner = (self.caller.unit == p.unit.slug and SCOPE_PUBLISH in self.caller.scopes)
+    async def _render(self, product: str, status: int = 200, **ns) -> None:
+        detail, unit, on_shelf = await self.in_db(_history, self.caller, product,
+                                                  self.market.service_prefix)
+        owner = (self.caller.unit == unit and SCOPE_PUBLISH in self.caller.scopes)
         self.render_template("publish_product.html", status=status, product=detail,
-                             can_shelve=(owner or self.caller.is_operator)
-                             and p.current_version is not None,
+                             can_shelve=(owner or self.caller.is_operator) and on_shelf,
                              submitted=self.get_query_argument("submitted", ""),
                              shelved=self.get_query_argument("shelf", ""), **ns)
 
     @web.authenticated
-    def get(self, product):
-        self._render(product)
+    async def get(self, product):
+        await self._render(product)
 
     @web.authenticated
-    def post(self, product):
-        p = catalog.get_product(self.db, product, self.caller)
+    async def post(self, product):
         state = self.get_body_argument("state", "")
         reason = self.get_body_argument("reason", "").strip() or None
         try:
-            catalog.set_shelf(self.db, self.caller, p, state, reason)
-        except MarketError as e:
-            self.db.rollback()
-            self.render_form_error_history(product, e)
+            await self.in_write(_set_shelf, self.caller, product, state, reason)
+        except MarketError as e:  # rolled back: nothing written
+            await self.render_form_error_history(product, e)
             return
-        self.db.commit()
         self.redirect_after_post(f"publish/{product}?shelf={state}")
 
-    def render_form_error_history(self, product: str, error: MarketError) -> None:
+    async def render_form_error_history(self, product: str, error: MarketError) -> None:
         form = {k: self.get_body_argument(k, "") for k in self.request.body_arguments}
-        self._render(product, status=error.status, form=form,
-                     errors={error.field if error.field in ("reason", "state") else "_form":
-                             error.message})
+        await self._render(product, status=error.status, form=form,
+                           errors={error.field if error.field in ("reason", "state") else "_form":
+                                   error.message})
+
+
+def _history(session, caller, product: str, prefix: str) -> tuple[dict, str, bool]:
+    """A product's detail (versions and their history), its unit, whether it is on sale."""
+    p = catalog.get_product(session, product, caller)
+    return catalog.product_detail(p, caller, prefix), p.unit.slug, p.current_version is not None
+
+
+def _set_shelf(session, caller, product: str, state: str, reason: str | None) -> None:
+    catalog.set_shelf(session, caller, catalog.get_product(session, product, caller), state,
+                      reason)
 
 
 default_handlers = [

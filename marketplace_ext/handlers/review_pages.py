@@ -9,7 +9,6 @@ api/products/{p}/versions/{v}/review``), the shelf :func:`~marketplace_ext.catal
 
 from __future__ import annotations
 
-import asyncio
 from urllib.parse import quote
 
 from sqlalchemy import select
@@ -41,37 +40,30 @@ def review_queue(session) -> list[dict]:
 class ReviewQueuePage(_OperatorPage):
     """The queue, and the shelf of every product with its off/on control."""
 
-    def _render(self, status: int = 200, **ns) -> None:
-        with self.market.session_factory() as session:
-            queue = review_queue(session)
-            products, _ = catalog.list_products(session, self.caller, limit=200)
-            shelf = [catalog.product_summary(p, self.caller) for p in products
-                     if p.current_version is not None]
+    async def _render(self, status: int = 200, **ns) -> None:
+        queue, shelf = await self.in_db(_queue_and_shelf, self.caller)
         self.render_template("review.html", status=status, queue=queue, shelf=shelf,
                              decided=self.get_query_argument("decided", ""),
                              shelved=self.get_query_argument("shelved", ""), **ns)
 
     @web.authenticated
-    def get(self):
+    async def get(self):
         self.caller.require(SCOPE_APPROVE, "reviewing")
-        self._render()
+        await self._render()
 
     @web.authenticated
-    def post(self):
+    async def post(self):
         """Take a product off the shelf or put it back (``product``, ``state``, ``reason``)."""
         self.caller.require(SCOPE_APPROVE, "changing the shelf")
         name = self.get_body_argument("product", "")
         state = self.get_body_argument("state", "")
         reason = self.get_body_argument("reason", "").strip() or None
         try:
-            p = catalog.get_product(self.db, name, self.caller)
-            catalog.set_shelf(self.db, self.caller, p, state, reason)
-            self.db.commit()
-        except MarketError as e:
-            self.db.rollback()
+            await self.in_write(_set_shelf, self.caller, name, state, reason)
+        except MarketError as e:  # rolled back: nothing written
             form = {k: self.get_body_argument(k, "") for k in self.request.body_arguments}
-            self._render(status=e.status, form=form, failed=name,
-                         errors={"_form": f"{name}: {e.message}"})
+            await self._render(status=e.status, form=form, failed=name,
+                               errors={"_form": f"{name}: {e.message}"})
             return
         self.redirect_after_post(f"review?shelved={quote(name)}")
 
@@ -80,14 +72,10 @@ class ReviewVersionPage(_OperatorPage):
     """One submitted version: what it is, the diff, and the decision."""
 
     async def _render(self, product: str, version: str, status: int = 200, **ns) -> None:
-        with self.market.session_factory() as session:
-            p = catalog.get_product(session, product, self.caller)
-            v = catalog.get_version(p, version)
-            diff = await asyncio.get_running_loop().run_in_executor(
-                None, review_diff.version_diff, self.market.blobs, p, v)
-            detail = catalog.version_json(v, full=True)
-            info = {"name": p.name, "kind": p.kind, "unit": p.unit.slug, "title": v.title,
-                    "summary": v.summary, "card_html": catalog.render_readme(v.readme)}
+        # the diff reads both versions' bundles: in the db executor with the session it needs
+        # (never a session used on the loop across an await)
+        info, detail, diff = await self.in_db(_version_page, self.market.blobs, self.caller,
+                                              product, version, self.market.service_prefix)
         self.render_template("review_version.html", status=status, product=info,
                              version=detail, diff=diff, **ns)
 
@@ -114,6 +102,28 @@ class ReviewVersionPage(_OperatorPage):
             return
         verb = "approved" if decision == "approve" else "rejected"
         self.redirect_after_post(f"review?decided={quote(f'{product} {version} {verb}')}")
+
+
+def _queue_and_shelf(session, caller) -> tuple[list[dict], list[dict]]:
+    products, _ = catalog.list_products(session, caller, limit=200)
+    return review_queue(session), [catalog.product_summary(p, caller) for p in products
+                                   if p.current_version is not None]
+
+
+def _set_shelf(session, caller, name: str, state: str, reason: str | None) -> None:
+    catalog.set_shelf(session, caller, catalog.get_product(session, name, caller), state, reason)
+
+
+def _version_page(session, blobs, caller, product: str, version: str, prefix: str
+                  ) -> tuple[dict, dict, object]:
+    """Blocking: a submitted version's facts, its JSON and its diff against the previous."""
+    p = catalog.get_product(session, product, caller)
+    v = catalog.get_version(p, version)
+    diff = review_diff.version_diff(blobs, p, v)
+    info = {"name": p.name, "kind": p.kind, "unit": p.unit.slug, "title": v.title,
+            "summary": v.summary, "card_html": catalog.render_readme(
+                v.readme, catalog.card_image_base(prefix, p.name, v.version))}
+    return info, catalog.version_json(v, full=True), diff
 
 
 default_handlers = [

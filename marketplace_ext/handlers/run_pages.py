@@ -9,7 +9,6 @@ the same charge, the same field errors, shown next to the field.
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 from tornado import web
@@ -20,6 +19,7 @@ from ..errors import InvalidField, MarketError, PayloadTooLarge, PlatformUnavail
 from ..orm import Version
 from ..units import get_unit
 from .base import MULTIPART_ENVELOPE, PageHandler
+from .runs import submit_run
 
 PAGE_SIZE = 20
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
@@ -41,6 +41,20 @@ def run_access(session, caller, product) -> dict:
     return {"state": "entitled", "uses_left": entitlement.uses_left, "valid_until": until}
 
 
+def _form_context(session, market, caller, name: str, requested: str | None) -> dict:
+    """The run form's namespace: the product, the version it runs, its parameters' fields
+    and what a run costs the caller's unit now."""
+    product = catalog.get_product(session, name, caller)
+    version: Version = catalog.usable_version(product, caller, requested)
+    spec = json.loads(version.parameters or "{}")
+    return {"product": catalog.product_summary(product, caller),
+            "version": version.version, "requested_version": requested or "",
+            "spec": spec, "fields": run_form.form_fields(spec),
+            "access": run_access(session, caller, product),
+            "default_timeout": market.run_timeout, "max_timeout": market.run_max_timeout,
+            "max_file_mb": max(market.max_file_bytes // 2**20, 1)}
+
+
 class RunFormPage(PageHandler):
     """``products/<name>/run``: GET the form, POST it (multipart when a file is uploaded)."""
 
@@ -56,22 +70,13 @@ class RunFormPage(PageHandler):
         if self.request.method == "POST":
             self.caller.require(SCOPE_SUBSCRIBE, "running a product")
 
-    def _context(self, name: str, requested: str | None) -> dict:
-        product = catalog.get_product(self.db, name, self.caller)
-        version: Version = catalog.usable_version(product, self.caller, requested)
-        spec = json.loads(version.parameters or "{}")
-        return {"product": catalog.product_summary(product, self.caller),
-                "version": version.version, "requested_version": requested or "",
-                "spec": spec, "fields": run_form.form_fields(spec),
-                "access": run_access(self.db, self.caller, product),
-                "default_timeout": self.market.run_timeout,
-                "max_timeout": self.market.run_max_timeout,
-                "max_file_mb": max(self.market.max_file_bytes // 2**20, 1)}
+    async def _context(self, name: str, requested: str | None) -> dict:
+        return await self.in_db(_form_context, self.market, self.caller, name, requested)
 
     @web.authenticated
-    def get(self, product):
-        self.render_template("run_form.html",
-                             **self._context(product, self.get_query_argument("version", None)))
+    async def get(self, product):
+        self.render_template("run_form.html", **await self._context(
+            product, self.get_query_argument("version", None)))
 
     @web.authenticated
     async def post(self, product):
@@ -87,14 +92,12 @@ class RunFormPage(PageHandler):
                     if not files or not files[0]["body"]:
                         raise InvalidField("choose a CSV or Parquet file to upload", "data")
                     # checked and staged off the event loop; stored once the run is authorized
-                    name, staged = await asyncio.get_running_loop().run_in_executor(
-                        None, self._check_and_stage, files[0])
-                    upload = (staged.sha256, name)
+                    name, staged = await self.in_io(self._check_and_stage, files[0])
+                    upload = name
                 elif data != "platform":
                     raise InvalidField("data must be 'platform' (your unit's tables) or "
                                        "'upload' (a file)", "data")
-                # no await from here on: the write transaction starts with self.db
-                ctx = self._context(product, requested)
+                ctx = await self._context(product, requested)
                 values = {k: self.get_body_argument(k) for k in self.request.body_arguments
                           if k.startswith("parameters.")}
                 body = {"product": product, "parameters": run_form.parse_values(ctx["spec"],
@@ -111,22 +114,18 @@ class RunFormPage(PageHandler):
                     down = market.data_platform.unit_down(caller.unit)
                     if down:
                         raise PlatformUnavailable(down, "data")
-                run = remote_run.submit_run(self.db, caller, body, market.run_timeout,
-                                            market.run_max_timeout, upload)
-                if staged is not None:
-                    staged.commit()  # authorized: the file enters the store
-                self.db.commit()
-            except MarketError as e:
-                self.db.rollback()  # nothing charged, queued or stored
+                # charged and queued in one transaction; an authorized file enters the store
+                run = await self.in_write(submit_run, market, caller, body, staged, upload)
+            except MarketError as e:  # rolled back: nothing charged, queued or stored
                 form = {k: self.get_body_argument(k, "") for k in self.request.body_arguments}
                 self.render_form_error("run_form.html", e, form=form,
-                                       **self._context(product, requested))
+                                       **await self._context(product, requested))
                 return
         finally:
             if staged is not None:
-                staged.discard()
+                await self.in_io(staged.discard)
         market.runner.kick()
-        self.redirect_after_post(f"runs/{run.id}")
+        self.redirect_after_post(f"runs/{run['id']}")
 
     def _check_and_stage(self, upload: dict) -> tuple[str, object]:
         data, limit = upload["body"], self.market.max_file_bytes
@@ -143,7 +142,7 @@ class RunsPage(PageHandler):
     nav = "runs"
 
     @web.authenticated
-    def get(self):
+    async def get(self):
         scope = self.get_query_argument("scope", "mine")
         status = self.get_query_argument("status", "") or None
         try:
@@ -153,11 +152,8 @@ class RunsPage(PageHandler):
             offset, limit = 0, PAGE_SIZE
         error, runs, total = None, [], 0
         try:
-            found, total = remote_run.list_runs(self.db, self.caller, scope, status, limit,
-                                                offset)
-            days = self.market.refunded_output_days
-            runs = [remote_run.run_json(self.db, r, self.market.service_prefix, self.caller,
-                                        days) for r in found]
+            runs, total = await self.in_db(_runs_page, self.market, self.caller, scope, status,
+                                           limit, offset)
         except MarketError as e:
             error = e
         self.render_template(
@@ -173,33 +169,49 @@ class RunPage(PageHandler):
 
     nav = "runs"
 
-    def _render(self, run_id: str, status: int = 200, errors: dict | None = None) -> None:
-        days = self.market.refunded_output_days
-        found = remote_run.get_run(self.db, self.caller, run_id, days)
-        run = remote_run.run_json(self.db, found, self.market.service_prefix, self.caller, days)
+    async def _render(self, run_id: str, status: int = 200, errors: dict | None = None) -> None:
+        run = await self.in_db(_run_json, self.market, self.caller, run_id)
         self.render_template("run.html", status=status, run=run, final=run["status"] in
                              FINAL_STATUSES, errors=errors or {})
 
     @web.authenticated
-    def get(self, run):
-        self._render(run)
+    async def get(self, run):
+        await self._render(run)
 
     @web.authenticated
-    def post(self, run):
+    async def post(self, run):
         """Cancel the run (the only action of this page)."""
         action = self.get_body_argument("action", "")
         try:
-            found = remote_run.get_run(self.db, self.caller, run)  # others' runs: 404 first
-            if action != "cancel":
-                raise InvalidField("the only action here is 'cancel'", "action")
-            self.db.rollback()  # the runner commits the cancellation in its own transaction
-            with self.market.session_factory() as session:
-                self.market.runner.cancel(session, found.id)
+            ident = await self.in_db(_cancel, self.market, self.caller, run, action)
         except MarketError as e:
-            self.db.rollback()
-            self._render(run, status=e.status, errors={"_form": e.message})
+            await self._render(run, status=e.status, errors={"_form": e.message})
             return
-        self.redirect_after_post(f"runs/{found.id}")
+        self.redirect_after_post(f"runs/{ident}")
+
+
+def _runs_page(session, market, caller, scope: str, status: str | None, limit: int,
+               offset: int) -> tuple[list[dict], int]:
+    found, total = remote_run.list_runs(session, caller, scope, status, limit, offset)
+    days = market.refunded_output_days
+    return [remote_run.run_json(session, r, market.service_prefix, caller, days)
+            for r in found], total
+
+
+def _run_json(session, market, caller, run_id: str) -> dict:
+    days = market.refunded_output_days
+    found = remote_run.get_run(session, caller, run_id, days)
+    return remote_run.run_json(session, found, market.service_prefix, caller, days)
+
+
+def _cancel(session, market, caller, run: str, action: str) -> int:
+    """Blocking (the db executor): the caller's run cancelled (others' runs: 404 first)."""
+    found = remote_run.get_run(session, caller, run)
+    if action != "cancel":
+        raise InvalidField("the only action here is 'cancel'", "action")
+    session.rollback()  # the runner commits the cancellation in its own transaction
+    market.runner.cancel(session, found.id)
+    return found.id
 
 
 default_handlers = [

@@ -4,7 +4,6 @@ refunded run withholds from its caller."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 from tornado import web
@@ -62,8 +61,7 @@ class RunsHandler(APIHandler):
                     raise InvalidField("upload the data file as multipart field 'data'", "data")
                 # checked and staged (written, not yet addressable) off the event loop; stored
                 # only once the run is authorized, charged and queued, below
-                name, staged = await asyncio.get_running_loop().run_in_executor(
-                    None, self._check_and_stage, files[0])
+                name, staged = await self.in_io(self._check_and_stage, files[0])
             else:
                 body = self.json_body()
             if staged is None and self.caller.unit:
@@ -71,19 +69,12 @@ class RunsHandler(APIHandler):
                 down = market.data_platform.unit_down(self.caller.unit)
                 if down:
                     raise PlatformUnavailable(down, "unit")
-            # no await from here on: the write transaction starts with self.db
-            run = remote_run.submit_run(self.db, self.caller, body, market.run_timeout,
-                                        market.run_max_timeout,
-                                        (staged.sha256, name) if staged else None)
-            if staged is not None:
-                staged.commit()  # authorized: the file enters the store (a rename)
-            self.db.commit()
+            answer = await self.in_write(submit_run, market, self.caller, body, staged, name)
         finally:
             if staged is not None:
-                staged.discard()  # refused or failed: the staged file goes
+                await self.in_io(staged.discard)  # refused or failed: the staged file goes
         market.runner.kick()
-        self.write_json(remote_run.run_json(self.db, run, market.service_prefix, self.caller),
-                        status=201)
+        self.write_json(answer, status=201)
 
 
     def _check_and_stage(self, upload: dict) -> tuple[str, object]:
@@ -108,6 +99,18 @@ class RunsHandler(APIHandler):
         return body
 
 
+def submit_run(session, market, caller, body: dict, staged, name: str | None) -> dict:
+    """Blocking (the db executor, in a write transaction): charge and queue the run; an
+    authorized upload enters the store (a rename of the staged file) before the commit, so a
+    failed commit leaves an orphan blob for blob_gc, never a run without its file."""
+    run = remote_run.submit_run(session, caller, body, market.run_timeout,
+                                market.run_max_timeout, (staged.sha256, name) if staged else None)
+    if staged is not None:
+        staged.commit()
+    session.flush()
+    return remote_run.run_json(session, run, market.service_prefix, caller)
+
+
 class RunHandler(APIHandler):
     @web.authenticated
     def get(self, run):
@@ -119,35 +122,28 @@ class RunHandler(APIHandler):
 
 class RunCancelHandler(APIHandler):
     @web.authenticated
-    def post(self, run):
-        found = remote_run.get_run(self.db, self.caller, run)
-        self.db.rollback()  # the runner commits the cancellation in its own transaction
-        with self.market.session_factory() as session:
-            cancelled = self.market.runner.cancel(session, found.id)
-        self.write_json(remote_run.run_json(self.db, cancelled, self.market.service_prefix,
-                                            self.caller))
+    async def post(self, run):
+        self.write_json(await self.in_db(_cancel, self.market, self.caller, run))
 
 
 class RunOutputHandler(APIHandler):
     @web.authenticated
-    def get(self, run):
-        days = self.market.refunded_output_days
-        found = remote_run.get_run(self.db, self.caller, run, days)
-        remote_run.check_outputs_readable(self.db, self.caller, found, days)
+    async def get(self, run):
+        found = await self.in_db(_readable_run, self.caller, run,
+                                 self.market.refunded_output_days)
         if not found.html_sha256:
             raise NotFound(f"run {found.id} has no output yet ({found.status})", "run")
         self.set_header("Content-Type", "text/html; charset=utf-8")
         # product code wrote this page: no scripts, no same-origin access to the service
         self.set_header("Content-Security-Policy", "sandbox")
-        self.finish(self.market.blobs.get(found.html_sha256))
+        await self.stream_blob(found.html_sha256)
 
 
 class RunArtifactHandler(APIHandler):
     @web.authenticated
-    def get(self, run, name):
-        days = self.market.refunded_output_days
-        found = remote_run.get_run(self.db, self.caller, run, days)
-        remote_run.check_outputs_readable(self.db, self.caller, found, days)
+    async def get(self, run, name):
+        found = await self.in_db(_readable_run, self.caller, run,
+                                 self.market.refunded_output_days)
         sha = json.loads(found.artifacts or "{}").get(name)
         if sha is None:
             raise NotFound(f"run {found.id} has no artifact {name!r}", "name")
@@ -155,7 +151,23 @@ class RunArtifactHandler(APIHandler):
         self.set_header("X-Content-SHA256", sha)
         if found.log_index is not None:
             self.set_header("X-Log-Index", str(found.log_index))
-        self.finish(self.market.blobs.get(sha))
+        await self.stream_blob(sha)
+
+
+def _cancel(session, market, caller, run: str) -> dict:
+    """Blocking (the db executor): cancel the caller's run (others' runs: 404 first)."""
+    found = remote_run.get_run(session, caller, run)
+    session.rollback()  # the runner commits the cancellation in its own transaction
+    cancelled = market.runner.cancel(session, found.id)
+    return remote_run.run_json(session, cancelled, market.service_prefix, caller)
+
+
+def _readable_run(session, caller, run: str, days: int):
+    """The run, if the caller may read its outputs (its columns are loaded: read it after the
+    session closed)."""
+    found = remote_run.get_run(session, caller, run, days)
+    remote_run.check_outputs_readable(session, caller, found, days)
+    return found
 
 
 default_handlers = [

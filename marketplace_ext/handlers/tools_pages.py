@@ -12,15 +12,13 @@ database transaction, as in the API.
 
 from __future__ import annotations
 
-import asyncio
 from urllib.parse import quote, urlencode
 
 from tornado import web
 
 from .. import interface, remote_call
-from ..downloads import deliver_file, plan_export, record_export
+from ..downloads import extract_file, plan_export, plan_file, record_export, record_file
 from ..errors import InvalidField, MarketError
-from ..orm import write_transaction
 from .base import PageHandler
 from .pages import product_namespace, shown_error
 
@@ -36,13 +34,12 @@ class ProductToolPage(PageHandler):
     template = ""
     fields: tuple[str, ...] = ()
 
-    def product_ns(self, product: str) -> dict:
-        with self.market.session_factory() as session:
-            return product_namespace(session, self.market, self.caller, product)
+    async def product_ns(self, product: str) -> dict:
+        return await self.in_db(product_namespace, self.market, self.caller, product)
 
-    def show_error(self, product: str, error: MarketError, **ns) -> None:
+    async def show_error(self, product: str, error: MarketError, **ns) -> None:
         self.render_form_error(self.template, shown_error(error, self.fields),
-                               **self.product_ns(product), **ns)
+                               **await self.product_ns(product), **ns)
 
 
 class TryPage(ProductToolPage):
@@ -52,10 +49,10 @@ class TryPage(ProductToolPage):
     fields = ("rows", "format")
 
     @web.authenticated
-    def get(self, product):
+    async def get(self, product):
         self.render_template(self.template, example=TRY_EXAMPLE,
                              form={"rows": TRY_EXAMPLE, "format": "csv"},
-                             **self.product_ns(product))
+                             **await self.product_ns(product))
 
     @web.authenticated
     async def post(self, product):
@@ -63,16 +60,12 @@ class TryPage(ProductToolPage):
         try:
             rows = remote_call.parse_rows(self.get_body_argument("rows", ""),
                                           self.get_body_argument("format", "csv"))
-            with market.session_factory() as session:
-                plan = remote_call.plan_call(session, self.caller, product, {"rows": rows},
-                                             market.predict_max_rows)
+            plan = await self.in_db(remote_call.plan_call, self.caller, product,
+                                    {"rows": rows}, market.predict_max_rows)
             predictions = await market.predict(plan)
-            with market.session_factory() as session:
-                write_transaction(session)
-                index = remote_call.record_call(session, self.caller, plan, predictions)
-                session.commit()
+            index = await self.in_write(remote_call.record_call, self.caller, plan, predictions)
         except MarketError as e:
-            self.show_error(product, e, example=TRY_EXAMPLE)
+            await self.show_error(product, e, example=TRY_EXAMPLE)
             return
         columns = sorted({k for p in predictions if isinstance(p, dict) for k in p},
                          key=lambda k: (k != "customer_id", k))
@@ -80,7 +73,7 @@ class TryPage(ProductToolPage):
             self.template, example=TRY_EXAMPLE, predictions=predictions, columns=columns,
             log_index=index, version=plan.version,
             form={k: self.get_body_argument(k, "") for k in self.fields},
-            **self.product_ns(product))
+            **await self.product_ns(product))
 
 
 def _limit(raw: str) -> int | None:
@@ -104,8 +97,8 @@ class SqlPage(ProductToolPage):
         return f"SELECT * FROM {views[0]['view']} LIMIT 20" if views else "SELECT 1"
 
     @web.authenticated
-    def get(self, product):
-        ns = self.product_ns(product)
+    async def get(self, product):
+        ns = await self.product_ns(product)
         self.render_template(self.template, form={"sql": self._example(ns), "limit": ""}, **ns)
 
     @web.authenticated
@@ -114,22 +107,17 @@ class SqlPage(ProductToolPage):
         try:
             body = {"sql": self.get_body_argument("sql", ""),
                     "limit": _limit(self.get_body_argument("limit", ""))}
-            with market.session_factory() as session:
-                plan = interface.plan_query(session, market.data_platform, self.caller,
-                                            product, body)
-            result = await asyncio.get_running_loop().run_in_executor(
-                None, market.data_platform.query, plan.platform_unit, plan.sql, plan.grants,
-                plan.limit)
-            with market.session_factory() as session:
-                write_transaction(session)
-                index = interface.record_query(session, self.caller, plan, result)
-                session.commit()
+            plan = await self.in_db(interface.plan_query, market.data_platform, self.caller,
+                                    product, body)
+            result = await self.in_spark(market.data_platform.query, plan.platform_unit,
+                                         plan.sql, plan.grants, plan.limit)
+            index = await self.in_write(interface.record_query, self.caller, plan, result)
         except MarketError as e:
-            self.show_error(product, e)
+            await self.show_error(product, e)
             return
         self.render_template(self.template, result=result, log_index=index,
                              form={k: self.get_body_argument(k, "") for k in self.fields},
-                             **self.product_ns(product))
+                             **await self.product_ns(product))
 
 
 def redirect_to_link(handler: PageHandler, product: str, token_link: tuple, **extra) -> None:
@@ -148,7 +136,7 @@ class DownloadPage(ProductToolPage):
     fields = ()
 
     @web.authenticated
-    def get(self, product):
+    async def get(self, product):
         token = self.get_query_argument("link", "")
         if not token:  # back from a login that expired on the download form
             self.redirect(f"{self.market.service_prefix}products/{quote(product, safe='')}")
@@ -158,29 +146,26 @@ class DownloadPage(ProductToolPage):
         self.render_template(
             "download.html", link=link, url=f"{self.market.service_prefix}api/downloads/"
             f"{quote(token, safe='')}", expires_in=self.market.download_links.ttl_seconds,
-            **extra, **self.product_ns(product))
-
+            **extra, **await self.product_ns(product))
 
     @web.authenticated
-    def post(self, product):
-        market = self.market
+    async def post(self, product):
+        market, caller = self.market, self.caller
         try:
             version = self.get_body_argument("version", "")
             path = self.get_body_argument("path", "")
             if not path:
                 raise InvalidField("choose a file to download", "path")
-            delivery = deliver_file(self.db, market.blobs, self.caller, product, version, path)
-            # stored before the commit, as in the API: a crash leaves an orphan blob (blob_gc
-            # collects it), never a spent use without its file
-            market.blobs.put(delivery.data)
-            self.db.commit()
+            plan = await self.in_db(plan_file, caller, product, version, path)
+            # stored before the use is recorded, as in the API: a failure leaves an orphan
+            # blob (blob_gc collects it), never a spent use without its file
+            await self.in_io(extract_file, market.blobs, plan)
+            index = await self.in_write(record_file, caller, plan)
         except MarketError as e:
-            self.db.rollback()
-            self.show_error(product, e)
+            await self.show_error(product, e)
             return
         redirect_to_link(self, product, market.download_links.mint(
-            self.caller.name, delivery.sha256, delivery.filename, "application/octet-stream",
-            delivery.log_index))
+            caller.name, plan.sha256, plan.filename, "application/octet-stream", index))
 
 
 class ExportPage(ProductToolPage):
@@ -197,23 +182,17 @@ class ExportPage(ProductToolPage):
     @web.authenticated
     async def post(self, product):
         market = self.market
-        loop = asyncio.get_running_loop()
         try:
             view, fmt = self.get_body_argument("view", ""), self.get_body_argument("format", "csv")
-            with market.session_factory() as session:
-                plan = plan_export(session, market.data_platform, self.caller, product, view,
-                                   fmt)
-            data, rows, truncated = await loop.run_in_executor(
-                None, market.data_platform.export_view, plan.platform_unit, plan.view,
-                plan.format)
-            await loop.run_in_executor(None, market.blobs.put, data)
-            with market.session_factory() as session:
-                write_transaction(session)
-                digest, index = record_export(session, self.caller, plan, data, rows,
-                                              truncated)
-                session.commit()
+            plan = await self.in_db(plan_export, market.data_platform, self.caller, product,
+                                    view, fmt)
+            data, rows, truncated = await self.in_spark(
+                market.data_platform.export_view, plan.platform_unit, plan.view, plan.format)
+            await self.in_io(market.blobs.put, data)
+            digest, index = await self.in_write(record_export, self.caller, plan, data, rows,
+                                                truncated)
         except MarketError as e:
-            self.show_error(product, e)
+            await self.show_error(product, e)
             return
         content_type = ("text/csv; charset=utf-8" if fmt == "csv"
                         else "application/vnd.apache.parquet")
