@@ -201,7 +201,7 @@ class MarketplaceApp(Application, MarketplaceSettings):
             cache_max_age=60,
         )
         self.fl = Coordinator(self.session_factory, self.blobs, self.fl_tick_interval,
-                              lease_seconds=self.lease_seconds)
+                              lease_seconds=self.lease_seconds if self.shared_database else None)
         self.loop_lag = LoopLagMonitor()
         self.mail = MailConfig(
             host=self.smtp_host, port=self.smtp_port, sender=self.smtp_from,
@@ -335,13 +335,14 @@ class MarketplaceApp(Application, MarketplaceSettings):
 
     def integrate_log(self) -> int | None:
         """One integration pass, by whichever service process holds the integrator's lease."""
-        with self.session_factory() as session:
-            write_transaction(session)
-            held = leases.acquire(session, leases.LOG_INTEGRATOR, leases.process_id(),
-                                  self.lease_seconds)
-            session.commit()
-        if not held:
-            return None
+        if self.shared_database:  # one process alone needs no lease (nor its write)
+            with self.session_factory() as session:
+                write_transaction(session)
+                held = leases.acquire(session, leases.LOG_INTEGRATOR, leases.process_id(),
+                                      self.lease_seconds)
+                session.commit()
+            if not held:
+                return None
         with self.session_factory() as session:
             write_transaction(session)
             size = self.tlog.integrate(session)

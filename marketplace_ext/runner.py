@@ -355,7 +355,7 @@ class Runner:
     def _lease_pass(self, mine: list[int]) -> None:
         """Renew the leases of the runs this runner executes (``mine``; aborting any another
         process took over) and, shared with other processes, take over the runs of dead ones."""
-        if mine:
+        if mine and not self.exclusive:  # alone on its database, nobody takes runs over
             with self.session_factory() as s:
                 write_transaction(s)
                 held = run_leases.renew(s, self.owner, mine, self.lease_seconds)

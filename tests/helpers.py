@@ -353,7 +353,8 @@ def probe(targets):
 def run_state_machine(machine: type, kind: str, tmp_path: Path, request, *, max_examples: int,
                       steps: int = 25) -> None:
     """Run a Hypothesis ``RuleBasedStateMachine`` whose ``__init__`` reads ``self.db_url``,
-    each example on a fresh, empty database of ``kind`` (``sqlite`` or ``postgresql``)."""
+    each example on a fresh, empty database of ``kind`` (``sqlite`` or ``postgresql``), the
+    same examples on every run."""
     from hypothesis import HealthCheck, settings
 
     counter = itertools.count()
@@ -370,8 +371,12 @@ def run_state_machine(machine: type, kind: str, tmp_path: Path, request, *, max_
             self.db_url = fresh_url()
             super().__init__()
 
+    # derandomized, without an example database: the same runs on every machine, so a
+    # sequence that passes here passes in CI (a full suite once met a replay that drew
+    # differently from its first run, which a fixed set of runs avoids)
     Machine.TestCase.settings = settings(
         max_examples=max_examples, stateful_step_count=steps, deadline=None,
+        derandomize=True, database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
     )
     Machine.TestCase().runTest()

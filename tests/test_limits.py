@@ -35,6 +35,7 @@ from marketplace_ext.blobs import INCOMING_PREFIX, BlobStore
 from marketplace_ext.bundle import canonical_archive, new_product
 from marketplace_ext.client import MarketAPIError
 from marketplace_ext.errors import PayloadTooLarge, QuotaExceeded
+from marketplace_ext.executors import NamedExecutors
 from marketplace_ext.handlers.base import MAX_JSON_BODY, APIHandler
 from marketplace_ext.orm import Product, Run, Unit, Version, make_engine, make_session_factory
 from marketplace_ext.predict import PredictPool
@@ -408,6 +409,8 @@ class OwnPrepare(Echo):
 def echo_server(tmp_path):
     class Market:
         tmp_dir = tmp_path
+        # spooling runs on the io executor; this server has no database
+        executors = NamedExecutors({"db": 1, "io": 1, "spark": 1, "log": 1}, None)
 
     loop = asyncio.new_event_loop()
     sock = socket.socket()

@@ -404,7 +404,7 @@ class Coordinator:
     """
 
     def __init__(self, session_factory, blobs: BlobStore, interval: float = 1.0,
-                 lease_seconds: float = 30.0):
+                 lease_seconds: float | None = 30.0):
         self.session_factory = session_factory
         self.blobs = blobs
         self.interval = interval
@@ -455,6 +455,10 @@ class Coordinator:
             return published
 
     def _hold_lease(self) -> bool:
+        """Take or renew the coordinator's lease; always True without leases
+        (``lease_seconds`` None: this process owns the database alone)."""
+        if self.lease_seconds is None:
+            return True
         with self.session_factory() as session:
             write_transaction(session)
             held = leases.acquire(session, leases.FL_COORDINATOR, leases.process_id(),

@@ -206,12 +206,14 @@ def _run_json(session, market, caller, run_id: str) -> dict:
 
 def _cancel(session, market, caller, run: str, action: str) -> int:
     """Blocking (the db executor): the caller's run cancelled (others' runs: 404 first)."""
-    found = remote_run.get_run(session, caller, run)
+    run_id = remote_run.get_run(session, caller, run).id
     if action != "cancel":
         raise InvalidField("the only action here is 'cancel'", "action")
-    session.rollback()  # the runner commits the cancellation in its own transaction
-    market.runner.cancel(session, found.id)
-    return found.id
+    # the runner commits the cancellation in its own write transaction; no expired object is
+    # touched after this rollback (see handlers/runs.py)
+    session.rollback()
+    market.runner.cancel(session, run_id)
+    return run_id
 
 
 default_handlers = [

@@ -156,9 +156,12 @@ class RunArtifactHandler(APIHandler):
 
 def _cancel(session, market, caller, run: str) -> dict:
     """Blocking (the db executor): cancel the caller's run (others' runs: 404 first)."""
-    found = remote_run.get_run(session, caller, run)
-    session.rollback()  # the runner commits the cancellation in its own transaction
-    cancelled = market.runner.cancel(session, found.id)
+    run_id = remote_run.get_run(session, caller, run).id
+    # the runner commits the cancellation in its own write transaction: end this read first,
+    # and touch no expired object after it (a refresh would begin a deferred transaction, which
+    # SQLite refuses to upgrade to a write once another writer has committed meanwhile)
+    session.rollback()
+    cancelled = market.runner.cancel(session, run_id)
     return remote_run.run_json(session, cancelled, market.service_prefix, caller)
 
 
