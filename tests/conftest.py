@@ -212,3 +212,26 @@ def db_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'market.sqlite'}"
     return _new_postgres_db(request.getfixturevalue("postgres_server"))
+
+
+# --- federated learning ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def paillier():
+    """One 2048-bit Paillier key pair for the session's federated tests (seconds to make)."""
+    from marketplace_ext.federated import keys
+
+    return keys.generate_paillier_keypair(2048)
+
+
+@pytest.fixture(scope="session")
+def model_b64(tmp_path_factory) -> str:
+    """The tiny test model as a base64 bundle, as a project's creation body carries it."""
+    import base64
+
+    from helpers import save_model
+
+    from marketplace_ext.federated.client import bundle_zip
+
+    return base64.b64encode(bundle_zip(save_model(tmp_path_factory.mktemp("m") / "b"))).decode()

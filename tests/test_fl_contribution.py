@@ -12,15 +12,10 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from marketplace_ext.blobs import BlobStore
-from marketplace_ext.federated import economy, keys, loo, packing
+from marketplace_ext.federated import economy, loo, packing
 
 FEATURES = 8
 UNITS = ("a", "b", "c")
-
-
-@pytest.fixture(scope="module")
-def paillier():
-    return keys.generate_paillier_keypair(2048)
 
 
 def unit_data(rng, truth: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:

@@ -7,12 +7,10 @@ test_fl_contribution.py). Bad input gets a 4xx naming the field with the ledger 
 
 from __future__ import annotations
 
-import base64
 import itertools
 import json
 
 import pytest
-from helpers import save_model
 from sqlalchemy import func, select
 from test_points import check_ledger, make_unit
 
@@ -21,7 +19,6 @@ from marketplace_ext.auth import SCOPE_PUBLISH, SCOPE_SUBSCRIBE, Caller
 from marketplace_ext.blobs import BlobStore
 from marketplace_ext.errors import Conflict, InvalidField, MarketError
 from marketplace_ext.federated import coowned, economy, enrolment, keys, projects, rounds
-from marketplace_ext.federated.client import bundle_zip
 from marketplace_ext.federated.orm import FLSettlement
 from marketplace_ext.orm import (
     LedgerTransfer,
@@ -45,16 +42,6 @@ def publisher(unit: str) -> Caller:
 
 def subscriber(unit: str) -> Caller:
     return Caller(f"sub-{unit}", frozenset({SCOPE_SUBSCRIBE}), unit)
-
-
-@pytest.fixture(scope="module")
-def paillier():
-    return keys.generate_paillier_keypair(2048)
-
-
-@pytest.fixture(scope="module")
-def model_b64(tmp_path_factory) -> str:
-    return base64.b64encode(bundle_zip(save_model(tmp_path_factory.mktemp("m") / "b"))).decode()
 
 
 @pytest.fixture

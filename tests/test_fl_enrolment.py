@@ -13,7 +13,6 @@ import json
 import zipfile
 
 import pytest
-from helpers import save_model
 from sqlalchemy import select
 
 from marketplace_ext import certlog, dbutil, units
@@ -21,7 +20,6 @@ from marketplace_ext.auth import SCOPE_APPROVE, SCOPE_PUBLISH, SCOPE_SUBSCRIBE, 
 from marketplace_ext.blobs import BlobStore
 from marketplace_ext.errors import Conflict, Forbidden, InvalidField, NotFound
 from marketplace_ext.federated import common, enrolment, keys, projects, rounds
-from marketplace_ext.federated.client import bundle_zip
 from marketplace_ext.federated.orm import FLMember
 from marketplace_ext.orm import LogEntry, make_engine, make_session_factory, write_transaction
 
@@ -37,16 +35,6 @@ def subscriber(unit: str) -> Caller:
 
 
 OPERATOR = Caller("operator", frozenset({SCOPE_SUBSCRIBE, SCOPE_APPROVE}), None)
-
-
-@pytest.fixture(scope="module")
-def paillier():
-    return keys.generate_paillier_keypair(2048)
-
-
-@pytest.fixture(scope="module")
-def model_b64(tmp_path_factory) -> str:
-    return base64.b64encode(bundle_zip(save_model(tmp_path_factory.mktemp("m") / "b"))).decode()
 
 
 @pytest.fixture
