@@ -60,7 +60,6 @@ from .orm import (
     Product,
     Unit,
     Version,
-    utcnow,
 )
 
 if TYPE_CHECKING:
@@ -156,7 +155,8 @@ def append(session: Session, entry_type: str, actor: str, unit: str | None, subj
     details = {"subject": subject, "actor": actor, "unit": unit, **fields}
     raw = canonical(details)
     salt = logentry.new_salt()
-    time = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    now = datetime.now(UTC)
+    time = now.isoformat(timespec="microseconds")[:-6] + "Z"  # as strftime(...%fZ), 3x faster
     data = logentry.public_part(entry_type, time, logentry.commitment(raw, salt))
     with session.no_autoflush:  # the lookups never need this transaction's log rows
         parties = party_units_of(session, entry_type, unit, details, party_units,
@@ -164,7 +164,7 @@ def append(session: Session, entry_type: str, actor: str, unit: str | None, subj
     disclosed = entry_type == "shelf" and fields.get("to_state") == "on_shelf"
     sequencer.rows.append({
         "idx": index, "data": data.decode(), "kind": entry_type,
-        "leaf_hash": merkle.leaf_hash(data).hex(), "created_at": utcnow(),
+        "leaf_hash": merkle.leaf_hash(data).hex(), "created_at": now.replace(tzinfo=None),
         "details": raw.decode(), "salt": salt.hex(),
         "actor": None if actor in SYSTEM_ACTORS else actor, "parties": json.dumps(parties),
         "disclosed": disclosed})

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 from collections.abc import Mapping
 
@@ -49,7 +50,15 @@ def commitment(details: bytes, salt: bytes) -> bytes:
 
 def public_part(entry_type: str, time: str, commitment_: bytes) -> bytes:
     """The bytes the Merkle leaf hashes."""
+    if _PLAIN.match(entry_type) and _PLAIN.match(time):
+        # the canonical encoding written out (no character of these needs escaping): every
+        # certified statement passes here, and json.dumps is a third of an append's time
+        return (f'{{"commitment":"{commitment_.hex()}","time":"{time}",'
+                f'"type":"{entry_type}"}}').encode()
     return canonical({"commitment": commitment_.hex(), "time": time, "type": entry_type})
+
+
+_PLAIN = re.compile(r"[\w:.+-]*\Z", re.ASCII)
 
 
 def parse_public(data: str | bytes) -> dict | None:

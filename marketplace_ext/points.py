@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import case, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from . import certlog
 from .auth import SCOPE_SUBSCRIBE, Caller
@@ -109,6 +110,23 @@ def unit_account(session: Session, unit: Unit) -> Account:
 def _post(session: Session, kind: str, actor: str, legs: list[tuple[Account, int]], *,
           order: Order | None = None, reverses: LedgerTransfer | None = None,
           memo: str = "", at: datetime | None = None) -> LedgerTransfer:
+    """Record a transfer and move the balances of accounts the caller has locked (``_lock``)."""
+    transfer = _record_transfer(session, kind, actor, legs, order=order, reverses=reverses,
+                                memo=memo, at=at)
+    for account, amount in legs:
+        account.balance += amount
+        if account.balance < 0 and account.kind != "mint":
+            raise InsufficientPoints(
+                f"account of {_owner(account)} would go below zero "
+                f"({format_points(account.balance)})", "balance")
+    session.flush()
+    return transfer
+
+
+def _record_transfer(session: Session, kind: str, actor: str, legs: list[tuple[Account, int]],
+                     *, order: Order | None = None, reverses: LedgerTransfer | None = None,
+                     memo: str = "", at: datetime | None = None) -> LedgerTransfer:
+    """The transfer's rows (header and postings), balances untouched."""
     if sum(amount for _, amount in legs) != 0:
         raise AssertionError("a transfer's legs must sum to zero")  # a bug, never user input
     transfer = LedgerTransfer(kind=kind, actor=actor, memo=memo,
@@ -117,17 +135,35 @@ def _post(session: Session, kind: str, actor: str, legs: list[tuple[Account, int
                               created_at=at or utcnow())
     session.add(transfer)
     session.flush()
-    for account, amount in legs:
-        if amount == 0:
-            continue
-        session.add(Posting(transfer_id=transfer.id, account_id=account.id, amount=amount))
-        account.balance += amount
-        if account.balance < 0 and account.kind != "mint":
-            raise InsufficientPoints(
-                f"account of {_owner(account)} would go below zero "
-                f"({format_points(account.balance)})", "balance")
+    session.add_all(Posting(transfer_id=transfer.id, account_id=account.id, amount=amount)
+                    for account, amount in legs if amount != 0)
     session.flush()
     return transfer
+
+
+def _apply_balances(session: Session, legs: list[tuple[Account, int]]) -> None:
+    """Move the balances of a recorded transfer's legs with guarded ``UPDATE``s, in account-id
+    order (no deadlock between two transfers). Each row stays locked until the commit, so callers
+    run this as late in their transaction as they can: it is the contended part (every purchase
+    credits the operator's account)."""
+    accounts = {a.id: a for a, _ in legs}
+    totals: dict[int, int] = {}
+    for account, amount in legs:
+        totals[account.id] = totals.get(account.id, 0) + amount
+    for account_id in sorted(totals):
+        account, amount = accounts[account_id], totals[account_id]
+        if amount == 0:
+            continue
+        change = update(Account).where(Account.id == account_id)
+        if amount < 0 and account.kind != "mint":
+            change = change.where(Account.balance >= -amount)
+        balance = session.execute(change.values(balance=Account.balance + amount)
+                                  .returning(Account.balance)).scalar()
+        if balance is None:
+            raise InsufficientPoints(f"account of {_owner(account)} has "
+                                     f"{format_points(account.balance)} points; this needs "
+                                     f"{format_points(-amount)}", "balance")
+        set_committed_value(account, "balance", balance)
 
 
 def _owner(account: Account) -> str:
@@ -227,6 +263,10 @@ def place_order(session: Session, caller: Caller, rules: EconomyRules, product_n
             f"{product_name!r} offers {', '.join(sorted(prices))}, not {plan}", "plan")
     if product.unit_id == buyer_unit.id and not rules.allow_self_purchase:
         raise Forbidden("a unit does not buy its own product (it may use it freely)", "product")
+    if not rules.allow_self_purchase and co_owns(session, product, buyer_unit.id):
+        raise Forbidden(f"unit {buyer_unit.slug!r} co-owns {product_name!r} (a federated "
+                        "project's model): it uses it freely and does not pay itself for it",
+                        "product")
     price = int(prices[plan]) * CENTS
     if price <= 0:  # the catalogue enforces the bounds; never move points the wrong way
         raise InvalidField(f"{product_name!r} has an invalid price", "plan")
@@ -236,32 +276,47 @@ def place_order(session: Session, caller: Caller, rules: EconomyRules, product_n
     operator = operator_account(session)
     owners = {s.unit.slug: (unit_account(session, s.unit), s.basis_points)
               for s in product_shares(session, product)}  # a co-owned product: several payees
-    _lock(session, [buyer, supplier, operator, *(a for a, _ in owners.values())])
-    # the same key may have been committed by a concurrent request while we waited
-    replay = _replay(session, buyer_unit, key, digest)
-    if replay is not None:
-        return replay, False
-    if buyer.balance < price:
+    if buyer.balance < price:  # unlocked, for the clear error; the guarded update decides
         raise InsufficientPoints(
             f"unit {buyer_unit.slug!r} has {format_points(buyer.balance)} points; "
             f"{plan} of {product_name!r} costs {format_points(price)}", "plan")
     fee = rules.fee(price)
+    # Everything that does not need a lock comes first, so that concurrent purchases (and
+    # several service processes) overlap; only the balances and the log's sequence number are
+    # taken at the end and held until the commit.
     order = Order(unit_id=buyer_unit.id, product_id=product.id, version_id=version.id,
                   plan=plan, price=price, fee=fee, idempotency_key=key,
                   request_sha256=digest, status="paid", buyer=caller.name,
                   created_at=now or utcnow())
-    session.add(order)
     try:
-        session.flush()
-    except IntegrityError as e:  # the same key raced in on another connection
+        with session.begin_nested():
+            session.add(order)
+            session.flush()
+    except IntegrityError as e:  # the same key raced in; the database waited for its commit
+        replay = _replay(session, buyer_unit, key, digest)
+        if replay is not None:
+            return replay, False
         raise Conflict("a concurrent order with this idempotency_key is in progress",
                        "idempotency_key") from e
     split = split_amount(price - fee, {u: bp for u, (_, bp) in owners.items()}) if owners \
         else {product.unit.slug: price - fee}
     payees = [(owners[u][0] if owners else supplier, amount) for u, amount in split.items()]
-    transfer = _post(session, "order", caller.name,
-                     [(buyer, -price), *payees, (operator, fee)], order=order,
-                     memo=f"{plan} of {product.name}", at=now)
+    legs = [(buyer, -price), *payees, (operator, fee)]
+    transfer = _record_transfer(session, "order", caller.name, legs, order=order,
+                                memo=f"{plan} of {product.name}", at=now)
+    now = now or utcnow()
+    period = PLAN_PERIODS.get(plan)
+    session.add(Entitlement(
+        order_id=order.id, unit_id=buyer_unit.id, product_id=product.id, plan=plan,
+        valid_from=now, valid_until=now + period if period else None,
+        uses_left=None if period else 1, status="active"))
+    session.flush()
+    try:
+        _apply_balances(session, legs)
+    except InsufficientPoints as e:  # spent by a concurrent purchase since the check above
+        raise InsufficientPoints(
+            f"unit {buyer_unit.slug!r} no longer has the {format_points(price)} points "
+            f"{plan} of {product_name!r} costs", "plan") from e
     order.log_index = certlog.append(
         session, "order", caller.name, buyer_unit.slug, f"order:{order.id}",
         order=order.id, product=product.name, version=version.version,
@@ -271,12 +326,6 @@ def place_order(session: Session, caller: Caller, rules: EconomyRules, product_n
         idempotency_key_sha256=hashlib.sha256(key.encode()).hexdigest(),
         party_units=list(owners),
     )
-    now = now or utcnow()
-    period = PLAN_PERIODS.get(plan)
-    session.add(Entitlement(
-        order_id=order.id, unit_id=buyer_unit.id, product_id=product.id, plan=plan,
-        valid_from=now, valid_until=now + period if period else None,
-        uses_left=None if period else 1, status="active"))
     session.flush()
     return order, True
 
@@ -431,6 +480,13 @@ def product_shares(session: Session, product: Product) -> list[ProductShare]:
     """The co-owners of ``product`` with their certified basis points (none: one owner)."""
     return list(session.scalars(select(ProductShare).where(ProductShare.product_id == product.id)
                                 .order_by(ProductShare.id)))
+
+
+def co_owns(session: Session, product: Product, unit_id: int) -> bool:
+    """Whether the unit is one of ``product``'s co-owners (it neither buys nor rates it)."""
+    return session.scalar(select(ProductShare.id).where(
+        ProductShare.product_id == product.id, ProductShare.unit_id == unit_id)
+        .limit(1)) is not None
 
 
 def set_product_shares(session: Session, product: Product, shares: dict[Unit, int],
