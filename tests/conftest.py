@@ -214,6 +214,18 @@ def db_url(request, tmp_path) -> str:
     return _new_postgres_db(request.getfixturevalue("postgres_server"))
 
 
+@pytest.fixture
+def session_factory(db_url):
+    """A session factory on a freshly migrated database of each supported kind (``db_url``)."""
+    from marketplace_ext import dbutil
+    from marketplace_ext.orm import make_engine, make_session_factory
+
+    dbutil.upgrade(db_url)
+    engine = make_engine(db_url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
 # --- federated learning ----------------------------------------------------------------------
 
 

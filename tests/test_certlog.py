@@ -30,14 +30,6 @@ from marketplace_ext.witness import WitnessState
 
 
 @pytest.fixture
-def factory(db_url):
-    dbutil.upgrade(db_url)
-    engine = make_engine(db_url)
-    yield make_session_factory(engine)
-    engine.dispose()
-
-
-@pytest.fixture
 def tlog(tmp_path):
     state = WitnessState(tmp_path / "w1")
     vkey = state.init("w1")
@@ -46,8 +38,8 @@ def tlog(tmp_path):
     return log
 
 
-def add(factory, n: int, start: int = 0) -> list[int]:
-    with factory() as s:
+def add(session_factory, n: int, start: int = 0) -> list[int]:
+    with session_factory() as s:
         write_transaction(s)
         indices = [certlog.append(s, "order", "alice", "a", f"order:{start + i}", n=start + i)
                    for i in range(n)]
@@ -55,16 +47,16 @@ def add(factory, n: int, start: int = 0) -> list[int]:
     return indices
 
 
-def integrate(factory, tlog) -> int | None:
-    with factory() as s:
+def integrate(session_factory, tlog) -> int | None:
+    with session_factory() as s:
         write_transaction(s)
         size = tlog.integrate(s)
         s.commit()
         return size
 
 
-def verify_entry(factory, tlog, index: int, size: int) -> bool:
-    with factory() as s:
+def verify_entry(session_factory, tlog, index: int, size: int) -> bool:
+    with session_factory() as s:
         entry = tlog.entry(s, index)
         proof = tlog.inclusion(s, index, size)["proof"]
         cp = tlog.checkpoint(s, size)
@@ -80,9 +72,9 @@ def member(name: str, unit: str | None) -> Caller:
     return Caller(name, frozenset({SCOPE_SUBSCRIBE}), unit)
 
 
-def bundle(factory, tlog, index: int, viewer: Caller | None) -> dict:
+def bundle(session_factory, tlog, index: int, viewer: Caller | None) -> dict:
     """What `market verify` assembles from the API, for ``viewer``."""
-    with factory() as s:
+    with session_factory() as s:
         entry = tlog.entry(s, index, viewer)
         cp = tlog.checkpoint(s)
         proof = tlog.inclusion(s, index, cp["size"])["proof"]
@@ -118,14 +110,14 @@ def shop(s) -> dict:
     return {"units": units, "product": product, "version": version, "order": order}
 
 
-def test_indices_are_dense_and_a_rollback_leaves_nothing(factory, tlog):
-    assert add(factory, 3) == [0, 1, 2]
-    with factory() as s:
+def test_indices_are_dense_and_a_rollback_leaves_nothing(session_factory, tlog):
+    assert add(session_factory, 3) == [0, 1, 2]
+    with session_factory() as s:
         write_transaction(s)
         assert certlog.append(s, "order", "bob", "b", "order:x") == 3
         s.rollback()  # the action failed: its statement goes with it
-    assert add(factory, 1, start=3) == [3]
-    with factory() as s:
+    assert add(session_factory, 1, start=3) == [3]
+    with session_factory() as s:
         assert tlog.entry(s, 3, OPERATOR)["statement"]["n"] == 3
         with pytest.raises(NotFound):
             tlog.entry(s, 4)
@@ -133,19 +125,19 @@ def test_indices_are_dense_and_a_rollback_leaves_nothing(factory, tlog):
             certlog.append(s, "not-a-type", "x", None, "y")
 
 
-def test_integrate_prove_and_reopen(factory, tlog, tmp_path):
-    with factory() as s:
+def test_integrate_prove_and_reopen(session_factory, tlog, tmp_path):
+    with session_factory() as s:
         with pytest.raises(NotFound):
             tlog.checkpoint(s)
-    add(factory, 5)
-    assert integrate(factory, tlog) == 5
-    assert integrate(factory, tlog) is None  # nothing new
-    add(factory, 8, start=5)
-    assert integrate(factory, tlog) == 13
+    add(session_factory, 5)
+    assert integrate(session_factory, tlog) == 5
+    assert integrate(session_factory, tlog) is None  # nothing new
+    add(session_factory, 8, start=5)
+    assert integrate(session_factory, tlog) == 13
     for index in range(13):
-        assert verify_entry(factory, tlog, index, 13)
-    assert verify_entry(factory, tlog, 2, 5)  # against the older checkpoint too
-    with factory() as s:
+        assert verify_entry(session_factory, tlog, index, 13)
+    assert verify_entry(session_factory, tlog, 2, 5)  # against the older checkpoint too
+    with session_factory() as s:
         proof = tlog.consistency(s, 5, 13)["proof"]
         old, new = tlog.checkpoint(s, 5), tlog.checkpoint(s)
         with pytest.raises(InvalidField) as e:
@@ -162,16 +154,16 @@ def test_integrate_prove_and_reopen(factory, tlog, tmp_path):
     # a fresh log object over the same key and database gives the same answers
     again = certlog.TransparencyLog("test.example/log", tmp_path / "log.key")
     assert again.vkey == tlog.vkey
-    with factory() as s:
+    with session_factory() as s:
         assert again.inclusion(s, 7, 13) == tlog.inclusion(s, 7, 13)
         assert again.fsck(s) == {"ok": True, "entries": 13, "tree_size": 13}
 
 
-def test_cosignatures_and_finality(factory, tlog, tmp_path):
-    add(factory, 4)
-    integrate(factory, tlog)
+def test_cosignatures_and_finality(session_factory, tlog, tmp_path):
+    add(session_factory, 4)
+    integrate(session_factory, tlog)
     name, private = tlog.witness_state.key()
-    with factory() as s:
+    with session_factory() as s:
         note = tlog.checkpoint(s)["checkpoint"]
         cosigned = merkle.cosign_note(note, name, private, 1_700_000_000)
         result = tlog.add_cosignature(s, cosigned)
@@ -198,12 +190,12 @@ def test_cosignatures_and_finality(factory, tlog, tmp_path):
 
 
 @pytest.mark.parametrize("tamper", ["edit", "edit-with-hash", "delete", "reorder"])
-def test_tampering_is_caught(factory, tlog, tamper):
-    add(factory, 9)
-    integrate(factory, tlog)
-    with factory() as s:
+def test_tampering_is_caught(session_factory, tlog, tamper):
+    add(session_factory, 9)
+    integrate(session_factory, tlog)
+    with session_factory() as s:
         assert tlog.fsck(s)["ok"]
-    with factory() as s:
+    with session_factory() as s:
         row = s.get(LogEntry, 4)
         if tamper.startswith("edit"):
             # a forger rewrites the details and commits to them anew, same salt and time
@@ -221,31 +213,31 @@ def test_tampering_is_caught(factory, tlog, tamper):
             (row.data, row.leaf_hash), (five.data, five.leaf_hash) = \
                 (five.data, five.leaf_hash), (row.data, row.leaf_hash)
         s.commit()
-    with factory() as s:
+    with session_factory() as s:
         report = tlog.fsck(s)
     assert not report["ok"] and report["index"] == 4, report
     if tamper != "delete":
-        assert not verify_entry(factory, tlog, 4, 9)
+        assert not verify_entry(session_factory, tlog, 4, 9)
 
 
-def test_fsck_catches_a_rewritten_stored_node(factory, tlog):
-    add(factory, 8)
-    integrate(factory, tlog)
-    with factory() as s:
+def test_fsck_catches_a_rewritten_stored_node(session_factory, tlog):
+    add(session_factory, 8)
+    integrate(session_factory, tlog)
+    with session_factory() as s:
         s.execute(update(LogNode).where(LogNode.level == 1, LogNode.idx == 2)
                   .values(hash="00" * 32))
         s.commit()
         report = tlog.fsck(s)
     assert not report["ok"] and "node (1, 2)" in report["problem"]
-    with factory() as s:
+    with session_factory() as s:
         assert s.scalar(select(LogEntry.idx).order_by(LogEntry.idx.desc()).limit(1)) == 7
 
 
 # --- private entries ---------------------------------------------------------------------------
 
 
-def test_the_leaf_commits_to_salted_details(factory, tlog):
-    with factory() as s:
+def test_the_leaf_commits_to_salted_details(session_factory, tlog):
+    with session_factory() as s:
         write_transaction(s)
         shop(s)
         first = certlog.append(s, "order", "alice", "a", "order:1", product="p-b", price="10.00",
@@ -253,8 +245,8 @@ def test_the_leaf_commits_to_salted_details(factory, tlog):
         second = certlog.append(s, "order", "alice", "a", "order:1", product="p-b",
                                 price="10.00", supplier="b")
         s.commit()
-    integrate(factory, tlog)
-    with factory() as s:
+    integrate(session_factory, tlog)
+    with session_factory() as s:
         row = s.get(LogEntry, first)
         public = json.loads(row.data)
         # the leaf hashes the public part: type, time, commitment and nothing else
@@ -277,20 +269,20 @@ def test_the_leaf_commits_to_salted_details(factory, tlog):
         assert again["commitment"] != public["commitment"]
         assert tlog.fsck(s)["ok"]
     # a stranger verifies the public part (an order existed at this index); a party the rest
-    stranger = bundle(factory, tlog, first, member("carol", "c"))
+    stranger = bundle(session_factory, tlog, first, member("carol", "c"))
     assert "details" not in stranger
     assert verify.verify_entry(stranger, tlog.vkey, "order")["type"] == "order"
     with pytest.raises(verify.VerificationFailed, match="not refund"):
         verify.verify_entry(stranger, tlog.vkey, "refund")
     with pytest.raises(verify.VerificationFailed, match="private"):
         verify.check_bundle(stranger, tlog.vkey)
-    party = bundle(factory, tlog, first, member("alice", "a"))
+    party = bundle(session_factory, tlog, first, member("alice", "a"))
     statement = verify.check_bundle(party, tlog.vkey)
     assert statement["price"] == "10.00" and statement["type"] == "order"
 
 
-def test_who_reads_the_details(factory, tlog):
-    with factory() as s:
+def test_who_reads_the_details(session_factory, tlog):
+    with session_factory() as s:
         write_transaction(s)
         objs = shop(s)
         order = certlog.append(s, "order", "alice", "a", "order:1", product="p-b",
@@ -302,7 +294,7 @@ def test_who_reads_the_details(factory, tlog):
         grant = certlog.append(s, "unit_grant", "olga", "a", "transfer:1", amount="100.00")
         named = certlog.append(s, "query", "alice", "a", "e" * 64, party_units=["c"])
         s.commit()
-    integrate(factory, tlog)
+    integrate(session_factory, tlog)
     viewers = {"actor": member("alice", "a"), "same unit": member("anna", "a"),
                "supplier": member("bob", "b"), "stranger": member("carol", "c"),
                "no unit": member("nobody", None), "operator": OPERATOR,
@@ -317,7 +309,7 @@ def test_who_reads_the_details(factory, tlog):
         named: {"actor": "actor", "same unit": "party", "stranger": "party",
                 "named runner": "party"},
     }
-    with factory() as s:
+    with session_factory() as s:
         for index, readers in expected.items():
             for who, viewer in viewers.items():
                 entry = tlog.entry(s, index, viewer)
@@ -336,8 +328,8 @@ def test_who_reads_the_details(factory, tlog):
         assert tlog.entry(s, order)["access"] == "public"  # no viewer: a stranger
 
 
-def test_a_version_on_the_shelf_discloses_its_submission(factory, tlog):
-    with factory() as s:
+def test_a_version_on_the_shelf_discloses_its_submission(session_factory, tlog):
+    with session_factory() as s:
         write_transaction(s)
         objs = shop(s)
         version = objs["version"]
@@ -351,7 +343,7 @@ def test_a_version_on_the_shelf_discloses_its_submission(factory, tlog):
         stranger = member("carol", "c")
         assert tlog.entry(s, version.log_index, stranger)["access"] == "public"
         assert tlog.entry(s, version.log_index, member("bob", "b"))["access"] == "actor"
-    with factory() as s:
+    with session_factory() as s:
         write_transaction(s)
         shelved = certlog.append(s, "shelf", "olga", None, "ab" * 32, product="p-b",
                                  version="1.0", from_state="submitted", to_state="on_shelf")
@@ -366,16 +358,16 @@ def test_a_version_on_the_shelf_discloses_its_submission(factory, tlog):
 
 
 @pytest.mark.parametrize("tamper", ["details", "salt", "swap"])
-def test_tampered_details_are_caught(factory, tlog, tamper):
-    with factory() as s:
+def test_tampered_details_are_caught(session_factory, tlog, tamper):
+    with session_factory() as s:
         write_transaction(s)
         shop(s)
         for price in ("10.00", "20.00"):
             certlog.append(s, "order", "alice", "a", "order:1", product="p-b", price=price,
                            supplier="b")
         s.commit()
-    integrate(factory, tlog)
-    with factory() as s:
+    integrate(session_factory, tlog)
+    with session_factory() as s:
         row, other = s.get(LogEntry, 0), s.get(LogEntry, 1)
         if tamper == "details":
             row.details = row.details.replace("10.00", "1.00")
@@ -384,15 +376,15 @@ def test_tampered_details_are_caught(factory, tlog, tamper):
         else:
             row.details, row.salt = other.details, other.salt
         s.commit()
-    with factory() as s:
+    with session_factory() as s:
         report = tlog.fsck(s)
     assert not report["ok"] and report["index"] == 0 and "commitment" in report["problem"]
     # the public part still proves its inclusion, but a party's check of the details fails
-    assert verify_entry(factory, tlog, 0, 2)
+    assert verify_entry(session_factory, tlog, 0, 2)
     with pytest.raises(verify.VerificationFailed, match="do not match"):
-        verify.check_bundle(bundle(factory, tlog, 0, OPERATOR), tlog.vkey)
+        verify.check_bundle(bundle(session_factory, tlog, 0, OPERATOR), tlog.vkey)
     # and so does a forged proof bundle, offline
-    good = bundle(factory, tlog, 1, OPERATOR)
+    good = bundle(session_factory, tlog, 1, OPERATOR)
     assert verify.check_bundle(good, tlog.vkey)["price"] == "20.00"
     forged = {**good, "details": good["details"].replace("20.00", "2.00")}
     with pytest.raises(verify.VerificationFailed, match="do not match"):
@@ -440,10 +432,10 @@ def test_legacy_entries_still_verify_after_the_migration(db_url, tlog):
         conn.execute(text("INSERT INTO log_state (id, next_index, tree_size) VALUES (1, 3, 0)"))
     engine.dispose()
     dbutil.upgrade(db_url)
-    factory = make_session_factory(make_engine(db_url))
-    add(factory, 1)  # a new, private entry after the legacy ones
-    assert integrate(factory, tlog) == 4
-    with factory() as s:
+    session_factory = make_session_factory(make_engine(db_url))
+    add(session_factory, 1)  # a new, private entry after the legacy ones
+    assert integrate(session_factory, tlog) == 4
+    with session_factory() as s:
         assert tlog.fsck(s) == {"ok": True, "entries": 4, "tree_size": 4}
         stranger, buyer = member("carol", "c"), member("alice", "a")
         hidden = tlog.entry(s, 2, stranger)
@@ -457,14 +449,15 @@ def test_legacy_entries_still_verify_after_the_migration(db_url, tlog):
             assert tlog.entry(s, index, stranger)["access"] == "disclosed"
         assert not tlog.entry(s, 3, stranger).get("statement")
     # the buyer checks the legacy order end to end; a stranger only that a leaf is there
-    assert verify.check_bundle(bundle(factory, tlog, 2, buyer), tlog.vkey)["supplier"] == "b"
-    assert verify.verify_entry(bundle(factory, tlog, 2, stranger), tlog.vkey) == {}
-    forged = {**bundle(factory, tlog, 2, stranger), "leaf_hash": base64.b64encode(
+    checked = verify.check_bundle(bundle(session_factory, tlog, 2, buyer), tlog.vkey)
+    assert checked["supplier"] == "b"
+    assert verify.verify_entry(bundle(session_factory, tlog, 2, stranger), tlog.vkey) == {}
+    forged = {**bundle(session_factory, tlog, 2, stranger), "leaf_hash": base64.b64encode(
         b"\1" * 32).decode()}
     with pytest.raises(verify.VerificationFailed, match="inclusion proof"):
         verify.verify_entry(forged, tlog.vkey)
     for index in (0, 1, 3):  # disclosed legacy entries and the new one, as anyone sees them
-        assert verify_entry(factory, tlog, index, 4)
+        assert verify_entry(session_factory, tlog, index, 4)
 
 
 def datetime_now():

@@ -9,61 +9,53 @@ import pytest
 from helpers import make_world, notebook
 
 from marketplace_ext import leases, run_leases
-from marketplace_ext.dbutil import upgrade
-from marketplace_ext.orm import Run, make_engine, make_session_factory, utcnow, write_transaction
+from marketplace_ext.orm import Run, utcnow, write_transaction
 
 pytest_plugins = ["sandbox_helpers"]
 
 DEAD_HERE = "{host}:4194303:dead"  # a pid above pid_max on this host: certainly gone
 
 
-@pytest.fixture
-def sf(db_url):
-    upgrade(db_url)
-    engine = make_engine(db_url)
-    yield make_session_factory(engine)
-    engine.dispose()
-
-
-def take(sf, name: str, owner: str, ttl: float = 30, now=None) -> bool:
-    with sf() as s:
+def take(session_factory, name: str, owner: str, ttl: float = 30, now=None) -> bool:
+    with session_factory() as s:
         write_transaction(s)
         got = leases.acquire(s, name, owner, ttl, now)
         s.commit()
         return got
 
 
-def test_a_named_lease_has_one_holder_until_it_expires(sf):
+def test_a_named_lease_has_one_holder_until_it_expires(session_factory):
     now = utcnow()
-    assert take(sf, "job", "host-a:1:x", now=now)
-    assert take(sf, "job", "host-a:1:x", now=now)  # renewal
-    assert not take(sf, "job", "host-b:2:y", now=now + timedelta(seconds=29))
-    with sf() as s:
+    assert take(session_factory, "job", "host-a:1:x", now=now)
+    assert take(session_factory, "job", "host-a:1:x", now=now)  # renewal
+    assert not take(session_factory, "job", "host-b:2:y", now=now + timedelta(seconds=29))
+    with session_factory() as s:
         assert leases.holder(s, "job", now + timedelta(seconds=29)) == "host-a:1:x"
         assert leases.holder(s, "job", now + timedelta(seconds=31)) is None
-    assert take(sf, "job", "host-b:2:y", now=now + timedelta(seconds=31))  # expired: taken over
-    assert not take(sf, "job", "host-a:1:x", now=now + timedelta(seconds=32))
-    with sf() as s:
+    # expired: taken over
+    assert take(session_factory, "job", "host-b:2:y", now=now + timedelta(seconds=31))
+    assert not take(session_factory, "job", "host-a:1:x", now=now + timedelta(seconds=32))
+    with session_factory() as s:
         write_transaction(s)
         leases.release(s, "job", "host-a:1:x")  # not the holder: no effect
         s.commit()
-    assert not take(sf, "job", "host-a:1:x", now=now + timedelta(seconds=33))
-    with sf() as s:
+    assert not take(session_factory, "job", "host-a:1:x", now=now + timedelta(seconds=33))
+    with session_factory() as s:
         write_transaction(s)
         leases.release(s, "job", "host-b:2:y")
         s.commit()
-    assert take(sf, "job", "host-a:1:x")  # released: free at once
+    assert take(session_factory, "job", "host-a:1:x")  # released: free at once
     with pytest.raises(ValueError):
-        take(sf, "job", "host-a:1:x", ttl=0)
+        take(session_factory, "job", "host-a:1:x", ttl=0)
 
 
-def test_a_dead_holder_on_this_host_is_replaced_at_once(sf):
+def test_a_dead_holder_on_this_host_is_replaced_at_once(session_factory):
     host = leases.process_id().rsplit(":", 2)[0]
-    assert take(sf, "job", DEAD_HERE.format(host=host))
+    assert take(session_factory, "job", DEAD_HERE.format(host=host))
     assert leases.holder_is_dead_here(DEAD_HERE.format(host=host))
     assert not leases.holder_is_dead_here(leases.process_id())
     assert not leases.holder_is_dead_here("some-other-host:1:x")  # never judged from afar
-    assert take(sf, "job", leases.process_id())
+    assert take(session_factory, "job", leases.process_id())
 
 
 def test_runs_are_claimed_once_renewed_and_taken_over_after_their_lease(db_url, tmp_path):

@@ -86,14 +86,6 @@ def check_ledger(session) -> dict[int, int]:
     return {a.id: a.balance for a in accounts}
 
 
-@pytest.fixture
-def session_factory(db_url):
-    dbutil.upgrade(db_url)
-    engine = make_engine(db_url)
-    yield make_session_factory(engine)
-    engine.dispose()
-
-
 def test_worked_example_monthly_plan_of_30_points(session_factory):
     with session_factory() as s:
         write_transaction(s)

@@ -12,19 +12,11 @@ import struct
 import pytest
 from sqlalchemy import func, select
 
-from marketplace_ext import certlog, dbutil, merkle, tiles
+from marketplace_ext import certlog, merkle, tiles
 from marketplace_ext.errors import InvalidField, NotFound
-from marketplace_ext.orm import LogEntry, make_engine, make_session_factory, write_transaction
+from marketplace_ext.orm import LogEntry, write_transaction
 
 SIZE = 600  # two full level-0 tiles and a partial one of 88; a partial level-1 tile of 2
-
-
-@pytest.fixture
-def factory(db_url):
-    dbutil.upgrade(db_url)
-    engine = make_engine(db_url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 @pytest.fixture
@@ -33,8 +25,8 @@ def tlog(tmp_path):
 
 
 @pytest.fixture
-def log600(factory, tlog):
-    with factory() as s:
+def log600(session_factory, tlog):
+    with session_factory() as s:
         write_transaction(s)
         indices = [certlog.append(s, "order", "alice", "a", f"order:{i}", n=i)
                    for i in range(SIZE)]
@@ -42,11 +34,11 @@ def log600(factory, tlog):
         assert s.scalar(select(func.count()).select_from(LogEntry)) == SIZE
         s.commit()
     assert indices == list(range(SIZE))
-    with factory() as s:
+    with session_factory() as s:
         write_transaction(s)
         assert tlog.integrate(s) == SIZE
         s.commit()
-    return factory
+    return session_factory
 
 
 def mth(hashes: list[bytes]) -> bytes:
@@ -59,8 +51,8 @@ def mth(hashes: list[bytes]) -> bytes:
     return hashlib.sha256(b"\x01" + mth(hashes[:k]) + mth(hashes[k:])).digest()
 
 
-def fetch(factory, path: str) -> bytes:
-    with factory() as s:
+def fetch(session_factory, path: str) -> bytes:
+    with session_factory() as s:
         return tiles.read_tile(s, tiles.parse_tile_path(path))
 
 

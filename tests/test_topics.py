@@ -65,14 +65,6 @@ def balance(s, unit: Unit) -> int:
 
 
 @pytest.fixture
-def session_factory(db_url):
-    dbutil.upgrade(db_url)
-    engine = make_engine(db_url)
-    yield make_session_factory(engine)
-    engine.dispose()
-
-
-@pytest.fixture
 def world(session_factory):
     """Units a (requester), b and c (volunteers, each with a tool on the shelf), with members
     so notifications have someone to reach."""

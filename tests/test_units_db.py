@@ -14,17 +14,8 @@ from marketplace_ext.orm import (
     Member,
     Unit,
     make_engine,
-    make_session_factory,
     write_transaction,
 )
-
-
-@pytest.fixture
-def session_factory(db_url):
-    dbutil.upgrade(db_url)
-    engine = make_engine(db_url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 def test_migrations_match_models(db_url):
