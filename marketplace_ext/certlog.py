@@ -107,7 +107,6 @@ def _sequencer(session: Session) -> _Sequencer:
         # a new transaction (an earlier one committed or rolled back: its unwritten rows, if
         # any, belong to a rollback and are dropped with it)
         state = _state(session, lock=True)
-        session.refresh(state)
         current = session.info[_SEQUENCER] = _Sequencer(transaction, state)
     return current
 
@@ -127,8 +126,8 @@ def _write_sequenced(session: Session, flush_context, instances) -> None:
 def _state(session: Session, lock: bool = False) -> LogState:
     session.flush()  # this transaction's sequenced rows and counter first (a refresh drops them)
     query = select(LogState).where(LogState.id == 1)
-    if lock:
-        query = query.with_for_update()
+    if lock:  # and fresh: the row as this lock sees it, not as the identity map had it
+        query = query.with_for_update().execution_options(populate_existing=True)
     state = session.scalar(query)
     if state is None:
         state = LogState(id=1, next_index=0, tree_size=0)
@@ -407,7 +406,6 @@ class TransparencyLog:
         """Add sequenced entries to the tree and sign a checkpoint; returns the new size, or
         None when there was nothing to do. The caller's session must be a write transaction."""
         state = _state(session, lock=True)
-        session.refresh(state)
         if state.next_index == state.tree_size and self._latest(session) is not None:
             return None
         tree = merkle.MerkleTree(SqlNodeStore(session), state.tree_size)
