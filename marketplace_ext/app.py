@@ -7,9 +7,11 @@ passes ``JUPYTERHUB_API_TOKEN``, ``JUPYTERHUB_SERVICE_URL`` and ``JUPYTERHUB_SER
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import secrets
 import signal
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
@@ -401,6 +403,8 @@ class MarketplaceApp(Application, MarketplaceSettings):
                 self.log.exception("starting new units' data platforms failed; retrying")
 
     async def serve(self) -> None:
+        # the loop wins the interpreter lock back from busy executor threads sooner
+        sys.setswitchinterval(self.gil_switch_interval)
         url = urlparse(self.service_url)
         # every handler of ours streams its body and raises this per route once the caller is
         # authenticated (handlers/base.py); what does not stream (the OAuth callback) gets 1 MiB
@@ -428,6 +432,10 @@ class MarketplaceApp(Application, MarketplaceSettings):
             if self.processes > 1:
                 loops.append(self.unit_server_loop())
         tasks = [asyncio.create_task(c) for c in loops]
+        # every page template compiled once now, on the io executor: a first visit would
+        # compile its template (tens of ms) on the loop
+        tasks.append(loop.run_in_executor(self.executors["io"], warm_templates,
+                                          self.tornado_app.settings["jinja_env"]))
         await loop.run_in_executor(None, self.grader.recover)
         workers = []
         if first:
@@ -435,6 +443,12 @@ class MarketplaceApp(Application, MarketplaceSettings):
             await loop.run_in_executor(None, self._start_unit_servers)
             workers = await loop.run_in_executor(None, start_workers, self.processes)
         await self.runner.start()
+        # the startup heap (modules, ORM mappers, parsed documents) moves to the permanent
+        # generation, so a full collection walks only what requests allocate: on a loaded
+        # machine one walk of everything paused every thread, the loop's included, for tenths
+        # of a second
+        gc.collect()
+        gc.freeze()
         try:
             await stop.wait()
         finally:
@@ -462,3 +476,11 @@ class MarketplaceApp(Application, MarketplaceSettings):
 
 
 main = MarketplaceApp.launch_instance
+
+
+def warm_templates(env: Environment) -> int:
+    """Compile (and cache) every template of ``env``; returns how many."""
+    names = env.list_templates(extensions=["html"])
+    for name in names:
+        env.get_template(name)
+    return len(names)

@@ -127,6 +127,12 @@ class Market:
         return self.request("POST", f"fl/projects/{int(project)}/settlement",
                             json={} if shares is None else {"shares": shares})
 
+    def fl_cancel(self, project: int, reason: str | None = None) -> dict:
+        """Cancel an enrolling or running project (the initiator's unit, operators): its pool
+        goes back to the initiator's unit, once; cancelling again returns the same record."""
+        return self.request("POST", f"fl/projects/{int(project)}/cancel",
+                            json={} if reason is None else {"reason": reason})
+
     def fl_settlement(self, project: int) -> dict:
         return self.request("GET", f"fl/projects/{int(project)}/settlement")
 

@@ -17,7 +17,7 @@ from . import __version__
 SPEC_PATH = Path(__file__).parent / "openapi.yaml"
 PART_PATHS = tuple(Path(__file__).parent / f"openapi_{part}.yaml"
                    for part in ("fl", "reviews", "topics", "forum", "workshops",
-                                "retrain"))
+                                "retrain", "fl_slices"))
 
 
 class SpecConflict(ValueError):

@@ -305,6 +305,14 @@ class MarketplaceSettings(Configurable):
         single write transaction).""",
     ).tag(config=True)
 
+    gil_switch_interval = Float(
+        0.001, help="""Seconds a thread may hold the interpreter lock while another waits for it
+        (sys.setswitchinterval; Python's default is 0.005). The event loop gives the lock up at
+        every socket read and write and must win it back from the executors' threads; with
+        5 ms it waits up to 5 ms each time while they run queries, and its lag under load
+        grows by that much per I/O step. 1 ms keeps it short.""",
+    ).tag(config=True)
+
     fl_tick_interval = Float(
         1.0, help="""Seconds between checks of federated rounds' deadlines (a round that reaches
         its quorum is aggregated at once)."""

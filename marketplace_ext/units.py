@@ -7,6 +7,7 @@ caller owns the transaction, so a failed mirror can still be rolled back.
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 from sqlalchemy import func, select
@@ -153,75 +154,67 @@ class UnitDirectory:
     steps, an admin editing groups by hand) at start-up and periodically.
     """
 
-    def __init__(self, session_factory, hub, on_created=None):
+    def __init__(self, session_factory, hub, on_created=None, executor=None):
         self.session_factory = session_factory
         self.hub = hub
         # called with (session, unit, actor) in a transaction of its own once the hub knows the
         # unit (the points economy opens its account); a crash before it is repaired at start-up
         self.on_created = on_created
+        #: where the database steps run, never on the event loop (None: the loop's default
+        #: executor)
+        self.executor = executor
+
+    async def _db(self, work, *args):
+        """``work(session, *args)`` with a session of its own, off the event loop."""
+        def run():
+            with self.session_factory() as session:
+                return work(session, *args)
+
+        return await asyncio.get_running_loop().run_in_executor(self.executor, run)
 
     async def create_unit(self, slug: str, name: str, actor: str,
                           unit_type: str = "provincial_company") -> Unit:
-        with self.session_factory() as session:
-            write_transaction(session)
-            unit = create_unit(session, slug, name, actor, unit_type)
-            session.commit()
+        unit = await self._db(_create_unit, slug, name, actor, unit_type)
         try:
             await self.hub.ensure_group(unit.hub_group)
         except Exception:
-            with self.session_factory() as session:
-                session.delete(session.get(Unit, unit.id))
-                session.commit()
+            await self._db(_delete, Unit, unit.id)
             raise
         if self.on_created is not None:
-            with self.session_factory() as session:
-                write_transaction(session)
-                self.on_created(session, session.get(Unit, unit.id), actor)
-                session.commit()
+            await self._db(self._created, unit.id, actor)
         return unit
+
+    def _created(self, session: Session, unit_id: int, actor: str) -> None:
+        write_transaction(session)
+        self.on_created(session, session.get(Unit, unit_id), actor)
+        session.commit()
 
     async def add_member(
         self, slug: str, user_name: str, actor: str, roles: set[str] | None = None
     ) -> tuple[Member, bool]:
         user_name = validate_user_name(user_name)
-        with self.session_factory() as session:
-            get_unit(session, slug)  # fail on an unknown unit before touching the hub
+        await self._db(get_unit, slug)  # fail on an unknown unit before touching the hub
         await self.hub.ensure_user(user_name)
-        with self.session_factory() as session:
-            write_transaction(session)
-            member, created = add_member(session, slug, user_name, actor)
-            session.commit()
+        member, created = await self._db(_add_member, slug, user_name, actor)
         try:
             await self.hub.add_to_group(f"unit-{slug}", [user_name])
             if roles is not None:
                 await self.hub.set_roles(user_name, roles)
         except Exception:
             if created:
-                with self.session_factory() as session:
-                    session.delete(session.get(Member, user_name))
-                    session.commit()
+                await self._db(_delete, Member, user_name)
             raise
         return member, created
 
     async def remove_member(self, slug: str, user_name: str) -> None:
         # hub first: if it fails the membership stays whole on both sides
-        with self.session_factory() as session:
-            write_transaction(session)  # the dry run flushes a DELETE: "database is locked"
-            remove_member(session, slug, user_name)  # on SQLite without the write lock
-            session.rollback()
+        await self._db(_remove_member, slug, user_name, False)  # the dry run
         await self.hub.remove_from_group(f"unit-{slug}", [user_name])
-        with self.session_factory() as session:
-            write_transaction(session)
-            remove_member(session, slug, user_name)
-            session.commit()
+        await self._db(_remove_member, slug, user_name, True)
 
     async def reconcile(self) -> dict[str, int]:
         """Make every ``unit-<slug>`` hub group hold exactly the unit's members."""
-        with self.session_factory() as session:
-            desired = {
-                unit.hub_group: {m.user_name for m in unit.members}
-                for unit in session.scalars(select(Unit))
-            }
+        desired = await self._db(_desired_groups)
         added = removed = 0
         for group, members in desired.items():
             await self.hub.ensure_group(group)
@@ -233,3 +226,40 @@ class UnitDirectory:
             added += len(members - actual)
             removed += len(actual - members)
         return {"units": len(desired), "added": added, "removed": removed}
+
+
+# the directory's database steps (each in its own session, off the event loop)
+
+
+def _create_unit(session: Session, slug: str, name: str, actor: str, unit_type: str) -> Unit:
+    write_transaction(session)
+    unit = create_unit(session, slug, name, actor, unit_type)
+    session.commit()
+    return unit
+
+
+def _add_member(session: Session, slug: str, user_name: str,
+                actor: str) -> tuple[Member, bool]:
+    write_transaction(session)
+    member, created = add_member(session, slug, user_name, actor)
+    session.commit()
+    return member, created
+
+
+def _remove_member(session: Session, slug: str, user_name: str, commit: bool) -> None:
+    write_transaction(session)  # the dry run flushes a DELETE: "database is locked"
+    remove_member(session, slug, user_name)  # on SQLite without the write lock
+    if commit:
+        session.commit()
+    else:
+        session.rollback()
+
+
+def _delete(session: Session, model: type, key: object) -> None:
+    session.delete(session.get(model, key))
+    session.commit()
+
+
+def _desired_groups(session: Session) -> dict[str, set[str]]:
+    return {unit.hub_group: {m.user_name for m in unit.members}
+            for unit in session.scalars(select(Unit))}

@@ -5,8 +5,10 @@ The rows act on the matrix's running project of unit a (partner c, round 1 open,
 pool row asks for more points than unit a holds (409 naming ``pool``, nothing moves), the
 settlement and the model product are refused while the project runs (409 naming ``project``),
 and nothing is settled or published yet (404 naming ``project`` for those who may see it);
-round 1 has no aggregate, so its leave-one-out sum is a 404 naming ``round`` for members. That
-these succeed on a finished project is tested in tests/test_fl_economy_api.py."""
+the project did not opt in to the leave-one-out measure, so its leave-one-out sums are a 409
+naming ``project`` for members. That these succeed on a finished project is tested in
+tests/test_fl_economy_api.py. Cancelling succeeds for the initiator's publishers and operators,
+on a fresh project of unit a (the refund itself is tested in tests/test_fl_economy_end.py)."""
 
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ EXPECTED: dict[tuple[str, str], dict[str, Cell]] = {
     (F + "/settlement", "GET"): R(401, NOPROJECT, 403, NOPROJECT, 403, NOPROJECT),
     (F + "/settlement", "POST"): R(401, 403, 403, "409 field=project", 403, 403),
     (F + "/rounds/{number}/loo/{unit}", "GET"):
-        R(401, "404 field=round", 403, "404 field=round", 403, 403),
+        R(401, "409 field=project", 403, "409 field=project", 403, 403),
+    (F + "/cancel", "POST"): R(401, 403, 403, 200, 403, 200),
     (F + "/product", "GET"): R(401, NOPROJECT, 403, NOPROJECT, 403, NOPROJECT),
     (F + "/product", "POST"): R(401, 403, 403, "409 field=project", 403, 403),
 }
@@ -42,6 +45,9 @@ BUILDERS: dict[tuple[str, str], Builder] = {
         "POST", FP.format(fl=ctx["fl"]) + "/settlement", {"json": {}}),
     (F + "/rounds/{number}/loo/{unit}", "GET"): _get(FP + "/rounds/1/loo/c"),
     (F + "/product", "GET"): _get(FP + "/product"),
+    (F + "/cancel", "POST"): lambda ctx, role, fresh: Call(
+        "POST", FP.format(fl=ctx.fl_project(partner=None) if fresh else ctx["fl"]) + "/cancel",
+        {"json": {"reason": "authorization matrix"}}),
     (F + "/product", "POST"): lambda ctx, role, fresh: Call(
         "POST", FP.format(fl=ctx["fl"]) + "/product",
         {"files": {"bundle": ("model.zip", b"PK\x05\x06" + b"\0" * 18)},

@@ -26,6 +26,7 @@ import secrets
 
 import authz_cards
 import authz_fl_economy
+import authz_fl_slices
 import authz_forum
 import authz_retrain
 import authz_reviews
@@ -252,6 +253,7 @@ EXPECTED: dict[tuple[str, str], dict[str, int | str]] = {
     **authz_reviews.EXPECTED, **authz_topics.EXPECTED, **authz_forum.EXPECTED,
     **authz_workshops.EXPECTED, **authz_retrain.EXPECTED, **authz_cards.EXPECTED,
     **authz_fl_economy.EXPECTED,
+    **authz_fl_slices.EXPECTED,
 }
 
 #: cells that disagree with the contract while another part of the code catches up, as
@@ -487,6 +489,7 @@ BUILDERS: dict[tuple[str, str], Builder] = {
     **authz_reviews.BUILDERS, **authz_topics.BUILDERS, **authz_forum.BUILDERS,
     **authz_workshops.BUILDERS, **authz_retrain.BUILDERS, **authz_cards.BUILDERS,
     **authz_fl_economy.BUILDERS,
+    **authz_fl_slices.BUILDERS,
 }
 
 

@@ -434,8 +434,11 @@ def test_joining_needs_the_initiators_approval_and_pending_units_take_no_part(cl
     assert b.join(pid)["status"] == "approved"
     listed = {p["id"]: p for p in d.projects()}[pid]
     assert listed["may_join"] is True and listed["membership"] is None
+    # no members, rounds or weights for a non-member; the contribution measure, as the
+    # project's terms, is shown before joining
     assert set(listed) == {"id", "name", "title", "unit", "state", "may_join", "membership",
-                           "is_member"}  # no members, rounds or weights for a non-member
+                           "is_member", "contribution_measure"}
+    assert listed["contribution_measure"] == "weight"
     assert d.join(pid)["status"] == "pending"
     assert {p["id"]: p for p in d.projects()}[pid]["membership"] == "pending"
     assert a.requests(pid) == [m for m in a.project(pid)["members"] if m["unit"] == "d"]

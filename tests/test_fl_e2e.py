@@ -145,7 +145,7 @@ def test_five_units_three_rounds_through_the_service(platform_proc, tmp_path):
     a = clients["a"]
     project = a.open_project(project_name("theft"), bundle, rounds=ROUNDS, quorum=5,
                              deadline_seconds=300, max_parties=5, max_weight=1000, clip=0.05,
-                             allow_units=list(UNITS[1:]))
+                             allow_units=list(UNITS[1:]), contribution_measure="loo_weight")
     pid = project["id"]
     for unit in UNITS[1:]:
         assert clients[unit].join(pid)["status"] == "approved"
@@ -194,6 +194,13 @@ def test_five_units_three_rounds_through_the_service(platform_proc, tmp_path):
     # every unit posted its held-out metrics for every round; the results notebook shows them
     posted = {(m["unit"], m["round"]) for m in a.metrics(pid)}
     assert posted == {(u, n) for u in UNITS for n in range(1, ROUNDS + 1)}
+    # the project opted in to leave-one-out: each unit evaluated the model without each other
+    # unit's update (evaluate_contributions), and printed the estimate after every round
+    for row in a.metrics(pid):
+        assert {f"loo.{u}" for u in UNITS if u != row["unit"]} <= set(row["metrics"]), row
+    for unit in UNITS:
+        assert [e["round"] for e in summaries[unit]["estimates"]] == [1, 2, 3]
+        assert summaries[unit]["settlement"] is None  # nobody settled: the estimate only
     results = subprocess.run(
         [str(ROOT / ".venv" / "bin" / "papermill"), str(NOTEBOOK.with_name("results.ipynb")),
          str(tmp_path / "results.ipynb"), "-k", "grid-python", "--start-timeout", "300",

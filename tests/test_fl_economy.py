@@ -73,11 +73,11 @@ def make_data_product(s, owner: Unit, plans: dict[str, int] | None = None,
 
 
 def open_project(s, blobs, paillier, model_b64, unit: str = "a", *, products=(), pool=0,
-                 allow=("b", "c", "d"), quorum=3, n_rounds=1):
+                 allow=("b", "c", "d"), quorum=3, n_rounds=1, measure="loo_weight"):
     body = {"name": f"fe-{next(_names)}-{unit}", "rounds": n_rounds, "quorum": quorum,
             "deadline_seconds": 600, "public_key": keys.public_key_to_json(paillier[0]),
             "model": model_b64, "allow_units": list(allow), "products": list(products),
-            "pool": pool}
+            "pool": pool, "contribution_measure": measure}
     req = projects.parse_project_request(body)
     return projects.create_project(s, publisher(unit), req, blobs)
 

@@ -97,9 +97,11 @@ def test_three_units_a_pool_a_noisy_partner_and_a_co_owned_model(platform_proc, 
     project = init.open_project(project_name("economy"), save_model(tmp_path / "m", TINY_MODEL),
                                 rounds=1, quorum=3, deadline_seconds=600, max_parties=3,
                                 max_weight=1000, products=products, pool=60,
-                                allow_units=[honest, noisy, outsider])
+                                allow_units=[honest, noisy, outsider],
+                                contribution_measure="loo_weight")
     pid = project["id"]
     assert project["pool"] == "60.00" and project["products"] == products
+    assert project["contribution_measure"] == "loo_weight"
     assert _balance(markets[initiator]) == before - 60_00
 
     # joining without the federated entitlement (the outsider owns none of the products)
@@ -189,6 +191,33 @@ def test_three_units_a_pool_a_noisy_partner_and_a_co_owned_model(platform_proc, 
             assert top["kind"] == "order" and top["order"] == order["id"]
             assert top["centipoints"] == expected[u]  # each member's statement shows its share
     assert sum(expected.values()) == revenue
+    # a co-owner does not buy the model it co-owns: 403 naming product, nothing moves
+    co_owner = next(u for u in (honest, initiator) if published["shares"].get(u))
+    held = _balance(markets[co_owner])
+    with pytest.raises(MarketAPIError) as e:
+        market_as(url, f"subscriber-{co_owner}", logins[f"subscriber-{co_owner}"]).order(
+            published["product"], "per_use")
+    assert (e.value.status, e.value.field) == (403, "product")
+    assert _balance(markets[co_owner]) == held
+
+    # a project that never finishes: its initiator cancels it, the pool comes back once
+    held = _balance(markets[initiator])
+    other = init.open_project(project_name("cancel"), save_model(tmp_path / "m2", TINY_MODEL),
+                              rounds=1, quorum=2, deadline_seconds=600, max_parties=3,
+                              max_weight=1000, pool=7, allow_units=[honest])
+    assert other["contribution_measure"] == "weight"  # the default: no leave-one-out sums
+    clients[honest].join(other["id"])
+    with pytest.raises(MarketAPIError) as e:  # a partner does not cancel
+        markets[honest].fl_cancel(other["id"])
+    assert (e.value.status, e.value.field) == (403, "unit")
+    assert _balance(markets[initiator]) == held - 7_00
+    ended = markets[initiator].fl_cancel(other["id"], "changed our minds")
+    again = operator.fl_cancel(other["id"])
+    assert ended == again and ended["state"] == "cancelled"
+    assert ended["refund"]["paid"] == {initiator: "7.00"} and ended["refund"]["measure"] == \
+        "refund"
+    assert _balance(markets[initiator]) == held
+    assert markets[initiator].statement(limit=1)["transfers"][0]["kind"] == "fl_pool_refund"
 
     # the pages: the project's pool, estimate and split; the product and the shelf list it
     page = markets[initiator].http.get(markets[initiator].url + f"fl/{pid}").text

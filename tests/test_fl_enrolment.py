@@ -242,8 +242,9 @@ def test_non_members_see_only_the_public_summary(db, blobs, paillier, model_b64)
     enrolment.join(db, publisher("b"), project, None)
     enrolment.join(db, publisher("c"), project, None)  # pending
     db.commit()
+    # the contribution measure is public: a unit sees it before it asks to join
     summary_keys = {"id", "name", "title", "unit", "state", "may_join", "membership",
-                    "is_member"}
+                    "is_member", "contribution_measure"}
     by = {name: {p["id"]: p for p in projects.list_projects(db, caller)}[project.id]
           for name, caller in (("c", publisher("c")), ("d", publisher("d")),
                                ("sub-d", subscriber("d")), ("b", publisher("b")),

@@ -357,9 +357,13 @@ def test_experiment_command_line(tmp_path, capsys):
         str(png),
         "--json",
         str(out),
+        "--cache",
+        str(tmp_path / "weights"),
     ]
     assert E.main(argv) == 0
     text = capsys.readouterr().out
+    # every trained model went to the cache (a second run would train none of them)
+    assert "trained ['federated', 'alone', 'rehearsal', 'alone-fit', 'pooled']" in text
     assert "| Federated (FedAvg) | balanced |" in text and "Paper: federated" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads(out.read_text())
@@ -373,5 +377,6 @@ def test_experiment_command_line(tmp_path, capsys):
     for info in arm["extra"]["units"].values():
         if info["federated_val_auc"] is not None:
             assert info["personalized_val_auc"] >= info["federated_val_auc"]
+    assert report["config"]["personalize_rule"] == "select"
     assert set(report["goal"]["units"]) == set("abcde")
     assert report["config"]["personalize_epochs"] == 10

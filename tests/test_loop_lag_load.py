@@ -1,10 +1,11 @@
 """The service's event loop under load (issue 18): 50 clients buy at once while two runs upload
-data files, and the service's own loop-lag monitor (``GET api/loop-lag``) is read over that
+data files and a few readers walk the read-only lists and pages (their reads run in the db
+executor), and the service's own loop-lag monitor (``GET api/loop-lag``) is read over that
 window. The lag figure is printed (``-s``), never asserted: CI machines are loaded. What is
 asserted could fail: the monitor sampled the window, every purchase succeeded and the points
-moved exactly (and came back with the refunds), both uploads reached the store and their runs
-read them; and a file larger than a download chunk comes back whole through its link, with its
-length announced.
+moved exactly (and came back with the refunds), every read answered 200, both uploads
+reached the store and their runs read them; and a file larger than a download chunk comes back
+whole through its link, with its length announced.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ from marketplace_ext.client import Market
 
 CLIENTS = 50
 BUYER_UNITS = ("b", "c", "d", "e")
+#: clients reading lists and pages during the window, each walking READ_PATHS once
+READERS = 4
+READ_PATHS = ("api/products", "api/forum/threads", "api/topics", "api/inbox", "api/workshops",
+              "api/ranking", "api/report", "api/runs", "api/log/checkpoint", "forum", "topics",
+              "workshops", "inbox", "report", "log")
 #: rows of each uploaded CSV (about 3 MB: several body chunks, spooled to a file)
 UPLOAD_ROWS = 120_000
 #: larger than the service's 256 kB download chunk, so the link streams several chunks
@@ -112,7 +118,7 @@ def test_loop_lag_while_fifty_clients_buy_and_two_runs_upload(shop, record_prope
     accounts_before = op.request("GET", "accounts")["accounts"]
     assert sum(a["centipoints"] for a in accounts_before) == 0
 
-    start = threading.Barrier(CLIENTS + len(uploaders))
+    start = threading.Barrier(CLIENTS + len(uploaders) + READERS)
     units = list(buyers)
 
     def buy(n: int) -> tuple[int, dict]:
@@ -126,23 +132,35 @@ def test_loop_lag_while_fifty_clients_buy_and_two_runs_upload(shop, record_prope
         start.wait(timeout=60)
         return uploaders[i].run(shop["app"], data=uploads[i], wait=False)
 
+    def read(n: int) -> list[tuple[str, int]]:
+        m = buyers[units[n % len(units)]]
+        start.wait(timeout=60)
+        return [(path, m.http.get(m.url + path, timeout=120).status_code)
+                for path in READ_PATHS[n % 3:] + READ_PATHS[:n % 3]]
+
     began = time.monotonic()
-    with ThreadPoolExecutor(CLIENTS + len(uploaders)) as pool:
+    with ThreadPoolExecutor(CLIENTS + len(uploaders) + READERS) as pool:
         bought = [pool.submit(buy, n) for n in range(CLIENTS)]
         submitted = [pool.submit(upload, i) for i in range(len(uploaders))]
+        reads = [pool.submit(read, n) for n in range(READERS)]
         answers = [f.result() for f in bought]
         runs = [f.result() for f in submitted]
+        read_answers = [a for f in reads for a in f.result()]
     window = time.monotonic() - began
     lag = op.request("GET", "loop-lag", params={"seconds": max(1, math.ceil(window))})
     load = os.getloadavg()
-    print(f"\nloop lag over {window:.1f} s while {CLIENTS} clients bought and "
-          f"{len(uploaders)} runs uploaded {UPLOAD_ROWS}-row CSVs: p50 {lag['p50_ms']} ms, "
+    print(f"\nloop lag over {window:.1f} s while {CLIENTS} clients bought, "
+          f"{len(uploaders)} runs uploaded {UPLOAD_ROWS}-row CSVs and {READERS} readers made "
+          f"{len(read_answers)} GETs: p50 {lag['p50_ms']} ms, "
           f"p99 {lag['p99_ms']} ms, max {lag['max_ms']} ms ({lag['samples']} samples every "
           f"{lag['interval_ms']:.0f} ms); machine load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
     record_property("loop_lag_p99_ms", lag["p99_ms"])  # in a --junitxml report
     # the monitor ran through the window (its figure is the test's output, not its verdict)
     assert lag["samples"] >= 1 and lag["p50_ms"] <= lag["p99_ms"] <= lag["max_ms"], lag
+    # every read-only list and page answered (their reads ran beside the purchases)
+    assert [status for _, status in read_answers] == [200] * (READERS * len(READ_PATHS)), \
+        read_answers
     # every purchase went through, once each, and the supplier got exactly its shares
     assert [status for status, _ in answers] == [201] * CLIENTS, answers
     orders = [body for _, body in answers]

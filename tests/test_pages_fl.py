@@ -140,6 +140,14 @@ def test_a_publisher_opens_a_project_another_unit_joins_and_is_approved(
     assert page.locator("#project-state").inner_text() == "running"
     page.goto(f"{hub_url}{SERVICE}fl/{project_id}")
     assert page.locator("text=Start round 1").count() == 0
+    assert "data weight" in page.locator("#contribution-measure").inner_text()  # the default
+    # the initiator cancels: the round is void, the (empty) pool's refund is recorded
+    page.get_by_role("button", name="Cancel the project: its pool goes back to unit a").click()
+    page.wait_for_url("**?done=cancel")
+    assert page.locator("#project-state").inner_text() == "cancelled"
+    assert "it was empty" in page.locator("#pool-refund").inner_text()
+    assert page.locator("text=Cancel the project").count() == 0
+    assert_accessible(page)
 
 
 def test_a_running_projects_page_shows_rounds_metrics_members_and_budget(

@@ -375,3 +375,21 @@ def thread_page(session: Session, caller: Caller, thread: ForumThread, page: int
     return {"thread": thread_json(thread, caller),
             "posts": [post_json(p, caller) for p in posts],
             "total": total, "page": page, "per_page": per_page}
+
+
+def threads_listing(session: Session, caller: Caller, target: tuple[str, str] | None,
+                    q: str | None, page: int, per_page: int) -> dict:
+    """One read for a thread list: ``target`` (``(kind, ref)`` as parsed) checked for the
+    caller, then one page of threads as JSON and the total; ``target`` comes back normalised
+    (None for every thread)."""
+    if target is not None:
+        target = (target[0], check_target(session, caller, *target))
+    threads, total = list_threads(session, caller, target, q, page, per_page)
+    return {"threads": [thread_json(t, caller) for t in threads], "total": total,
+            "target": target}
+
+
+def thread_reading(session: Session, caller: Caller, ident: object, page: int = 1,
+                   per_page: int = 20) -> dict:
+    """:func:`thread_page` of the thread ``ident`` the caller may see (404 otherwise)."""
+    return thread_page(session, caller, get_thread(session, caller, ident), page, per_page)

@@ -106,6 +106,15 @@ def list_notifications(session: Session, user: str, unread_only: bool = False, p
     return list(rows), total
 
 
+def inbox_page(session: Session, user: str, unread_only: bool = False, page: int = 1,
+               per_page: int = 20) -> dict:
+    """One read for an inbox page: the notifications as JSON, their total (of the filter)
+    and the unread count."""
+    rows, total = list_notifications(session, user, unread_only, page, per_page)
+    return {"notifications": [notification_json(n) for n in rows], "total": total,
+            "unread": unread_count(session, user)}
+
+
 def parse_mark_request(body: dict) -> list[int] | None:
     """``{"ids": [1, 2]}`` or ``{"all": true}`` -> the ids, or None for all; 400 naming the
     field otherwise."""
@@ -203,3 +212,8 @@ def set_mail_setting(session: Session, user: str, body: dict,
 def mail_setting_json(setting: MailSetting | None, mail_available: bool) -> dict:
     return {"enabled": setting is not None, "email": setting.address if setting else None,
             "mail_available": mail_available}
+
+
+def mail_setting_reading(session: Session, user: str, mail_available: bool) -> dict:
+    """The user's e-mail copy setting as the API shows it."""
+    return mail_setting_json(mail_setting(session, user), mail_available)

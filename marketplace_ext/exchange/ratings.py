@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .. import catalog, certlog
+from .. import catalog, certlog, points
 from ..auth import SCOPE_PUBLISH, SCOPE_SUBSCRIBE, Caller
 from ..errors import Conflict, Forbidden, InvalidField, NotFound
 from ..ids import json_int, parse_id
@@ -103,6 +103,9 @@ def eligibility(session: Session, caller: Caller, product: Product,
         return Eligibility(False, "only members of a unit that used the product rate it")
     if caller.unit == product.unit.slug:
         return Eligibility(False, "your unit publishes this product; users rate it")
+    unit = session.scalar(select(Unit).where(Unit.slug == caller.unit))
+    if unit is not None and points.co_owns(session, product, unit.id):
+        return Eligibility(False, "your unit co-owns this product; users rate it")
     existing = session.scalar(select(Review).where(Review.version_id == version.id,
                                                    Review.user_name == caller.name))
     if existing is not None:
@@ -146,6 +149,9 @@ def rate(session: Session, caller: Caller, product_name: str, version: object, s
                         "product rate it", "unit")
     if caller.unit == product.unit.slug:
         raise Forbidden("a unit does not rate its own product", "product")
+    own = session.scalar(select(Unit).where(Unit.slug == caller.unit))
+    if own is not None and points.co_owns(session, product, own.id):
+        raise Forbidden("a unit does not rate a product it co-owns", "product")
     found = eligibility(session, caller, product, chosen)
     if found.existing is not None:
         raise Conflict(f"{caller.name} rated version {chosen.version} of {product.name!r} "

@@ -53,9 +53,9 @@ import numpy as np
 from ..client import Market
 from . import keys, packing
 from .enrol_client import EnrolmentMixin, FederatedError, UnverifiedMemberKey, write_private
+from .slice_client import SliceClientMixin
 
-__all__ = ["FederatedClient", "FederatedError", "RoundResult", "UnverifiedMemberKey",
-           "bundle_zip"]
+__all__ = ["FederatedClient", "FederatedError", "RoundResult", "UnverifiedMemberKey", "bundle_zip"]
 
 DEFAULT_HOME = Path("~/.grid-market/fl")
 ENCRYPT_CHUNK = 16  # ciphertexts per progress step
@@ -128,16 +128,22 @@ def bundle_zip(directory: Path | str) -> bytes:
     return out.getvalue()
 
 
-class FederatedClient(EnrolmentMixin):
+class FederatedClient(SliceClientMixin, EnrolmentMixin):
     """One unit's client; ``home`` defaults to ``$MARKET_FL_HOME`` or ``~/.grid-market/fl``."""
 
-    def __init__(self, market: Market | None = None, home: Path | str | None = None,
-                 progress: bool = True, poll: float = 1.0,
-                 signing_key: Path | str | None = None):
+    def __init__(
+        self,
+        market: Market | None = None,
+        home: Path | str | None = None,
+        progress: bool = True,
+        poll: float = 1.0,
+        signing_key: Path | str | None = None,
+    ):
         self.market = market or Market()
         self.home = Path(home or os.environ.get("MARKET_FL_HOME") or DEFAULT_HOME).expanduser()
-        self.signing_key_path = Path(signing_key or os.environ.get("MARKET_FL_SIGNING_KEY")
-                                     or self.home / "unit-signing.key").expanduser()
+        self.signing_key_path = Path(
+            signing_key or os.environ.get("MARKET_FL_SIGNING_KEY") or self.home / "unit-signing.key"
+        ).expanduser()
         self.progress = progress
         self.poll = poll
         self._unit: str | None = None
@@ -183,19 +189,36 @@ class FederatedClient(EnrolmentMixin):
 
     # --- opening a project (the initiator) ----------------------------------------------------
 
-    def open_project(self, name: str, model_dir: Path | str, *, rounds: int, quorum: int,
-                     deadline_seconds: int, min_updates: int = 2, key_size: int = 2048,
-                     title: str | None = None, task: str = "binary classification",
-                     bits: int = 16, clip: float = 1.0, max_parties: int = 10,
-                     max_weight: int = 100_000, dp: dict | None = None,
-                     allow_units: list[str] | str | None = None,
-                     products: list[str] | None = None, pool: int = 0) -> dict:
+    def open_project(
+        self,
+        name: str,
+        model_dir: Path | str,
+        *,
+        rounds: int,
+        quorum: int,
+        deadline_seconds: int,
+        min_updates: int = 2,
+        key_size: int = 2048,
+        title: str | None = None,
+        task: str = "binary classification",
+        bits: int = 16,
+        clip: float = 1.0,
+        max_parties: int = 10,
+        max_weight: int = 100_000,
+        dp: dict | None = None,
+        allow_units: list[str] | str | None = None,
+        products: list[str] | None = None,
+        pool: int = 0,
+        contribution_measure: str = "weight",
+    ) -> dict:
         """Generate the project's Paillier key pair here, keep the private key in the home
         (0600) and open the project with the public key and the model bundle in ``model_dir``
         (see :func:`marketplace_ext.federated.model.save_bundle`). Units in ``allow_units``
         are approved as soon as they join; any other waits for :meth:`approve`. ``products``:
         the data products (offering ``federated``) it is opened on; ``pool``: whole points your
-        unit escrows as the reward pool. Returns the project."""
+        unit escrows as the reward pool; ``contribution_measure``: ``weight`` (data weight) or
+        the opt-in ``loo_weight`` (leave-one-out: members can learn each unit's update).
+        Returns the project."""
         import base64
 
         public_key, private_key = keys.generate_paillier_keypair(key_size)
@@ -203,16 +226,27 @@ class FederatedClient(EnrolmentMixin):
         # saved before the project exists: a project whose key is lost could never decrypt
         self._save_private_key({"key_fingerprint": fingerprint}, private_key)
         body = {
-            "name": name, "title": title or name, "task": task, "rounds": rounds,
-            "quorum": quorum, "min_updates": min_updates,
-            "deadline_seconds": deadline_seconds, "key_size": key_size,
+            "name": name,
+            "title": title or name,
+            "task": task,
+            "rounds": rounds,
+            "quorum": quorum,
+            "min_updates": min_updates,
+            "deadline_seconds": deadline_seconds,
+            "key_size": key_size,
             "public_key": keys.public_key_to_json(public_key),
-            "pack": {"bits": bits, "clip": clip, "max_parties": max_parties,
-                     "max_weight": max_weight},
+            "pack": {
+                "bits": bits,
+                "clip": clip,
+                "max_parties": max_parties,
+                "max_weight": max_weight,
+            },
             "dp": dp,
             "model": base64.b64encode(bundle_zip(model_dir)).decode(),
             "allow_units": _unit_list(allow_units),
-            "products": list(products or []), "pool": int(pool),
+            "products": list(products or []),
+            "pool": int(pool),
+            "contribution_measure": contribution_measure,
         }
         project = self.market.request("POST", "fl/projects", json=body)
         self.ensure_partner_key(project)
@@ -226,8 +260,7 @@ class FederatedClient(EnrolmentMixin):
 
     def _save_private_key(self, project: dict, private_key) -> None:
         path = self.key_dir(project) / "paillier.json"
-        write_private(path, json.dumps({"p": str(private_key.p), "q": str(private_key.q)})
-                       .encode())
+        write_private(path, json.dumps({"p": str(private_key.p), "q": str(private_key.q)}).encode())
 
     def ensure_partner_key(self, project: dict):
         """This unit's X25519 key for ``project`` (generated and saved 0600 on first use)."""
@@ -255,13 +288,18 @@ class FederatedClient(EnrolmentMixin):
             found = self.market.request("GET", f"fl/projects/{info['id']}/keys")
             if found["wrapped_key"] is not None:
                 private = keys.unwrap_private_key(
-                    found["wrapped_key"], self.ensure_partner_key(info),
-                    public_key=public_key, context=self._context(info, self.unit))
+                    found["wrapped_key"],
+                    self.ensure_partner_key(info),
+                    public_key=public_key,
+                    context=self._context(info, self.unit),
+                )
                 self._save_private_key(info, private)
                 break
             if time.monotonic() >= deadline:
-                raise FederatedError(f"no wrapped key for unit {self.unit} in project "
-                                     f"{info['id']} yet: a member's client must wrap it")
+                raise FederatedError(
+                    f"no wrapped key for unit {self.unit} in project "
+                    f"{info['id']} yet: a member's client must wrap it"
+                )
             time.sleep(self.poll)
         import phe
 
@@ -279,8 +317,10 @@ class FederatedClient(EnrolmentMixin):
         """The project's initial model bundle, downloaded once into the home."""
         target = self.key_dir(project) / "model"
         if not (target / "model.json").exists():
-            r = self.market.http.get(self.market.url + f"api/fl/projects/{project['id']}/model",
-                                     timeout=self.market.timeout)
+            r = self.market.http.get(
+                self.market.url + f"api/fl/projects/{project['id']}/model",
+                timeout=self.market.timeout,
+            )
             if r.status_code >= 400:
                 raise FederatedError(f"model download failed: {r.status_code} {r.text[:200]}")
             if hashlib.sha256(r.content).hexdigest() != project["model"]["sha256"]:
@@ -310,8 +350,9 @@ class FederatedClient(EnrolmentMixin):
     def round(self, project: int, number: int) -> dict:
         return self.market.request("GET", f"fl/projects/{int(project)}/rounds/{int(number)}")
 
-    def wait_for_round(self, project: int, number: int | None = None, timeout: float = 600,
-                       wrap: bool = True) -> dict | None:
+    def wait_for_round(
+        self, project: int, number: int | None = None, timeout: float = 600, wrap: bool = True
+    ) -> dict | None:
         """Wait until round ``number`` (any, if None) is open; returns it, or None when the
         project finished first. While waiting, wraps keys for members awaiting one."""
         deadline = time.monotonic() + timeout
@@ -320,14 +361,17 @@ class FederatedClient(EnrolmentMixin):
             rnd = info["round"]
             if rnd and rnd["state"] == "open" and (number is None or rnd["number"] == number):
                 return rnd
-            if info["state"] == "finished" or (number is not None and rnd
-                                               and rnd["number"] > number):
+            if info["state"] == "finished" or (
+                number is not None and rnd and rnd["number"] > number
+            ):
                 return None
             if wrap:
                 self.wrap_pending(info, strict=False)
             if time.monotonic() >= deadline:
-                raise FederatedError(f"round {number or 'any'} of project {project} did not "
-                                     f"open within {timeout:.0f}s")
+                raise FederatedError(
+                    f"round {number or 'any'} of project {project} did not "
+                    f"open within {timeout:.0f}s"
+                )
             time.sleep(self.poll)
 
     def encryptor(self, project: dict) -> packing.Encryptor:
@@ -338,8 +382,11 @@ class FederatedClient(EnrolmentMixin):
         encryptor = self._encryptors.get(fingerprint)
         if encryptor is None:
             spec = self.spec(project)
-            encryptor = packing.Encryptor(self.public_key(project), self.private_key(project),
-                                          pool_size=min(spec.ciphertexts, MAX_POOL))
+            encryptor = packing.Encryptor(
+                self.public_key(project),
+                self.private_key(project),
+                pool_size=min(spec.ciphertexts, MAX_POOL),
+            )
             encryptor.start_pool()
             self._encryptors[fingerprint] = encryptor
         return encryptor
@@ -350,15 +397,17 @@ class FederatedClient(EnrolmentMixin):
             encryptor.stop()
         self._encryptors.clear()
 
-    def encrypt_update(self, project: dict, vector: np.ndarray,
-                       weight: int) -> packing.PackedUpdate:
+    def encrypt_update(
+        self, project: dict, vector: np.ndarray, weight: int
+    ) -> packing.PackedUpdate:
         """Clip, quantize, pack and encrypt ``vector`` weighted by ``weight`` (with the private
         key's CRT speed-up), showing progress."""
         spec = self.spec(project)
         vector = np.asarray(vector, dtype=np.float64)
         if vector.shape != (spec.length,):
-            raise FederatedError(f"the update has shape {vector.shape}; the project's model has "
-                                 f"{spec.length} values")
+            raise FederatedError(
+                f"the update has shape {vector.shape}; the project's model has {spec.length} values"
+            )
         step = spec.slots * ENCRYPT_CHUNK
         bar = _progress(spec.ciphertexts, "encrypt", "ct", self.progress)
         ciphertexts, clipped = [], 0
@@ -366,7 +415,7 @@ class FederatedClient(EnrolmentMixin):
         # slots are laid out in order, so packing a slice that starts on a plaintext boundary
         # with a spec of the slice's length gives exactly those plaintexts' ciphertexts
         for start in range(0, spec.length, step):
-            part = vector[start:start + step]
+            part = vector[start : start + step]
             sub = dataclasses.replace(spec, length=len(part))
             packed = packing.pack_update(sub, part, weight, encryptor)
             ciphertexts.extend(packed.ciphertexts)
@@ -382,17 +431,21 @@ class FederatedClient(EnrolmentMixin):
         bar = _progress(len(data), "upload", "B", self.progress)
         try:
             return self.market.request(
-                "POST", f"fl/projects/{project['id']}/rounds/{int(number)}/updates",
-                params={"weight": packed.weight, "clipped": packed.clipped,
-                        "key_fingerprint": project["key_fingerprint"]},
+                "POST",
+                f"fl/projects/{project['id']}/rounds/{int(number)}/updates",
+                params={
+                    "weight": packed.weight,
+                    "clipped": packed.clipped,
+                    "key_fingerprint": project["key_fingerprint"],
+                },
                 data=_UploadBody(data, bar),
-                headers={"Content-Type": "application/octet-stream"})
+                headers={"Content-Type": "application/octet-stream"},
+            )
         finally:
             if bar is not None:
                 bar.close()
 
-    def submit(self, project: int | dict, number: int, vector: np.ndarray,
-               weight: int) -> dict:
+    def submit(self, project: int | dict, number: int, vector: np.ndarray, weight: int) -> dict:
         """Encrypt and upload this unit's update for round ``number``; returns the receipt
         (sha256 and log index of the certified contribution)."""
         info = project if isinstance(project, dict) else self.project(project)
@@ -408,9 +461,13 @@ class FederatedClient(EnrolmentMixin):
         data, headers = self._aggregate_bytes(project, number, wait)
         spec = self.spec(project)
         mean = packing.unpack_aggregate(
-            spec, packing.ciphertexts_from_bytes(spec, data), self.private_key(project),
-            int(headers["X-FL-Total-Weight"]), int(headers["X-FL-Parties"]),
-            workers=DECRYPT_WORKERS)
+            spec,
+            packing.ciphertexts_from_bytes(spec, data),
+            self.private_key(project),
+            int(headers["X-FL-Total-Weight"]),
+            int(headers["X-FL-Parties"]),
+            workers=DECRYPT_WORKERS,
+        )
         buf = io.BytesIO()
         np.save(buf, mean)
         write_private(path, buf.getvalue())
@@ -426,13 +483,19 @@ class FederatedClient(EnrolmentMixin):
                     raise FederatedError(f"aggregate of round {number} arrived damaged")
                 return r.content, r.headers
             if r.status_code != 404 or time.monotonic() >= deadline:
-                raise FederatedError(f"no aggregate for round {number}: {r.status_code} "
-                                     f"{r.text[:200]}")
+                raise FederatedError(
+                    f"no aggregate for round {number}: {r.status_code} {r.text[:200]}"
+                )
             time.sleep(self.poll)
 
-    def wait_for_aggregate(self, project: int, number: int, timeout: float = 600,
-                           attempt: int | None = None,
-                           resubmit: Callable[[dict], dict] | None = None) -> dict:
+    def wait_for_aggregate(
+        self,
+        project: int,
+        number: int,
+        timeout: float = 600,
+        attempt: int | None = None,
+        resubmit: Callable[[dict], dict] | None = None,
+    ) -> dict:
         """Wait until round ``number`` is published; returns the round. If the attempt this
         unit sent its update to (``attempt``) is void and a new one opened, ``resubmit(round)``
         is called for the new attempt (the update still applies: same global model)."""
@@ -441,22 +504,35 @@ class FederatedClient(EnrolmentMixin):
             rnd = self.round(project, number)
             if rnd["state"] == "published":
                 return rnd
-            if (resubmit is not None and rnd["state"] == "open" and rnd["attempt"] != attempt
-                    and not any(u["unit"] == self.unit for u in rnd["updates"])):
+            if (
+                resubmit is not None
+                and rnd["state"] == "open"
+                and rnd["attempt"] != attempt
+                and not any(u["unit"] == self.unit for u in rnd["updates"])
+            ):
                 attempt = resubmit(rnd)["attempt"]
             self.wrap_pending(project, strict=False)
             if time.monotonic() >= deadline:
-                raise FederatedError(f"round {number} of project {project} was not published "
-                                     f"within {timeout:.0f}s")
+                raise FederatedError(
+                    f"round {number} of project {project} was not published within {timeout:.0f}s"
+                )
             time.sleep(self.poll)
 
-    def run_round(self, project: int,
-                  train: Callable[[np.ndarray], tuple[np.ndarray, int]],
-                  number: int | None = None, timeout: float = 600) -> RoundResult | None:
+    def run_round(
+        self,
+        project: int,
+        train: Callable[[np.ndarray], tuple[np.ndarray, int]],
+        number: int | None = None,
+        timeout: float = 600,
+        split: bool = False,
+        takeover: float = 30.0,
+    ) -> RoundResult | None:
         """One round end to end: wait for it to open, rebuild the global model it starts from,
         ``train(global_vector) -> (update, weight)`` locally, encrypt and upload the update,
         wait for the aggregate, decrypt it and return the new global model. None when the
-        project finished before the round opened."""
+        project finished before the round opened. ``split``: the members share the
+        decryption (:meth:`split_mean_update`, taking over missing slices after ``takeover``
+        seconds) instead of each decrypting the whole aggregate."""
         rnd = self.wait_for_round(project, number, timeout)
         if rnd is None:
             return None
@@ -470,16 +546,26 @@ class FederatedClient(EnrolmentMixin):
         def resubmit(reopened: dict) -> dict:
             return self.upload(info, reopened["number"], packed)
 
-        done = self.wait_for_aggregate(project, rnd["number"], timeout, receipt["attempt"],
-                                       resubmit)
-        mean = self.mean_update(info, rnd["number"], wait=timeout)
+        done = self.wait_for_aggregate(
+            project, rnd["number"], timeout, receipt["attempt"], resubmit
+        )
+        if split:
+            mean = self.split_mean_update(info, rnd["number"], wait=timeout, takeover=takeover)
+        else:
+            mean = self.mean_update(info, rnd["number"], wait=timeout)
         aggregate = done["aggregate"]
         return RoundResult(
-            number=rnd["number"], attempt=done["attempt"], weight=packed.weight,
-            clipped=packed.clipped, parties=aggregate["parties"],
-            total_weight=aggregate["total_weight"], mean_update=mean,
-            global_vector=base + mean, aggregate_sha256=aggregate["sha256"],
-            log_index=receipt.get("log_index"))
+            number=rnd["number"],
+            attempt=done["attempt"],
+            weight=packed.weight,
+            clipped=packed.clipped,
+            parties=aggregate["parties"],
+            total_weight=aggregate["total_weight"],
+            mean_update=mean,
+            global_vector=base + mean,
+            aggregate_sha256=aggregate["sha256"],
+            log_index=receipt.get("log_index"),
+        )
 
     # --- contributions: leave-one-out evaluations (federated.economy) -------------------------
 
@@ -488,28 +574,44 @@ class FederatedClient(EnrolmentMixin):
         (the service adds the other ciphertexts; a round needs three updates or more)."""
         r = self.market.http.get(
             self.market.url + f"api/fl/projects/{project['id']}/rounds/{int(number)}/loo/{unit}",
-            timeout=self.market.timeout)
+            timeout=self.market.timeout,
+        )
         if r.status_code != 200:
-            raise FederatedError(f"no leave-one-out sum of round {number} without {unit}: "
-                                 f"{r.status_code} {r.text[:200]}")
+            raise FederatedError(
+                f"no leave-one-out sum of round {number} without {unit}: "
+                f"{r.status_code} {r.text[:200]}"
+            )
         spec = self.spec(project)
         return packing.unpack_aggregate(
-            spec, packing.ciphertexts_from_bytes(spec, r.content), self.private_key(project),
-            int(r.headers["X-FL-Total-Weight"]), int(r.headers["X-FL-Parties"]),
-            workers=DECRYPT_WORKERS)
+            spec,
+            packing.ciphertexts_from_bytes(spec, r.content),
+            self.private_key(project),
+            int(r.headers["X-FL-Total-Weight"]),
+            int(r.headers["X-FL-Parties"]),
+            workers=DECRYPT_WORKERS,
+        )
 
-    def evaluate_contributions(self, project: int, number: int,
-                               evaluate: Callable[[np.ndarray], float],
-                               metric: str = "auc") -> dict:
+    def evaluate_contributions(
+        self,
+        project: int,
+        number: int,
+        evaluate: Callable[[np.ndarray], float],
+        metric: str = "auc",
+    ) -> dict:
         """Evaluate on this unit's own validation data (``evaluate(global_vector) -> metric``)
         the model after round ``number`` and, for every other unit that sent an update, the
         model without that unit's update; posts them as ``metric`` and ``loo.<unit>`` (the
-        inputs of the contribution measure) and returns them."""
+        inputs of the contribution measure) and returns them. A project that did not opt in to
+        ``loo_weight``, or a round of fewer than three updates, has no leave-one-out sums:
+        then only ``metric`` is evaluated and posted."""
         info = self.project(project)
         base = self.global_vector(info, number - 1)
         rnd = self.round(project, number)
         metrics = {metric: evaluate(base + self.mean_update(info, number))}
-        for unit in sorted({u["unit"] for u in rnd["updates"]} - {self.unit}):
+        units = {u["unit"] for u in rnd["updates"]}
+        if info.get("contribution_measure") != "loo_weight" or len(units) < 3:
+            units = set()
+        for unit in sorted(units - {self.unit}):
             metrics[f"loo.{unit}"] = evaluate(base + self.loo_mean(info, number, unit))
         self.post_metrics(project, number, metrics)
         return metrics
@@ -521,10 +623,15 @@ class FederatedClient(EnrolmentMixin):
     # --- metrics ------------------------------------------------------------------------------
 
     def post_metrics(self, project: int, number: int, metrics: dict) -> dict:
-        clean = {k: (None if v is None or (isinstance(v, float) and not np.isfinite(v))
-                     else float(v)) for k, v in metrics.items()}
-        return self.market.request("POST", f"fl/projects/{int(project)}/metrics",
-                                   json={"round": int(number), "metrics": clean})
+        clean = {
+            k: (None if v is None or (isinstance(v, float) and not np.isfinite(v)) else float(v))
+            for k, v in metrics.items()
+        }
+        return self.market.request(
+            "POST",
+            f"fl/projects/{int(project)}/metrics",
+            json={"round": int(number), "metrics": clean},
+        )
 
     def metrics(self, project: int) -> list[dict]:
         return self.market.request("GET", f"fl/projects/{int(project)}/metrics")["metrics"]

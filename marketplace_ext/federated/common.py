@@ -42,6 +42,10 @@ METRIC_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 FINGERPRINT_RE = re.compile(r"^[0-9a-f]{16,128}$")
 
 ENROLLING, RUNNING, FINISHED = "enrolling", "running", "finished"
+# a project that never finishes ends cancelled (its initiator, an operator) or failed (stalled
+# rounds); its pool goes back to the initiator's unit (federated/ending.py)
+CANCELLED, FAILED = "cancelled", "failed"
+ENDED = (FINISHED, CANCELLED, FAILED)
 OPEN, AGGREGATING, PUBLISHED, VOID = "open", "aggregating", "published", "void"
 INITIATOR, PARTNER = "initiator", "partner"
 SERVICE_ACTOR = "marketplace"
@@ -53,8 +57,9 @@ DEFAULT_MAX_PARAMETERS = 200_000
 # --- small parsers --------------------------------------------------------------------------
 
 
-def int_field(body: dict, name: str, low: int, high: int, default: int | None = None,
-         field: str | None = None) -> int:
+def int_field(
+    body: dict, name: str, low: int, high: int, default: int | None = None, field: str | None = None
+) -> int:
     field = field or name
     value = body.get(name, default)
     if value is None:
@@ -66,8 +71,15 @@ def int_field(body: dict, name: str, low: int, high: int, default: int | None = 
     return value
 
 
-def number_field(body: dict, name: str, low: float, high: float, default: float | None = None,
-            field: str | None = None, low_open: bool = True) -> float:
+def number_field(
+    body: dict,
+    name: str,
+    low: float,
+    high: float,
+    default: float | None = None,
+    field: str | None = None,
+    low_open: bool = True,
+) -> float:
     field = field or name
     value = body.get(name, default)
     if value is None:
@@ -156,8 +168,11 @@ def membership(session: Session, project: FLProject, unit_slug: str | None) -> F
     """The unit's row in the project whatever its state (pending, refused, left...)."""
     if unit_slug is None:
         return None
-    return session.scalar(select(FLMember).join(Unit, Unit.id == FLMember.unit_id)
-                          .where(FLMember.project_id == project.id, Unit.slug == unit_slug))
+    return session.scalar(
+        select(FLMember)
+        .join(Unit, Unit.id == FLMember.unit_id)
+        .where(FLMember.project_id == project.id, Unit.slug == unit_slug)
+    )
 
 
 def membership_state(member: FLMember | None) -> str | None:
@@ -169,8 +184,9 @@ def membership_state(member: FLMember | None) -> str | None:
     return member.status
 
 
-def member_of(session: Session, project: FLProject, unit_slug: str | None,
-              active: bool = True) -> FLMember | None:
+def member_of(
+    session: Session, project: FLProject, unit_slug: str | None, active: bool = True
+) -> FLMember | None:
     """The unit's membership if it takes part: approved (and, if ``active``, not left)."""
     member = membership(session, project, unit_slug)
     if member is None or member.status != APPROVED or (active and member.left_at is not None):
@@ -178,17 +194,18 @@ def member_of(session: Session, project: FLProject, unit_slug: str | None,
     return member
 
 
-def require_member(session: Session, caller: Caller, project: FLProject,
-                   action: str) -> FLMember:
+def require_member(session: Session, caller: Caller, project: FLProject, action: str) -> FLMember:
     member = member_of(session, project, caller.unit)
     if member is None:
-        raise Forbidden(f"{action} is limited to the units taking part in project "
-                        f"{project.name!r}", "unit")
+        raise Forbidden(
+            f"{action} is limited to the units taking part in project {project.name!r}", "unit"
+        )
     return member
 
 
-def require_acting_member(session: Session, caller: Caller, project: FLProject,
-                          action: str) -> FLMember:
+def require_acting_member(
+    session: Session, caller: Caller, project: FLProject, action: str
+) -> FLMember:
     caller.require(SCOPE_PUBLISH, action)
     return require_member(session, caller, project, action)
 
@@ -196,21 +213,35 @@ def require_acting_member(session: Session, caller: Caller, project: FLProject,
 def may_view(session: Session, caller: Caller, project: FLProject) -> bool:
     """Whether the caller sees the project's details: operators, the initiator's unit and
     approved members that have not left."""
-    return (caller.is_operator or (caller.unit is not None and caller.unit == project.unit.slug)
-            or member_of(session, project, caller.unit) is not None)
+    return (
+        caller.is_operator
+        or (caller.unit is not None and caller.unit == project.unit.slug)
+        or member_of(session, project, caller.unit) is not None
+    )
 
 
 def require_viewer(session: Session, caller: Caller, project: FLProject, action: str) -> None:
     if not may_view(session, caller, project):
-        raise Forbidden(f"{action} is limited to the units taking part in project "
-                        f"{project.name!r} (and operators)", "unit")
+        raise Forbidden(
+            f"{action} is limited to the units taking part in project "
+            f"{project.name!r} (and operators)",
+            "unit",
+        )
 
 
 def active_members(session: Session, project: FLProject) -> list[FLMember]:
     """The members that take part: approved and not left (pending ones never count)."""
-    return list(session.scalars(select(FLMember).where(
-        FLMember.project_id == project.id, FLMember.left_at.is_(None),
-        FLMember.status == APPROVED).order_by(FLMember.id)))
+    return list(
+        session.scalars(
+            select(FLMember)
+            .where(
+                FLMember.project_id == project.id,
+                FLMember.left_at.is_(None),
+                FLMember.status == APPROVED,
+            )
+            .order_by(FLMember.id)
+        )
+    )
 
 
 def allow_list_of(project: FLProject) -> list[str]:
@@ -218,9 +249,12 @@ def allow_list_of(project: FLProject) -> list[str]:
 
 
 def latest_round(session: Session, project: FLProject, number: int) -> FLRound | None:
-    return session.scalar(select(FLRound).where(
-        FLRound.project_id == project.id, FLRound.number == number)
-        .order_by(FLRound.attempt.desc()).limit(1))
+    return session.scalar(
+        select(FLRound)
+        .where(FLRound.project_id == project.id, FLRound.number == number)
+        .order_by(FLRound.attempt.desc())
+        .limit(1)
+    )
 
 
 def get_round(session: Session, project: FLProject, number: int) -> FLRound:
@@ -228,4 +262,3 @@ def get_round(session: Session, project: FLProject, number: int) -> FLRound:
     if found is None:
         raise NotFound(f"project {project.name!r} has no round {number} (yet)", "round")
     return found
-

@@ -61,6 +61,7 @@ class EnrolmentMixin:
     unit: str
 
     if TYPE_CHECKING:
+
         def project(self, project: int) -> dict: ...
         def projects(self) -> list[dict]: ...
         def partner_public(self, project: dict) -> str: ...
@@ -85,22 +86,26 @@ class EnrolmentMixin:
         its text form. Fails clearly if the unit registered another key (a publisher who does
         not hold the unit's key file)."""
         mine = keys.signing_public_text(self.unit_signing_key())
-        r = self.market.http.get(self.market.url + f"api/fl/units/{self.unit}/signing-key",
-                                 timeout=self.market.timeout)
+        r = self.market.http.get(
+            self.market.url + f"api/fl/units/{self.unit}/signing-key", timeout=self.market.timeout
+        )
         if r.status_code == 404:
-            self.market.request("PUT", f"fl/units/{self.unit}/signing-key",
-                                json={"ed25519_public_key": mine})
+            self.market.request(
+                "PUT", f"fl/units/{self.unit}/signing-key", json={"ed25519_public_key": mine}
+            )
             return mine
         if r.status_code != 200:
-            raise FederatedError(f"reading unit {self.unit}'s signing key failed: "
-                                 f"{r.status_code} {r.text[:200]}")
+            raise FederatedError(
+                f"reading unit {self.unit}'s signing key failed: {r.status_code} {r.text[:200]}"
+            )
         registered = r.json()["ed25519_public_key"]
         if registered != mine:
             raise FederatedError(
                 f"unit {self.unit} registered another signing key ({registered[:12]}...) than "
                 f"the one in {self.signing_key_path} ({mine[:12]}...): use the unit's key file "
                 "(signing_key= or $MARKET_FL_SIGNING_KEY), or ask an operator to register "
-                "this one")
+                "this one"
+            )
         return mine
 
     def register_member_key(self, project: int | dict) -> dict:
@@ -109,11 +114,12 @@ class EnrolmentMixin:
         info = project if isinstance(project, dict) else self.project(project)
         self.ensure_unit_key()
         mine = self.partner_public(info)
-        signature = keys.sign_member_key(self.unit_signing_key(), int(info["id"]), self.unit,
-                                         mine)
-        return self.market.request("PUT", f"fl/projects/{info['id']}/members/{self.unit}",
-                                   json={"x25519_public_key": mine,
-                                         "x25519_signature": signature})
+        signature = keys.sign_member_key(self.unit_signing_key(), int(info["id"]), self.unit, mine)
+        return self.market.request(
+            "PUT",
+            f"fl/projects/{info['id']}/members/{self.unit}",
+            json={"x25519_public_key": mine, "x25519_signature": signature},
+        )
 
     def _pins_path(self) -> Path:
         return self.home / "unit-keys.json"
@@ -136,8 +142,9 @@ class EnrolmentMixin:
         unit = waiting["unit"]
         registered = waiting.get("ed25519_public_key")
         if registered is None:
-            raise UnverifiedMemberKey(f"unit {unit} has registered no signing key; no key "
-                                      "is wrapped for it", [unit])
+            raise UnverifiedMemberKey(
+                f"unit {unit} has registered no signing key; no key is wrapped for it", [unit]
+            )
         pinned = self._pins().get(unit)
         if pinned is None:
             self.trust_unit_key(unit, registered)
@@ -145,13 +152,21 @@ class EnrolmentMixin:
             raise UnverifiedMemberKey(
                 f"unit {unit}'s registered signing key changed ({pinned[:12]}... pinned, "
                 f"{registered[:12]}... now); if unit {unit} confirms the new key, call "
-                f"trust_unit_key({unit!r}, {registered!r})", [unit])
+                f"trust_unit_key({unit!r}, {registered!r})",
+                [unit],
+            )
         try:
-            keys.verify_member_key(registered, waiting.get("x25519_signature"),
-                                   int(project["id"]), unit, waiting["x25519_public_key"])
+            keys.verify_member_key(
+                registered,
+                waiting.get("x25519_signature"),
+                int(project["id"]),
+                unit,
+                waiting["x25519_public_key"],
+            )
         except keys.KeySignatureError as e:
-            raise UnverifiedMemberKey(f"refusing to wrap the key for unit {unit}: {e}",
-                                      [unit]) from None
+            raise UnverifiedMemberKey(
+                f"refusing to wrap the key for unit {unit}: {e}", [unit]
+            ) from None
 
     # --- joining and approving ----------------------------------------------------------------
 
@@ -172,8 +187,9 @@ class EnrolmentMixin:
         if listed["membership"] in (None, "left"):
             member = self.market.request("POST", f"fl/projects/{project}/join", json={})
         elif listed["membership"] == "refused":
-            raise FederatedError(f"the initiator's unit refused unit {self.unit} in project "
-                                 f"{project}")
+            raise FederatedError(
+                f"the initiator's unit refused unit {self.unit} in project {project}"
+            )
         else:
             member = {"status": listed["membership"]}
         deadline = time.monotonic() + wait
@@ -187,8 +203,9 @@ class EnrolmentMixin:
         info = self.project(project)
         current = next(m for m in info["members"] if m["unit"] == self.unit)
         if current["role"] != "initiator" and (
-                current["x25519_public_key"] != self.partner_public(info)
-                or current["x25519_signature"] is None):
+            current["x25519_public_key"] != self.partner_public(info)
+            or current["x25519_signature"] is None
+        ):
             return self.register_member_key(info)
         return current
 
@@ -197,18 +214,27 @@ class EnrolmentMixin:
 
     def requests(self, project: int) -> list[dict]:
         """The units waiting for the initiator's approval."""
-        return [m for m in self.project(project)["members"]
-                if m["status"] == "pending" and m["left_at"] is None]
+        return [
+            m
+            for m in self.project(project)["members"]
+            if m["status"] == "pending" and m["left_at"] is None
+        ]
 
     def approve(self, project: int, unit: str) -> dict:
         """Approve a unit that asked to join (the initiator's unit)."""
-        return self.market.request("POST", f"fl/projects/{int(project)}/members/{unit}/decision",
-                                   json={"decision": "approve"})
+        return self.market.request(
+            "POST",
+            f"fl/projects/{int(project)}/members/{unit}/decision",
+            json={"decision": "approve"},
+        )
 
     def refuse(self, project: int, unit: str) -> dict:
         """Refuse a unit that asked to join (the initiator's unit)."""
-        return self.market.request("POST", f"fl/projects/{int(project)}/members/{unit}/decision",
-                                   json={"decision": "refuse"})
+        return self.market.request(
+            "POST",
+            f"fl/projects/{int(project)}/members/{unit}/decision",
+            json={"decision": "refuse"},
+        )
 
     def wrap_pending(self, project: int | dict, strict: bool = True) -> list[str]:
         """Wrap the Paillier private key for every approved member awaiting one whose X25519
@@ -229,12 +255,21 @@ class EnrolmentMixin:
                 refused.append(str(e))
                 continue
             wrapped = keys.wrap_private_key(
-                private, keys.decode_public(waiting["x25519_public_key"]),
-                context=self._context(info, waiting["unit"]))
+                private,
+                keys.decode_public(waiting["x25519_public_key"]),
+                context=self._context(info, waiting["unit"]),
+            )
             try:
-                self.market.request("POST", f"fl/projects/{info['id']}/keys", json={
-                    "unit": waiting["unit"], "x25519_public_key": waiting["x25519_public_key"],
-                    "key_fingerprint": info["key_fingerprint"], "wrapped_key": wrapped})
+                self.market.request(
+                    "POST",
+                    f"fl/projects/{info['id']}/keys",
+                    json={
+                        "unit": waiting["unit"],
+                        "x25519_public_key": waiting["x25519_public_key"],
+                        "key_fingerprint": info["key_fingerprint"],
+                        "wrapped_key": wrapped,
+                    },
+                )
             except MarketAPIError as e:
                 if e.status != 409:  # 409: served by someone else, or the key changed meanwhile
                     raise
@@ -243,8 +278,8 @@ class EnrolmentMixin:
         if refused:
             message = "; ".join(refused)
             if strict:
-                raise UnverifiedMemberKey(message, [w["unit"] for w in found["awaiting"]
-                                                    if w["unit"] not in served])
+                raise UnverifiedMemberKey(
+                    message, [w["unit"] for w in found["awaiting"] if w["unit"] not in served]
+                )
             warnings.warn(message, stacklevel=2)
         return served
-

@@ -30,7 +30,7 @@ from ..orm import Unit, utcnow
 from . import economy, keys
 from .common import (
     APPROVED,
-    FINISHED,
+    ENDED,
     INITIATOR,
     MAX_WRAPPED_KEY_BYTES,
     PARTNER,
@@ -61,8 +61,9 @@ def parse_signing_key(value: object, field: str = "ed25519_public_key") -> str:
     try:
         raw = keys.decode_signing_public(value)
     except keys.KeyFormatError as e:
-        raise InvalidField(f"{field} is not an Ed25519 public key (URL-safe base64 of 32 "
-                           f"bytes): {e}", field) from None
+        raise InvalidField(
+            f"{field} is not an Ed25519 public key (URL-safe base64 of 32 bytes): {e}", field
+        ) from None
     return keys.encode_signing_public(raw)
 
 
@@ -80,8 +81,9 @@ def get_unit_key(session: Session, slug: str) -> FLUnitKey:
     return key
 
 
-def register_unit_key(session: Session, caller: Caller, slug: str,
-                      public_key: str) -> tuple[FLUnitKey, bool]:
+def register_unit_key(
+    session: Session, caller: Caller, slug: str, public_key: str
+) -> tuple[FLUnitKey, bool]:
     """Register a unit's signing key: the first time by a publisher of the unit, a replacement
     only by an operator (both certified). The same key again changes nothing. Returns
     ``(key, changed)``; needs a write transaction."""
@@ -96,39 +98,53 @@ def register_unit_key(session: Session, caller: Caller, slug: str,
     previous = key.public_key if key is not None else None
     if key is None:
         if caller.unit != slug:
-            raise Forbidden(f"unit {slug} registers its first signing key itself (a publisher "
-                            "of the unit); operators only replace it", "unit")
-        key = FLUnitKey(unit_id=unit.id, public_key=public_key, registered_by=caller.name,
-                        registered_at=utcnow())
+            raise Forbidden(
+                f"unit {slug} registers its first signing key itself (a publisher "
+                "of the unit); operators only replace it",
+                "unit",
+            )
+        key = FLUnitKey(
+            unit_id=unit.id,
+            public_key=public_key,
+            registered_by=caller.name,
+            registered_at=utcnow(),
+        )
         session.add(key)
     elif not caller.is_operator:
-        raise Conflict(f"unit {slug} has a registered signing key already; only an operator "
-                       "replaces it", "ed25519_public_key")
+        raise Conflict(
+            f"unit {slug} has a registered signing key already; only an operator replaces it",
+            "ed25519_public_key",
+        )
     else:
-        key.public_key, key.registered_by, key.registered_at = (public_key, caller.name,
-                                                                utcnow())
+        key.public_key, key.registered_by, key.registered_at = (public_key, caller.name, utcnow())
     try:
         session.flush()
     except IntegrityError:  # two first registrations at once
         raise Conflict(f"unit {slug} has just registered a signing key", "unit") from None
-    key.log_index = certlog.append(session, "fl_unit_key", caller.name, slug,
-                                   subject=public_key, previous=previous)
+    key.log_index = certlog.append(
+        session, "fl_unit_key", caller.name, slug, subject=public_key, previous=previous
+    )
     session.flush()
     return key, True
 
 
-def _verify_member_key(session: Session, project: FLProject, member: FLMember, x25519: str,
-                       signature: object) -> str:
+def _verify_member_key(
+    session: Session, project: FLProject, member: FLMember, x25519: str, signature: object
+) -> str:
     if not isinstance(signature, str):
-        raise InvalidField("x25519_signature is required: the unit signing key's signature "
-                           "on the X25519 key", "x25519_signature")
+        raise InvalidField(
+            "x25519_signature is required: the unit signing key's signature on the X25519 key",
+            "x25519_signature",
+        )
     unit_key = session.get(FLUnitKey, member.unit_id)
     if unit_key is None:
-        raise Conflict(f"unit {member.unit.slug} has registered no signing key: register one "
-                       f"first (PUT api/fl/units/{member.unit.slug}/signing-key)", "unit")
+        raise Conflict(
+            f"unit {member.unit.slug} has registered no signing key: register one "
+            f"first (PUT api/fl/units/{member.unit.slug}/signing-key)",
+            "unit",
+        )
     try:
-        keys.verify_member_key(unit_key.public_key, signature, project.id, member.unit.slug,
-                               x25519)
+        keys.verify_member_key(unit_key.public_key, signature, project.id, member.unit.slug, x25519)
     except keys.KeySignatureError as e:
         raise InvalidField(str(e), "x25519_signature") from None
     return signature
@@ -140,12 +156,18 @@ def _verify_member_key(session: Session, project: FLProject, member: FLMember, x
 def _check_room(session: Session, project: FLProject) -> None:
     limit = spec_of(project).max_parties
     if len(active_members(session, project)) >= limit:
-        raise Conflict(f"project {project.name!r} has its {limit} parties already (max_parties)",
-                       "project")
+        raise Conflict(
+            f"project {project.name!r} has its {limit} parties already (max_parties)", "project"
+        )
 
 
-def join(session: Session, caller: Caller, project: FLProject, x25519_public_key: str | None,
-         signature: object = None) -> tuple[FLMember, bool]:
+def join(
+    session: Session,
+    caller: Caller,
+    project: FLProject,
+    x25519_public_key: str | None,
+    signature: object = None,
+) -> tuple[FLMember, bool]:
     """Ask to join for the caller's unit (publishers only): approved at once when the unit is
     on the project's allow-list, else pending until the initiator's unit decides. A unit that
     left may ask again; a refused one may not. Asking again changes nothing. An optional
@@ -154,27 +176,40 @@ def join(session: Session, caller: Caller, project: FLProject, x25519_public_key
     member = membership(session, project, unit.slug)
     now = utcnow()
     if member is not None and member.status == REFUSED:
-        raise Conflict(f"the initiator's unit refused unit {unit.slug} in project "
-                       f"{project.name!r}", "unit")
+        raise Conflict(
+            f"the initiator's unit refused unit {unit.slug} in project {project.name!r}", "unit"
+        )
     if member is not None and member.left_at is None:
         if x25519_public_key is not None and member.public_key != x25519_public_key:
             if member.public_key is not None:
-                raise Conflict(f"unit {unit.slug} is a member with another key; PUT "
-                               "members/{unit} to replace it", "x25519_public_key")
-            _set_key(member, x25519_public_key,
-                     _verify_member_key(session, project, member, x25519_public_key,
-                                        signature), caller.name, now)
+                raise Conflict(
+                    f"unit {unit.slug} is a member with another key; PUT "
+                    "members/{unit} to replace it",
+                    "x25519_public_key",
+                )
+            _set_key(
+                member,
+                x25519_public_key,
+                _verify_member_key(session, project, member, x25519_public_key, signature),
+                caller.name,
+                now,
+            )
             session.flush()
         return member, False
-    if project.state == FINISHED:
-        raise Conflict(f"project {project.name!r} has finished", "project")
+    if project.state in ENDED:
+        raise Conflict(f"project {project.name!r} is {project.state}", "project")
     economy.require_data_access(session, project, unit)
     approved = unit.slug in allow_list_of(project)
     if approved:
         _check_room(session, project)
     if member is None:
-        member = FLMember(project_id=project.id, unit_id=unit.id, role=PARTNER,
-                          joined_by=caller.name, joined_at=now)
+        member = FLMember(
+            project_id=project.id,
+            unit_id=unit.id,
+            role=PARTNER,
+            joined_by=caller.name,
+            joined_at=now,
+        )
         session.add(member)
     else:  # coming back after leaving: a fresh start, its old keys are gone
         member.left_at, member.joined_by, member.joined_at = None, caller.name, now
@@ -186,37 +221,47 @@ def join(session: Session, caller: Caller, project: FLProject, x25519_public_key
     try:
         session.flush()
     except IntegrityError:  # the same unit joining twice at once
-        raise Conflict(f"unit {unit.slug} has just joined project {project.name!r}",
-                       "unit") from None
+        raise Conflict(
+            f"unit {unit.slug} has just joined project {project.name!r}", "unit"
+        ) from None
     if x25519_public_key is not None:
-        _set_key(member, x25519_public_key,
-                 _verify_member_key(session, project, member, x25519_public_key, signature),
-                 caller.name, now)
+        _set_key(
+            member,
+            x25519_public_key,
+            _verify_member_key(session, project, member, x25519_public_key, signature),
+            caller.name,
+            now,
+        )
         session.flush()
     return member, True
 
 
-def decide(session: Session, caller: Caller, project: FLProject, unit_slug: str,
-           body: dict) -> FLMember:
+def decide(
+    session: Session, caller: Caller, project: FLProject, unit_slug: str, body: dict
+) -> FLMember:
     """The initiator's unit approves or refuses a unit that asked to join (a pending one; a
     refused one may still be approved later; refusing an approved member who has sent nothing
     is allowed, removing it from the rounds to come)."""
     decider = require_acting_member(session, caller, project, "deciding on a join request")
     if decider.role != INITIATOR:
-        raise Forbidden(f"only the initiator's unit ({project.unit.slug}) decides who joins "
-                        f"project {project.name!r}", "unit")
+        raise Forbidden(
+            f"only the initiator's unit ({project.unit.slug}) decides who joins "
+            f"project {project.name!r}",
+            "unit",
+        )
     reject_unknown(body, {"decision"})
     decision = body.get("decision")
     if not isinstance(decision, str) or decision not in DECISIONS:
         raise InvalidField('decision must be "approve" or "refuse"', "decision")
     member = membership(session, project, unit_slug)
     if member is None or member.left_at is not None:
-        raise NotFound(f"unit {unit_slug[:64]!r} has not asked to join project "
-                       f"{project.name!r}", "unit")
+        raise NotFound(
+            f"unit {unit_slug[:64]!r} has not asked to join project {project.name!r}", "unit"
+        )
     if member.role == INITIATOR:
         raise Conflict("the initiator's unit is a member of its own project", "unit")
-    if project.state == FINISHED:
-        raise Conflict(f"project {project.name!r} has finished", "project")
+    if project.state in ENDED:
+        raise Conflict(f"project {project.name!r} is {project.state}", "project")
     status = DECISIONS[decision]
     if member.status == status:
         return member
@@ -239,8 +284,9 @@ def _set_key(member: FLMember, key: str, signature: str, actor: str, now: dateti
     member.wrapped_key = member.wrapped_by = member.wrapped_at = None
 
 
-def register_key(session: Session, caller: Caller, project: FLProject, unit_slug: str,
-                 body: dict) -> FLMember:
+def register_key(
+    session: Session, caller: Caller, project: FLProject, unit_slug: str, body: dict
+) -> FLMember:
     """Register or replace the X25519 key of the caller's own (approved) unit, signed with the
     unit's signing key; a replaced key drops the unit's wrapped key, and the unit waits for a
     member to wrap the Paillier key again."""
@@ -264,8 +310,7 @@ def leave(session: Session, caller: Caller, project: FLProject, unit_slug: str) 
     updates or read aggregates; rounds go on without it. The initiator's unit stays."""
     caller.require(SCOPE_PUBLISH, "leaving a federated project")
     if unit_slug != caller.unit:
-        raise Forbidden(f"only members of unit {unit_slug[:64]!r} take it out of a project",
-                        "unit")
+        raise Forbidden(f"only members of unit {unit_slug[:64]!r} take it out of a project", "unit")
     member = membership(session, project, caller.unit)
     if member is None or member.left_at is not None or member.status == REFUSED:
         raise Forbidden(f"unit {caller.unit} is not in project {project.name!r}", "unit")
@@ -290,9 +335,14 @@ def keys_json(session: Session, caller: Caller, project: FLProject) -> dict:
         if m.public_key is None or m.key_signature is None or holds_key(m):
             continue
         unit_key = session.get(FLUnitKey, m.unit_id)
-        awaiting.append({"unit": m.unit.slug, "x25519_public_key": m.public_key,
-                         "x25519_signature": m.key_signature,
-                         "ed25519_public_key": unit_key.public_key if unit_key else None})
+        awaiting.append(
+            {
+                "unit": m.unit.slug,
+                "x25519_public_key": m.public_key,
+                "x25519_signature": m.key_signature,
+                "ed25519_public_key": unit_key.public_key if unit_key else None,
+            }
+        )
     return {
         "key_fingerprint": project.key_fingerprint,
         "unit": member.unit.slug,
@@ -304,51 +354,65 @@ def keys_json(session: Session, caller: Caller, project: FLProject) -> dict:
     }
 
 
-def post_wrapped_key(session: Session, caller: Caller, project: FLProject,
-                     body: dict) -> FLMember:
+def post_wrapped_key(session: Session, caller: Caller, project: FLProject, body: dict) -> FLMember:
     """A key-holding member's client posts the Paillier private key wrapped for an approved
     member awaiting it, whose X25519 key is signed by its unit. The first wrapped key for the
     member's current X25519 key wins."""
     poster = require_acting_member(session, caller, project, "posting a wrapped key")
     if not holds_key(poster):
-        raise Forbidden(f"unit {poster.unit.slug} holds no key for project {project.name!r} "
-                        "yet, so it cannot wrap one", "unit")
+        raise Forbidden(
+            f"unit {poster.unit.slug} holds no key for project {project.name!r} "
+            "yet, so it cannot wrap one",
+            "unit",
+        )
     reject_unknown(body, {"unit", "x25519_public_key", "key_fingerprint", "wrapped_key"})
     target_slug = body.get("unit")
     if not isinstance(target_slug, str):
         raise InvalidField("unit is required: the member the key is wrapped for", "unit")
     target = member_of(session, project, target_slug)
     if target is None:
-        raise NotFound(f"unit {target_slug[:64]!r} is not an approved member of project "
-                       f"{project.name!r}", "unit")
+        raise NotFound(
+            f"unit {target_slug[:64]!r} is not an approved member of project {project.name!r}",
+            "unit",
+        )
     fingerprint = body.get("key_fingerprint")
     if fingerprint != project.key_fingerprint:
-        raise Conflict("key_fingerprint is not the project's key: the wrapped key is of a stale "
-                       "or foreign key", "key_fingerprint")
+        raise Conflict(
+            "key_fingerprint is not the project's key: the wrapped key is of a stale "
+            "or foreign key",
+            "key_fingerprint",
+        )
     recipient = parse_x25519_key(body.get("x25519_public_key"))
     if target.public_key is None or recipient != target.public_key:
-        raise Conflict(f"unit {target_slug} has registered another X25519 key since; wrap for "
-                       "its current key", "x25519_public_key")
+        raise Conflict(
+            f"unit {target_slug} has registered another X25519 key since; wrap for its current key",
+            "x25519_public_key",
+        )
     unit_key = session.get(FLUnitKey, target.unit_id)
     try:
         if unit_key is None:
             raise keys.KeySignatureError(f"unit {target_slug} has registered no signing key")
-        keys.verify_member_key(unit_key.public_key, target.key_signature, project.id,
-                               target_slug, target.public_key)
+        keys.verify_member_key(
+            unit_key.public_key, target.key_signature, project.id, target_slug, target.public_key
+        )
     except keys.KeySignatureError as e:
-        raise Conflict(f"unit {target_slug}'s X25519 key is not signed by its registered "
-                       f"signing key ({e}); it must register its key again",
-                       "x25519_public_key") from None
+        raise Conflict(
+            f"unit {target_slug}'s X25519 key is not signed by its registered "
+            f"signing key ({e}); it must register its key again",
+            "x25519_public_key",
+        ) from None
     if holds_key(target):
         raise Conflict(f"unit {target_slug} holds the key already", "unit")
     wrapped = body.get("wrapped_key")
     if not is_json_object(wrapped):
-        raise InvalidField("wrapped_key must be the JSON object the client's wrapping made",
-                           "wrapped_key")
+        raise InvalidField(
+            "wrapped_key must be the JSON object the client's wrapping made", "wrapped_key"
+        )
     text = json.dumps(wrapped, sort_keys=True)
     if len(text) > MAX_WRAPPED_KEY_BYTES:
-        raise InvalidField(f"wrapped_key is larger than {MAX_WRAPPED_KEY_BYTES} bytes",
-                           "wrapped_key")
+        raise InvalidField(
+            f"wrapped_key is larger than {MAX_WRAPPED_KEY_BYTES} bytes", "wrapped_key"
+        )
     target.wrapped_key, target.wrapped_by, target.wrapped_at = text, caller.name, utcnow()
     session.flush()
     return target

@@ -2,9 +2,9 @@
 personalized per unit, pooled - on units A-E.
 
 ``python -m marketplace_ext.federated.experiment [--scale S] [--rounds R] [--local-epochs E]
-[--epochs N] [--seed N] [--repeats K] [--encrypted] [--service] [--personalize-epochs N]
-[--out docs/fl_experiment.png] [--json results.json]``, or ``--merge A.json B.json ...`` to report
-several ``--json`` reports of single seeds as one.
+[--epochs N] [--seed N] [--repeats K] [--encrypted] [--service] [--personalize-rule R]
+[--personalize-epochs N] [--cache DIR] [--out docs/fl_experiment.png] [--json results.json]``,
+or ``--merge A.json B.json ...`` to report several ``--json`` reports of single seeds as one.
 
 Every arm starts from the same initial weights, and every arm is scored on the same held-out
 customers of each unit: on their natural class balance and on a balanced set (all held-out
@@ -21,10 +21,14 @@ weight *deltas*; ``--encrypted`` adds a second federated arm whose deltas go thr
 Paillier (clip, quantize, encrypt, add ciphertexts, decrypt) in-process, so the table shows what
 quantization costs.
 
-The personalized arm starts every unit from the federated arm's final weights and fine-tunes them
-on the unit's own training customers, early-stopped on a validation split of those, keeping the
-result only when it beats the federated model there
-(:mod:`marketplace_ext.federated.personalization`).
+The personalized arm lets every unit choose, on a validation split of its own training customers
+(never its test set), among the federated model, the federated model with a fine-tuned head, its
+own local model and blends of the two; it leaves the federated model only for a strictly better
+validation score (:mod:`marketplace_ext.federated.personalization`).
+
+``--cache DIR`` keeps every trained model (federations, local and pooled models) keyed by the
+training settings and a digest of the data, so trying another personalization setting on a seed
+retrains nothing else (:mod:`marketplace_ext.federated.experiment_cache`).
 
 Modules: the arms in :mod:`~marketplace_ext.federated.experiment_arms`, personalization in
 :mod:`~marketplace_ext.federated.personalization`, tables and the figure in
@@ -63,8 +67,11 @@ from marketplace_ext.federated.experiment_arms import (  # noqa: F401 (the exper
     run_alone,
     run_federated,
     run_pooled,
+    train_alone,
     train_federated,
+    train_pooled,
 )
+from marketplace_ext.federated.experiment_cache import WeightCache
 from marketplace_ext.federated.experiment_report import (  # noqa: F401
     ARM_LABELS,
     PAPER,
@@ -77,7 +84,7 @@ from marketplace_ext.federated.experiment_report import (  # noqa: F401
     unit_mean,
 )
 from marketplace_ext.federated.model import DEFAULT_SPEC, build_model, parameter_count
-from marketplace_ext.federated.personalization import LAYERS, run_personalized
+from marketplace_ext.federated.personalization import LAYERS, RULES, run_personalized
 
 # --- one seed -------------------------------------------------------------------------------------
 
@@ -87,15 +94,25 @@ def run_once(
     encrypted: bool = False,
     data_dir: Path | str | None = None,
     service: bool = False,
+    cache: WeightCache | None = None,
 ) -> dict[str, Any]:
     t = time.perf_counter()
     data = prepare(cfg, data_dir)
     prep_seconds = time.perf_counter() - t
     spec = {**DEFAULT_SPEC, "weeks": cfg.weeks}
-    federated, federated_w = train_federated(data, spec, cfg)
-    arms = {"alone": run_alone(data, spec, cfg), "federated": federated}
+
+    def trained(tag: str, fn: Any) -> Any:
+        if cache is None:
+            return fn(data, spec, cfg)
+        return cache.get_or_train(tag, cfg, data, lambda: fn(data, spec, cfg))
+
+    federated, federated_w = trained("federated", train_federated)
+    alone, alone_w = trained("alone", train_alone)
+    arms = {"alone": alone, "federated": federated}
     if cfg.personalize_epochs > 0:
-        arms["federated_personalized"] = run_personalized(data, spec, cfg, federated_w)
+        arms["federated_personalized"] = run_personalized(
+            data, spec, cfg, federated_w, local_weights=alone_w, cache=cache
+        )
     if encrypted:
         max_train = max(len(d.train) for d in data.values())
         agg = PackedPaillierAggregate(
@@ -131,7 +148,7 @@ def run_once(
                 agg.close()
         arm.extra["service"] = agg.report()
         arms["federated_service"] = arm
-    arms["pooled"] = run_pooled(data, spec, cfg)
+    arms["pooled"] = trained("pooled", train_pooled)[0]
     return {
         "seed": cfg.seed,
         "units": {
@@ -211,6 +228,21 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Name
         help="at most this many epochs of each unit's fine-tuning after the federated rounds "
         "(0: no personalized arm)",
     )
+    p.add_argument(
+        "--personalize-rule",
+        choices=RULES,
+        default=d.personalize_rule,
+        help="select: each unit picks, on its validation split, among the federated model, its "
+        "fine-tuned head, its own local model and their blends; finetune: federated or the "
+        "fine-tuned head only",
+    )
+    p.add_argument(
+        "--personalize-confidence",
+        type=float,
+        default=d.personalize_confidence,
+        help="a unit leaves the federated model only for a candidate that beats it on at least "
+        "this share of bootstrap resamples of its validation customers (0: any gain)",
+    )
     p.add_argument("--personalize-lr", type=float, default=d.personalize_lr)
     p.add_argument(
         "--personalize-layers",
@@ -236,6 +268,14 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Name
         default=1,
         help="torch intra-op threads (1: more only pays on an idle machine)",
     )
+    p.add_argument(
+        "--cache",
+        default="",
+        metavar="DIR",
+        help="keep the trained weights (federations, local and pooled models) in DIR, keyed by "
+        "the training settings and a digest of the data, and reuse them when they match: "
+        "another personalization setting then retrains nothing but the personalization",
+    )
     p.add_argument("--out", default="docs/fl_experiment.png", help="bar chart PNG ('' for none)")
     p.add_argument("--json", default="", help="write every number to this JSON file")
     p.add_argument(
@@ -256,6 +296,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Name
         p.error("--personalize-epochs must be at least 0")
     if a.personalize_patience < 1:
         p.error("--personalize-patience must be at least 1")
+    if not 0 <= a.personalize_confidence < 1:
+        p.error("--personalize-confidence must be in [0, 1)")
     if not a.personalize_lr > 0:
         p.error("--personalize-lr must be positive")
     if not 0 < a.val_fraction < 1:
@@ -273,6 +315,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Name
         dp_clip=a.dp_clip,
         key_bits=a.key_bits,
         quant_bits=a.quant_bits,
+        personalize_rule=a.personalize_rule,
+        personalize_confidence=a.personalize_confidence,
         personalize_epochs=a.personalize_epochs,
         personalize_lr=a.personalize_lr,
         personalize_layers=a.personalize_layers,
@@ -320,9 +364,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         args.repeats = len(runs)
+    cache = WeightCache(args.cache) if args.cache and not args.merge else None
     for k in range(0 if args.merge else args.repeats):
         run_cfg = Config(**{**asdict(cfg), "seed": cfg.seed + k})
-        runs.append(run_once(run_cfg, encrypted=args.encrypted, service=args.service))
+        runs.append(run_once(run_cfg, encrypted=args.encrypted, service=args.service, cache=cache))
         arms = runs[-1]["arms"]
         print(
             f"seed {run_cfg.seed}: prepare {runs[-1]['prepare_seconds']:.1f} s, "
@@ -350,7 +395,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{ARM_LABELS[arm]}, differential privacy: {json.dumps(extra['dp'])}")
         if "units" in extra:
             kept = [r["arms"][arm]["extra"]["kept"] for r in runs]
-            print(f"{ARM_LABELS[arm]}: units that kept their fine-tuned model, per seed: {kept}")
+            print(f"{ARM_LABELS[arm]}: units that left the federated model, per seed: {kept}")
+    if cache is not None:
+        print(
+            f"Weight cache {args.cache}: reused {cache.hits or 'nothing'}, "
+            f"trained {cache.misses or 'nothing'}."
+        )
     if args.out:
         plot(summary, runs, cfg, args.out)
     if args.json:

@@ -55,6 +55,8 @@ class Config:
     quant_bits: int = 16
     optimizer: str = "adam"
     # personalization after the federated rounds (0 epochs: no personalized arm)
+    personalize_rule: str = "select"
+    personalize_confidence: float = 0.95
     personalize_epochs: int = 10
     personalize_lr: float = 1e-3
     personalize_layers: str = "head"
@@ -215,6 +217,14 @@ def _evaluate_units(
 
 
 def run_alone(data: Mapping[str, UnitData], spec: Mapping[str, Any], cfg: Config) -> ArmResult:
+    return train_alone(data, spec, cfg)[0]
+
+
+def train_alone(
+    data: Mapping[str, UnitData], spec: Mapping[str, Any], cfg: Config
+) -> tuple[ArmResult, dict[str, np.ndarray]]:
+    """Each unit trains its own model on its own training customers; returns the arm and each
+    unit's final weights (float64)."""
     t = time.perf_counter()
     models = {}
     for i, (unit, d) in enumerate(data.items()):
@@ -231,10 +241,18 @@ def run_alone(data: Mapping[str, UnitData], spec: Mapping[str, Any], cfg: Config
         )
         models[unit] = model
     seconds = time.perf_counter() - t
-    return ArmResult(_evaluate_units(models, data, cfg.seed), seconds)
+    weights = {u: flatten_state(m, np.float64) for u, m in models.items()}
+    return ArmResult(_evaluate_units(models, data, cfg.seed), seconds), weights
 
 
 def run_pooled(data: Mapping[str, UnitData], spec: Mapping[str, Any], cfg: Config) -> ArmResult:
+    return train_pooled(data, spec, cfg)[0]
+
+
+def train_pooled(
+    data: Mapping[str, UnitData], spec: Mapping[str, Any], cfg: Config
+) -> tuple[ArmResult, np.ndarray]:
+    """One model on every unit's training customers; returns the arm and its weights."""
     t = time.perf_counter()
     X = np.concatenate([d.train.X for d in data.values()])
     y = np.concatenate([d.train.y for d in data.values()])
@@ -250,7 +268,8 @@ def run_pooled(data: Mapping[str, UnitData], spec: Mapping[str, Any], cfg: Confi
         seed=_seed(cfg.seed, 2),
     )
     seconds = time.perf_counter() - t
-    return ArmResult(_evaluate_units(dict.fromkeys(data, model), data, cfg.seed), seconds)
+    arm = ArmResult(_evaluate_units(dict.fromkeys(data, model), data, cfg.seed), seconds)
+    return arm, flatten_state(model, np.float64)
 
 
 def run_federated(

@@ -84,6 +84,21 @@ def summarise(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _choice(info: Mapping[str, Any]) -> str:
+    # reports written before the select rule only say whether the fine-tuned head was kept
+    return str(info.get("choice") or ("finetuned" if info.get("kept") else "federated"))
+
+
+# how the per-unit table names a unit's choice
+CHOICE_LABELS = {"federated": "fed", "finetuned": "head", "local": "local"}
+
+
+def choice_label(choice: str) -> str:
+    if choice.startswith("blend"):
+        return f"blend {choice[len('blend') :]}"
+    return CHOICE_LABELS.get(choice, choice)
+
+
 def _sd(values: Sequence[float]) -> float:
     vals = [v for v in values if v is not None and math.isfinite(v)]
     return float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
@@ -106,6 +121,7 @@ def goal(summary: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> dict[
         row = {a: summary[a]["per_unit"][unit]["balanced"]["auc"] for a in arms}
         row["sd"] = {a: summary[a]["per_unit_sd"][unit]["balanced"]["auc"] for a in arms}
         row["kept"] = sum(bool(r["arms"][GOAL_ARM]["extra"]["units"][unit]["kept"]) for r in runs)
+        row["choices"] = [_choice(r["arms"][GOAL_ARM]["extra"]["units"][unit]) for r in runs]
         row["seeds_below_alone"] = sum(auc(r, GOAL_ARM, unit) < auc(r, "alone", unit) for r in runs)
         row["below_alone"] = row[GOAL_ARM] < row["alone"]
         units[unit] = row
@@ -190,23 +206,25 @@ def goal_markdown(g: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> li
     n = len(runs)
     arms = [a for a in ("alone", "federated", GOAL_ARM, "pooled") if a in g["mean"]]
     over = f"mean ± sd over {n} seeds" if n > 1 else f"seed {runs[0]['seed']}"
+    seeds = ", ".join(str(r["seed"]) for r in runs)
     lines = [
-        f"Per unit, balanced test set, ROC AUC (%, {over}); personalized kept: seeds in which "
-        "the unit kept its fine-tuned model (the others kept the federated one):",
+        f"Per unit, balanced test set, ROC AUC (%, {over}); choice: the model each unit chose on "
+        f"its validation split, per seed ({seeds}): fed = the federated model, head = its "
+        "fine-tuned head, local = its own model, blend w = w x federated + (1 - w) x local "
+        "logits:",
         "",
         "| Unit | "
         + " | ".join(ARM_LABELS[a] for a in arms)
-        + " | personalized kept | personalized - alone |",
+        + " | choice | personalized - alone |",
         "|---|" + "---|" * (len(arms) + 2),
     ]
     for unit, row in g["units"].items():
         cells = [_pct(row[a], row["sd"][a]) for a in arms]
         diff = 100 * (row[GOAL_ARM] - row["alone"])
         below = f" (below in {row['seeds_below_alone']} of {n})" if row["seeds_below_alone"] else ""
+        choices = ", ".join(choice_label(c) for c in row["choices"])
         lines.append(
-            f"| {unit.upper()} | "
-            + " | ".join(cells)
-            + f" | {row['kept']} of {n} | {diff:+.1f}{below} |"
+            f"| {unit.upper()} | " + " | ".join(cells) + f" | {choices} | {diff:+.1f}{below} |"
         )
     lines.append(
         "| Mean over units | "
@@ -214,21 +232,59 @@ def goal_markdown(g: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> li
         + f" | | {100 * (g['mean'][GOAL_ARM] - g['mean']['alone']):+.1f} |"
     )
     lines.append("")
+    lines.extend(per_seed_markdown(runs))
+    lines.append("")
     below = [u.upper() for u, r in g["units"].items() if r["below_alone"]]
+    below_seeds = [
+        f"{u.upper()} on seed {r['seed']}"
+        for u in g["units"]
+        for r in runs
+        if r["arms"][GOAL_ARM]["per_unit"][u]["balanced"]["auc"]
+        < r["arms"]["alone"]["per_unit"][u]["balanced"]["auc"]
+    ]
     lines.append(
         "Goal: no unit below its local model - "
         + ("met" if g["no_unit_below_alone"] else f"NOT met (below: {', '.join(below)})")
-        + " on the mean over seeds"
+        + " on the mean over seeds, "
         + (
-            " (though not in every seed, see above)"
-            if g["no_unit_below_alone"] and not g["no_unit_below_alone_any_seed"]
-            else ""
+            "met"
+            if g["no_unit_below_alone_any_seed"]
+            else f"NOT met (below: {', '.join(below_seeds)})"
         )
+        + " in every seed"
         + f"; the mean within {100 * GOAL_AUC_GAP:.0f} AUC point of pooled - "
         + ("met" if g["within_gap_of_pooled"] else "NOT met")
         + f" ({_pct(g['mean'][GOAL_ARM])} vs {_pct(g['mean']['pooled'])}, gap "
         f"{100 * g['gap_to_pooled']:.1f})."
     )
+    return lines
+
+
+def per_seed_markdown(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Per unit and seed, the balanced ROC AUC alone / federated / personalized (and the unit's
+    choice), in percent; a personalized score below alone is marked."""
+    seeds = [r["seed"] for r in runs]
+    lines = [
+        "Per unit and seed, balanced test set, ROC AUC (%): alone / federated / personalized "
+        "(choice); ! marks personalized below alone:",
+        "",
+        "| Unit | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+        "|---|" + "---|" * len(seeds),
+    ]
+    for unit in runs[0]["units"]:
+        cells = []
+        for r in runs:
+            auc = {
+                a: r["arms"][a]["per_unit"][unit]["balanced"]["auc"]
+                for a in ("alone", "federated", GOAL_ARM)
+            }
+            choice = choice_label(_choice(r["arms"][GOAL_ARM]["extra"]["units"][unit]))
+            mark = " !" if auc[GOAL_ARM] < auc["alone"] else ""
+            cells.append(
+                f"{_pct(auc['alone'])} / {_pct(auc['federated'])} / "
+                f"{_pct(auc[GOAL_ARM])}{mark} ({choice})"
+            )
+        lines.append(f"| {unit.upper()} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -80,6 +80,7 @@ def _check_size(n_length: Any) -> int:
 
 # --- Paillier -----------------------------------------------------------------------------------
 
+
 def generate_paillier_keypair(
     n_length: int = 2048,
 ) -> tuple[phe.PaillierPublicKey, phe.PaillierPrivateKey]:
@@ -97,12 +98,15 @@ def public_key_from_json(data: Any) -> phe.PaillierPublicKey:
         raise KeyFormatError('a Paillier public key must be a JSON object {"n": "<decimal>"}')
     text = data["n"]
     if not (text.isascii() and text.isdigit()) or text.startswith("0"):
-        raise KeyFormatError("the public key's n must be a decimal integer without sign or "
-                             "leading zeros")
+        raise KeyFormatError(
+            "the public key's n must be a decimal integer without sign or leading zeros"
+        )
     n = int(text)
     if n.bit_length() not in KEY_SIZES:
-        raise KeySizeError(f"the public key's n has {n.bit_length()} bits; "
-                           f"expected {' or '.join(map(str, KEY_SIZES))}")
+        raise KeySizeError(
+            f"the public key's n has {n.bit_length()} bits; "
+            f"expected {' or '.join(map(str, KEY_SIZES))}"
+        )
     if n % 2 == 0:
         raise KeyFormatError("the public key's n is even: not a Paillier modulus")
     return phe.PaillierPublicKey(n)
@@ -116,6 +120,7 @@ def key_fingerprint(public_key: phe.PaillierPublicKey) -> str:
 
 
 # --- X25519 partner keys ------------------------------------------------------------------------
+
 
 def _b64encode(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
@@ -159,8 +164,9 @@ def decode_public(text: str) -> bytes:
     return raw
 
 
-def save_partner_key(private_key: X25519PrivateKey, path: Path | str, *,
-                     overwrite: bool = False) -> Path:
+def save_partner_key(
+    private_key: X25519PrivateKey, path: Path | str, *, overwrite: bool = False
+) -> Path:
     """Write the raw 32-byte private key with mode 0600 (parent created 0700 if missing).
 
     Refuses to replace an existing key unless ``overwrite``: a lost partner key makes every
@@ -169,8 +175,9 @@ def save_partner_key(private_key: X25519PrivateKey, path: Path | str, *,
     return _save_raw_key(private_key, Path(path), "partner key", overwrite)
 
 
-def _save_raw_key(private_key: X25519PrivateKey | Ed25519PrivateKey, path: Path, what: str,
-                  overwrite: bool) -> Path:
+def _save_raw_key(
+    private_key: X25519PrivateKey | Ed25519PrivateKey, path: Path, what: str, overwrite: bool
+) -> Path:
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace the {what}")
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -200,6 +207,7 @@ def load_partner_key(path: Path | str) -> X25519PrivateKey:
 
 # --- unit signing keys (Ed25519) ----------------------------------------------------------------
 
+
 def generate_signing_key() -> Ed25519PrivateKey:
     return Ed25519PrivateKey.generate()
 
@@ -227,8 +235,9 @@ def decode_signing_public(text: Any) -> bytes:
     return raw
 
 
-def save_signing_key(private_key: Ed25519PrivateKey, path: Path | str, *,
-                     overwrite: bool = False) -> Path:
+def save_signing_key(
+    private_key: Ed25519PrivateKey, path: Path | str, *, overwrite: bool = False
+) -> Path:
     """Write the unit's raw 32-byte Ed25519 private key with mode 0600 (see
     :func:`save_partner_key`)."""
     return _save_raw_key(private_key, Path(path), "unit signing key", overwrite)
@@ -245,20 +254,28 @@ def member_key_statement(project_id: int, unit: str, x25519_public_key: str) -> 
     """What a unit signs to vouch for a member key: the key, bound to one project and unit."""
     if isinstance(project_id, bool) or not isinstance(project_id, int):
         raise TypeError("project_id must be an int")
-    return json.dumps({"purpose": MEMBER_KEY_PURPOSE, "project": project_id, "unit": unit,
-                       "x25519_public_key": x25519_public_key},
-                      sort_keys=True, separators=(",", ":")).encode()
+    return json.dumps(
+        {
+            "purpose": MEMBER_KEY_PURPOSE,
+            "project": project_id,
+            "unit": unit,
+            "x25519_public_key": x25519_public_key,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    ).encode()
 
 
-def sign_member_key(signing_key: Ed25519PrivateKey, project_id: int, unit: str,
-                    x25519_public_key: str) -> str:
+def sign_member_key(
+    signing_key: Ed25519PrivateKey, project_id: int, unit: str, x25519_public_key: str
+) -> str:
     """The unit's signature (URL-safe base64, 86 characters) on a member's X25519 key."""
-    return _b64encode(signing_key.sign(member_key_statement(project_id, unit,
-                                                            x25519_public_key)))
+    return _b64encode(signing_key.sign(member_key_statement(project_id, unit, x25519_public_key)))
 
 
-def verify_member_key(signing_public: str, signature: Any, project_id: int, unit: str,
-                      x25519_public_key: str) -> None:
+def verify_member_key(
+    signing_public: str, signature: Any, project_id: int, unit: str, x25519_public_key: str
+) -> None:
     """Raise :class:`KeySignatureError` unless ``signature`` is ``signing_public``'s signature
     on ``x25519_public_key`` for ``unit`` in ``project_id``."""
     try:
@@ -273,14 +290,17 @@ def verify_member_key(signing_public: str, signature: Any, project_id: int, unit
     except InvalidSignature:
         raise KeySignatureError(
             f"the X25519 key of unit {unit} in project {project_id} is not signed by the unit's "
-            "registered Ed25519 key") from None
+            "registered Ed25519 key"
+        ) from None
 
 
 # --- wrapping -----------------------------------------------------------------------------------
 
+
 def _wrapping_key(shared: bytes, epk: bytes, recipient: bytes, context: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=epk + recipient,
-                info=WRAP_INFO + context).derive(shared)
+    return HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=epk + recipient, info=WRAP_INFO + context
+    ).derive(shared)
 
 
 def _check_context(context: Any) -> bytes:
@@ -289,8 +309,9 @@ def _check_context(context: Any) -> bytes:
     return context
 
 
-def wrap_private_key(private_key: phe.PaillierPrivateKey, recipient_public: bytes, *,
-                     context: bytes) -> dict[str, Any]:
+def wrap_private_key(
+    private_key: phe.PaillierPrivateKey, recipient_public: bytes, *, context: bytes
+) -> dict[str, Any]:
     """Encrypt p and q for the holder of ``recipient_public`` (raw 32 bytes); JSON-safe."""
     context = _check_context(context)
     if not isinstance(recipient_public, bytes) or len(recipient_public) != 32:
@@ -305,13 +326,21 @@ def wrap_private_key(private_key: phe.PaillierPrivateKey, recipient_public: byte
     nonce = os.urandom(12)
     plaintext = json.dumps({"p": str(private_key.p), "q": str(private_key.q)}).encode()
     ct = AESGCM(key).encrypt(nonce, plaintext, context)
-    return {"v": WRAP_VERSION, "epk": _b64encode(epk), "nonce": _b64encode(nonce),
-            "ct": _b64encode(ct)}
+    return {
+        "v": WRAP_VERSION,
+        "epk": _b64encode(epk),
+        "nonce": _b64encode(nonce),
+        "ct": _b64encode(ct),
+    }
 
 
-def unwrap_private_key(wrapped: Any, recipient_private: X25519PrivateKey, *,
-                       public_key: phe.PaillierPublicKey,
-                       context: bytes) -> phe.PaillierPrivateKey:
+def unwrap_private_key(
+    wrapped: Any,
+    recipient_private: X25519PrivateKey,
+    *,
+    public_key: phe.PaillierPublicKey,
+    context: bytes,
+) -> phe.PaillierPrivateKey:
     """Open a :func:`wrap_private_key` blob; the result is checked against ``public_key``."""
     context = _check_context(context)
     if not isinstance(wrapped, dict) or wrapped.get("v") != WRAP_VERSION:

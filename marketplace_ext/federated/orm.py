@@ -39,7 +39,7 @@ class FLProject(Base):
         ForeignKey("units.id", name="fk_fl_projects_unit_id"), nullable=False, index=True
     )
     initiator: Mapped[str] = mapped_column(String(255), nullable=False)
-    # enrolling | running | finished
+    # enrolling | running | finished | cancelled | failed (federated/ending.py)
     state: Mapped[str] = mapped_column(String(16), nullable=False)
     rounds: Mapped[int] = mapped_column(Integer, nullable=False)
     quorum: Mapped[int] = mapped_column(Integer, nullable=False)
@@ -55,13 +55,16 @@ class FLProject(Base):
     current_round: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     # JSON list of unit slugs whose joins are approved at once (NULL: the initiator approves each)
     allow_list: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # the contribution measure the members agreed to at joining (federated/economy.py):
+    # "weight" (data weight only) or "loo_weight" (opt-in: leave-one-out sums, see loo.py)
+    contribution_measure: Mapped[str] = mapped_column(
+        String(16), nullable=False, default="weight", server_default="weight"
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
     unit: Mapped[Unit] = relationship()
-    members: Mapped[list[FLMember]] = relationship(
-        back_populates="project", order_by="FLMember.id"
-    )
+    members: Mapped[list[FLMember]] = relationship(back_populates="project", order_by="FLMember.id")
 
 
 class FLMember(Base):
@@ -69,9 +72,7 @@ class FLMember(Base):
     project's Paillier private key wrapped for that key by another member's client."""
 
     __tablename__ = "fl_members"
-    __table_args__ = (
-        UniqueConstraint("project_id", "unit_id", name="uq_fl_members_project_unit"),
-    )
+    __table_args__ = (UniqueConstraint("project_id", "unit_id", name="uq_fl_members_project_unit"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     project_id: Mapped[int] = mapped_column(
@@ -83,8 +84,9 @@ class FLMember(Base):
     role: Mapped[str] = mapped_column(String(16), nullable=False)  # initiator | partner
     # pending (asked to join) | approved (takes part) | refused; only approved members see the
     # project, get a wrapped key, send updates and count toward a quorum
-    status: Mapped[str] = mapped_column(String(16), nullable=False, default="approved",
-                                        server_default="approved")
+    status: Mapped[str] = mapped_column(
+        String(16), nullable=False, default="approved", server_default="approved"
+    )
     decided_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
     decided_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     joined_by: Mapped[str] = mapped_column(String(255), nullable=False)
@@ -156,9 +158,7 @@ class FLUpdate(Base):
     """One member's encrypted update to one round attempt (bytes in the blob store)."""
 
     __tablename__ = "fl_updates"
-    __table_args__ = (
-        UniqueConstraint("round_id", "member_id", name="uq_fl_updates_round_member"),
-    )
+    __table_args__ = (UniqueConstraint("round_id", "member_id", name="uq_fl_updates_round_member"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     round_id: Mapped[int] = mapped_column(
@@ -196,6 +196,30 @@ class FLAggregate(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
 
 
+class FLSlice(Base):
+    """One slice of a published aggregate, decrypted by a member and sealed under the members'
+    slice key (:mod:`.split_decrypt`); the service keeps the first post of each slice and
+    never sees its plaintext (bytes in the blob store)."""
+
+    __tablename__ = "fl_slices"
+    __table_args__ = (UniqueConstraint("round_id", "slice", name="uq_fl_slices_round_slice"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    round_id: Mapped[int] = mapped_column(
+        ForeignKey("fl_rounds.id", name="fk_fl_slices_round_id"), nullable=False
+    )
+    slice: Mapped[int] = mapped_column(Integer, nullable=False)
+    member_id: Mapped[int] = mapped_column(
+        ForeignKey("fl_members.id", name="fk_fl_slices_member_id"), nullable=False
+    )
+    submitter: Mapped[str] = mapped_column(String(255), nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    size: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+
+    member: Mapped[FLMember] = relationship()
+
+
 class FLMetric(Base):
     """A member's plaintext validation metrics for a round (numbers only, never weights)."""
 
@@ -227,17 +251,19 @@ class FLProjectProduct(Base):
     with its ``federated`` entitlement may take part."""
 
     __tablename__ = "fl_project_products"
-    __table_args__ = (
-        UniqueConstraint("project_id", "product_id", name="uq_fl_project_products"),
-    )
+    __table_args__ = (UniqueConstraint("project_id", "product_id", name="uq_fl_project_products"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     project_id: Mapped[int] = mapped_column(
-        ForeignKey("fl_projects.id", name="fk_fl_project_products_project_id"), nullable=False,
-        index=True)
+        ForeignKey("fl_projects.id", name="fk_fl_project_products_project_id"),
+        nullable=False,
+        index=True,
+    )
     product_id: Mapped[int] = mapped_column(
-        ForeignKey("products.id", name="fk_fl_project_products_product_id"), nullable=False,
-        index=True)
+        ForeignKey("products.id", name="fk_fl_project_products_product_id"),
+        nullable=False,
+        index=True,
+    )
 
     product: Mapped[Product] = relationship()
 
@@ -249,9 +275,11 @@ class FLPool(Base):
     __tablename__ = "fl_pools"
 
     project_id: Mapped[int] = mapped_column(
-        ForeignKey("fl_projects.id", name="fk_fl_pools_project_id"), primary_key=True)
+        ForeignKey("fl_projects.id", name="fk_fl_pools_project_id"), primary_key=True
+    )
     account_id: Mapped[int] = mapped_column(
-        ForeignKey("accounts.id", name="fk_fl_pools_account_id"), nullable=False)
+        ForeignKey("accounts.id", name="fk_fl_pools_account_id"), nullable=False
+    )
     funded: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)  # centipoints
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
 
@@ -263,14 +291,16 @@ class FLSettlement(Base):
     __tablename__ = "fl_settlements"
 
     project_id: Mapped[int] = mapped_column(
-        ForeignKey("fl_projects.id", name="fk_fl_settlements_project_id"), primary_key=True)
+        ForeignKey("fl_projects.id", name="fk_fl_settlements_project_id"), primary_key=True
+    )
     measure: Mapped[str] = mapped_column(String(32), nullable=False)  # loo_weight | submitted
     inputs: Mapped[str] = mapped_column(Text, nullable=False)  # JSON
     shares: Mapped[str] = mapped_column(Text, nullable=False)  # JSON {unit: basis points}
     paid: Mapped[str] = mapped_column(Text, nullable=False)  # JSON {unit: centipoints}
     fee: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     transfer_id: Mapped[int | None] = mapped_column(
-        ForeignKey("transfers.id", name="fk_fl_settlements_transfer_id"), nullable=True)
+        ForeignKey("transfers.id", name="fk_fl_settlements_transfer_id"), nullable=True
+    )
     decided_by: Mapped[str] = mapped_column(String(255), nullable=False)
     log_index: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
@@ -284,9 +314,11 @@ class FLModelProduct(Base):
     __table_args__ = (UniqueConstraint("product_id", name="uq_fl_model_products_product"),)
 
     project_id: Mapped[int] = mapped_column(
-        ForeignKey("fl_projects.id", name="fk_fl_model_products_project_id"), primary_key=True)
+        ForeignKey("fl_projects.id", name="fk_fl_model_products_project_id"), primary_key=True
+    )
     product_id: Mapped[int] = mapped_column(
-        ForeignKey("products.id", name="fk_fl_model_products_product_id"), nullable=False)
+        ForeignKey("products.id", name="fk_fl_model_products_product_id"), nullable=False
+    )
     published_by: Mapped[str] = mapped_column(String(255), nullable=False)
     log_index: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)

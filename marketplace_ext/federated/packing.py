@@ -20,14 +20,8 @@ al., USENIX ATC 2020):
 * Decryption splits the slot sums ``S`` and returns ``S / W / (2^bits - 1) * 2 clip - clip``,
   ``W`` being the total weight of the parties actually summed.
 
-Encryption is ``c = (1 + m n) r^n mod n^2`` (g = n + 1), with gmpy2. A trainer holds p and q,
-so the obfuscator ``r^n`` is computed by CRT: a uniformly random n-th residue mod n^2 is a pair
-of uniformly random elements of the order-(p-1) subgroup mod p^2 and of the order-(q-1)
-subgroup mod q^2. ``s^p mod p^2`` for uniform ``s`` in ``[1, p)`` is exactly such an element
-(``s -> s^p mod p^2`` is a bijection from Z*_p onto that subgroup), with an exponent of half the
-size of ``n``; likewise mod q^2. With ``gcd(n, phi(n)) = 1`` (checked) this is the same
-distribution as ``r^n mod n^2`` for uniform ``r``, about 3.5x cheaper. Obfuscators do not depend
-on the message, so :class:`Encryptor` can precompute them on a background thread.
+Encryption and decryption (CRT obfuscators, an optional background pool) are in
+:mod:`.encryptor`; the errors in :mod:`.pack_errors`.
 
 What packing cannot do: the service cannot check that a party's plaintext respects its declared
 weight or the slot layout (that would need zero-knowledge proofs). A dishonest trainer can spoil
@@ -35,65 +29,38 @@ the aggregate, which :func:`unpack_aggregate` detects when slot sums exceed what
 total weight allows, but cannot read anything. :func:`check_ciphertexts` only guarantees that
 each upload is a well-formed ciphertext, so one bad upload cannot break the arithmetic of a sum.
 """
-
 from __future__ import annotations
 
-import collections
 import math
 import numbers
-import secrets
-import threading
-from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import gmpy2
 import numpy as np
-from gmpy2 import mpz, powmod
+from gmpy2 import mpz
 
-_MPZ = type(mpz(0))
+from .encryptor import Encryptor, decrypt_many
+from .pack_errors import (
+    AggregateOverflow,
+    CiphertextOutOfRange,
+    KeyMismatch,
+    PackingError,
+    ShapeMismatch,
+    TooManyUpdates,
+    _check_int,
+    _is_int,
+)
+
+__all__ = ["AggregateOverflow", "CiphertextOutOfRange", "Encryptor", "KeyMismatch",
+           "PackSpec", "PackedUpdate", "PackingError", "ShapeMismatch", "TooManyUpdates",
+           "add_encrypted", "check_ciphertexts", "ciphertexts_from_bytes", "ciphertexts_to_bytes",
+           "decrypt_many", "mean_from_plaintexts", "pack_update", "plain_fedavg", "quantize",
+           "unpack_aggregate"]
+
 JSON_VERSION = 1
 _MAX_SLOT_BITS = 64  # slot values and slot sums are handled as numpy uint64
-
-
-class PackingError(ValueError):
-    """A pack spec, an update, a weight or an aggregate is invalid."""
-
-
-class CiphertextOutOfRange(PackingError):
-    """A ciphertext is not an integer c with 0 < c < n^2 and gcd(c, n) = 1."""
-
-
-class ShapeMismatch(PackingError):
-    """A vector or a list of ciphertexts (or its bytes) does not have the spec's length."""
-
-
-class KeyMismatch(PackingError):
-    """A Paillier key is not the one the spec (or the other key of the pair) belongs to."""
-
-
-class TooManyUpdates(PackingError):
-    """More updates than ``max_parties`` were to be summed: their slots could overflow."""
-
-
-class AggregateOverflow(PackingError):
-    """A decrypted aggregate does not fit the slot layout or the declared total weight: some
-    party encrypted something else than the spec allows, or the total weight is wrong."""
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int | _MPZ | np.integer) and not isinstance(value, bool)
-
-
-def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
-    if not _is_int(value):
-        raise PackingError(f"{name} must be an integer, got {type(value).__name__}")
-    value = int(value)
-    if value < low or (high is not None and value > high):
-        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise PackingError(f"{name} must be {bounds}, got {value}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -145,8 +112,9 @@ class PackSpec:
         max_parties: int,
         max_weight: int,
     ) -> PackSpec:
-        return cls(n=n, length=length, bits=bits, clip=clip, max_parties=max_parties,
-                   max_weight=max_weight)
+        return cls(
+            n=n, length=length, bits=bits, clip=clip, max_parties=max_parties, max_weight=max_weight
+        )
 
     @property
     def headroom_bits(self) -> int:
@@ -202,9 +170,15 @@ class PackSpec:
 
     def to_json(self) -> dict[str, Any]:
         """JSON-safe form; ``n`` as a decimal string (JSON numbers lose precision)."""
-        return {"v": JSON_VERSION, "n": str(self.n), "length": self.length, "bits": self.bits,
-                "clip": self.clip, "max_parties": self.max_parties,
-                "max_weight": self.max_weight}
+        return {
+            "v": JSON_VERSION,
+            "n": str(self.n),
+            "length": self.length,
+            "bits": self.bits,
+            "clip": self.clip,
+            "max_parties": self.max_parties,
+            "max_weight": self.max_weight,
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> PackSpec:
@@ -220,9 +194,14 @@ class PackSpec:
             if not n.isdigit() or not n.isascii():
                 raise PackingError("pack spec n must be a decimal string of digits")
             n = int(n)
-        return cls(n=n, length=data["length"], bits=data.get("bits", 16),
-                   clip=data.get("clip", 1.0), max_parties=data["max_parties"],
-                   max_weight=data["max_weight"])
+        return cls(
+            n=n,
+            length=data["length"],
+            bits=data.get("bits", 16),
+            clip=data.get("clip", 1.0),
+            max_parties=data["max_parties"],
+            max_weight=data["max_weight"],
+        )
 
 
 @dataclass
@@ -235,163 +214,6 @@ class PackedUpdate:
 
 
 # --- encryption ---------------------------------------------------------------------------------
-
-class Encryptor:
-    """Paillier encryption of raw plaintexts ``0 <= m < n``, with gmpy2.
-
-    Given the private key (trainers hold it) obfuscators are computed by CRT, see the module
-    docstring. With ``pool_size > 0``, :meth:`start_pool` (or ``with Encryptor(...)``) starts a
-    daemon thread that keeps up to ``pool_size`` obfuscators ready; encryption takes from the
-    pool and computes inline when it is empty, so both threads work while the pool is drained
-    (gmpy2 releases the GIL in our exponentiations). Every obfuscator is used once.
-    """
-
-    def __init__(self, public_key: Any, private_key: Any = None, *, pool_size: int = 0):
-        self.public_key = public_key
-        self._n_int = int(public_key.n)
-        self._n = mpz(self._n_int)
-        self._nsquare = self._n * self._n
-        self.pool_size = _check_int("pool_size", pool_size, 0)
-        self.crt = private_key is not None
-        if private_key is not None:
-            p, q = mpz(private_key.p), mpz(private_key.q)
-            if p * q != self._n:
-                raise KeyMismatch("the private key does not belong to this public key")
-            if gmpy2.gcd(self._n, (p - 1) * (q - 1)) != 1:
-                # then s^p would not be distributed as r^n: refuse rather than weaken privacy
-                raise KeyMismatch("gcd(n, phi(n)) != 1: not a valid Paillier key")
-            self._p_int, self._q_int = int(p), int(q)
-            self._p, self._q = p, q
-            self._psquare, self._qsquare = p * p, q * q
-            self._psquare_inv = gmpy2.invert(self._psquare, self._qsquare)
-        self._pool: collections.deque = collections.deque()
-        self._cond = threading.Condition()
-        self._stopping = False
-        self._thread: threading.Thread | None = None
-
-    # obfuscators
-
-    def _fresh_obfuscator(self) -> mpz:
-        if not self.crt:
-            while True:
-                r = secrets.randbelow(self._n_int - 1) + 1
-                if gmpy2.gcd(r, self._n) == 1:  # fails only by hitting a factor of n
-                    return powmod(r, self._n, self._nsquare)
-        xp = powmod(secrets.randbelow(self._p_int - 1) + 1, self._p, self._psquare)
-        xq = powmod(secrets.randbelow(self._q_int - 1) + 1, self._q, self._qsquare)
-        return xp + self._psquare * ((xq - xp) * self._psquare_inv % self._qsquare)
-
-    def obfuscator(self) -> mpz:
-        """A fresh r^n mod n^2: from the pool if one is ready, else computed now."""
-        try:
-            x = self._pool.popleft()
-        except IndexError:
-            return self._fresh_obfuscator()
-        with self._cond:
-            self._cond.notify_all()  # the filler may be waiting for room
-        return x
-
-    @property
-    def pooled(self) -> int:
-        """Obfuscators ready in the pool now."""
-        return len(self._pool)
-
-    def start_pool(self) -> None:
-        if self.pool_size == 0:
-            raise PackingError("this Encryptor has pool_size=0: nothing to start")
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stopping = False
-        self._thread = threading.Thread(target=self._fill, name="paillier-obfuscators",
-                                        daemon=True)
-        self._thread.start()
-
-    def _fill(self) -> None:
-        with gmpy2.context(allow_release_gil=True):
-            while True:
-                with self._cond:
-                    while not self._stopping and len(self._pool) >= self.pool_size:
-                        self._cond.wait()
-                    if self._stopping:
-                        return
-                x = self._fresh_obfuscator()
-                with self._cond:
-                    self._pool.append(x)
-                    self._cond.notify_all()
-
-    def wait_pool(self, timeout: float | None = None) -> bool:
-        """Block until the pool is full (True) or ``timeout`` seconds passed (False)."""
-        if self._thread is None:
-            raise PackingError("the pool is not started")
-        with self._cond:
-            return self._cond.wait_for(
-                lambda: len(self._pool) >= self.pool_size or self._stopping, timeout
-            ) and not self._stopping
-
-    def stop(self) -> None:
-        """Stop the filler thread and drop the pooled obfuscators (they are secrets: one
-        reveals the plaintext of the ciphertext it was used for)."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        self._pool.clear()
-
-    def __enter__(self) -> Encryptor:
-        if self.pool_size:
-            self.start_pool()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    # encryption
-
-    def encrypt(self, m: int) -> int:
-        return self.encrypt_many([m])[0]
-
-    def encrypt_many(self, plaintexts: Iterable[int]) -> list[int]:
-        """Ciphertexts ``(1 + m n) r^n mod n^2`` of raw plaintexts ``0 <= m < n``."""
-        out = []
-        with gmpy2.context(allow_release_gil=True):  # lets the pool thread use the other core
-            for i, m in enumerate(plaintexts):
-                if not _is_int(m) or not 0 <= m < self._n_int:
-                    raise PackingError(f"plaintext {i} is not an integer in [0, n)")
-                c = (1 + mpz(m) * self._n) * self.obfuscator() % self._nsquare
-                out.append(int(c))
-        return out
-
-
-def decrypt_many(private_key: Any, ciphertexts: Sequence[int], *, workers: int = 1) -> list[int]:
-    """Raw CRT decryption (as ``private_key.raw_decrypt``) of each ciphertext, on ``workers``
-    threads: gmpy2 releases the GIL here, so threads use separate cores."""
-    p, q = mpz(private_key.p), mpz(private_key.q)
-    psquare, qsquare = p * p, q * q
-    hp, hq, p_inv = mpz(private_key.hp), mpz(private_key.hq), mpz(private_key.p_inverse)
-
-    def chunk(cts: Sequence[int]) -> list[int]:
-        out = []
-        with gmpy2.context(allow_release_gil=True):
-            for c in cts:
-                c = mpz(c)
-                mp = (powmod(c, p - 1, psquare) - 1) // p * hp % p
-                mq = (powmod(c, q - 1, qsquare) - 1) // q * hq % q
-                out.append(int(mp + p * ((mq - mp) * p_inv % q)))
-        return out
-
-    workers = _check_int("workers", workers, 1)
-    if workers == 1 or len(ciphertexts) < 2 * workers:
-        return chunk(ciphertexts)
-    step = -(-len(ciphertexts) // workers)
-    with ThreadPoolExecutor(workers, thread_name_prefix="paillier-decrypt") as pool:
-        parts = pool.map(chunk, [ciphertexts[i:i + step]
-                                 for i in range(0, len(ciphertexts), step)])
-        return [m for part in parts for m in part]
-
-
-# --- quantization and slots ---------------------------------------------------------------------
 
 def quantize(spec: PackSpec, vector: Any) -> tuple[np.ndarray, int]:
     """(q as uint64 in [0, 2^bits - 1], number of values clipped)."""
@@ -422,7 +244,7 @@ def _slots_to_plaintexts(spec: PackSpec, values: np.ndarray) -> list[int]:
     width = -(-k * b // 8) * 8
     out: list[int] = []
     for start in range(0, rows.shape[0], 256):  # bounds the bit matrix to a few MB
-        block = rows[start:start + 256]
+        block = rows[start : start + 256]
         bits = ((block[:, :, None] >> shifts) & np.uint64(1)).astype(np.uint8)
         bits = bits.reshape(block.shape[0], k * b)
         if width > k * b:
@@ -443,12 +265,20 @@ def _plaintexts_to_slots(spec: PackSpec, plaintexts: Sequence[int]) -> np.ndarra
             )
     raw = b"".join(int(m).to_bytes(nbytes, "little") for m in plaintexts)
     arr = np.frombuffer(raw, dtype=np.uint8).reshape(len(plaintexts), nbytes)
-    bits = np.unpackbits(arr, axis=1, bitorder="little")[:, : k * b]
-    bits = bits.reshape(len(plaintexts), k, b).astype(np.uint64)
-    return (bits << np.arange(b, dtype=np.uint64)).sum(axis=2, dtype=np.uint64).reshape(-1)
+    shifts = np.arange(b, dtype=np.uint64)
+    out = np.empty(len(plaintexts) * k, dtype=np.uint64)
+    for start in range(0, len(plaintexts), 256):  # bounds the bit matrix to a few MB
+        block = arr[start : start + 256]
+        bits = np.unpackbits(block, axis=1, bitorder="little")[:, : k * b]
+        bits = bits.reshape(block.shape[0], k, b).astype(np.uint64)
+        out[start * k : (start + block.shape[0]) * k] = (
+            (bits << shifts).sum(axis=2, dtype=np.uint64).reshape(-1)
+        )
+    return out
 
 
 # --- the protocol steps -------------------------------------------------------------------------
+
 
 def _check_key(spec: PackSpec, key: Any, what: str) -> None:
     n = key.public_key.n if hasattr(key, "public_key") else key.n
@@ -474,18 +304,19 @@ def check_ciphertexts(spec: PackSpec, ciphertexts: Sequence[int]) -> None:
     integer with 0 < c < n^2 and gcd(c, n) = 1 (a unit mod n^2; anything else would make the
     product of a sum meaningless, or zero)."""
     if len(ciphertexts) != spec.ciphertexts:
-        raise ShapeMismatch(
-            f"expected {spec.ciphertexts} ciphertexts, got {len(ciphertexts)}"
-        )
+        raise ShapeMismatch(f"expected {spec.ciphertexts} ciphertexts, got {len(ciphertexts)}")
     n, nsquare = mpz(spec.n), mpz(spec.nsquare)
+    product = mpz(1)  # one gcd for all: the product is a unit mod n iff every factor is
     for i, c in enumerate(ciphertexts):
         if not _is_int(c):
             raise CiphertextOutOfRange(f"ciphertext {i} is a {type(c).__name__}, not an integer")
         c = mpz(c)
         if not 0 < c < nsquare:
             raise CiphertextOutOfRange(f"ciphertext {i} is not in the range 0 < c < n^2")
-        if gmpy2.gcd(c, n) != 1:
-            raise CiphertextOutOfRange(f"ciphertext {i} shares a factor with n")
+        product = product * c % n
+    if gmpy2.gcd(product, n) != 1:
+        bad = next(i for i, c in enumerate(ciphertexts) if gmpy2.gcd(mpz(c), n) != 1)
+        raise CiphertextOutOfRange(f"ciphertext {bad} shares a factor with n")
 
 
 def add_encrypted(spec: PackSpec, updates: Sequence[Sequence[int]]) -> list[int]:
@@ -524,8 +355,22 @@ def unpack_aggregate(
     total_weight = _check_int("total_weight", total_weight, parties, parties * spec.max_weight)
     _check_key(spec, private_key, "private key")
     check_ciphertexts(spec, ciphertexts)
-    sums = _plaintexts_to_slots(spec, decrypt_many(private_key, ciphertexts, workers=workers))
-    if np.any(sums[spec.length:]):
+    return mean_from_plaintexts(
+        spec, decrypt_many(private_key, ciphertexts, workers=workers), total_weight, parties
+    )
+
+
+def mean_from_plaintexts(
+    spec: PackSpec, plaintexts: Sequence[int], total_weight: int, parties: int
+) -> np.ndarray:
+    """The weighted mean per value from an aggregate's decrypted plaintexts (all of them, in
+    order: e.g. reassembled from the slices members decrypted, see :mod:`.split_decrypt`)."""
+    parties = _check_int("parties", parties, 1, spec.max_parties)
+    total_weight = _check_int("total_weight", total_weight, parties, parties * spec.max_weight)
+    if len(plaintexts) != spec.ciphertexts:
+        raise ShapeMismatch(f"expected {spec.ciphertexts} plaintexts, got {len(plaintexts)}")
+    sums = _plaintexts_to_slots(spec, plaintexts)
+    if np.any(sums[spec.length :]):
         raise AggregateOverflow("padding slots are not zero: an update was not packed per spec")
     sums = sums[: spec.length]
     limit = spec.levels * total_weight
@@ -541,6 +386,7 @@ def unpack_aggregate(
 
 
 # --- bytes --------------------------------------------------------------------------------------
+
 
 def ciphertexts_to_bytes(spec: PackSpec, ciphertexts: Sequence[int]) -> bytes:
     """Fixed-width big-endian concatenation, ``spec.ciphertext_bytes`` per ciphertext."""
@@ -558,12 +404,13 @@ def ciphertexts_from_bytes(spec: PackSpec, data: bytes | bytearray | memoryview)
             f"expected {spec.update_bytes} bytes ({spec.ciphertexts} ciphertexts of {width}), "
             f"got {len(data)}"
         )
-    cts = [int.from_bytes(data[i:i + width], "big") for i in range(0, len(data), width)]
+    cts = [int.from_bytes(data[i : i + width], "big") for i in range(0, len(data), width)]
     check_ciphertexts(spec, cts)
     return cts
 
 
 # --- reference ----------------------------------------------------------------------------------
+
 
 def plain_fedavg(
     vectors: Sequence[Any], weights: Sequence[int], *, clip: float | None = None

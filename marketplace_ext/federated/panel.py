@@ -53,25 +53,41 @@ def seconds_left(deadline: str | None, now: datetime | None = None) -> float | N
 def round_status_html(project: dict) -> str:
     """A short HTML summary of the project's current round (a card as on the pages)."""
     rnd = project.get("round")
-    active = [m for m in project["members"]
-              if m["left_at"] is None and m.get("status", "approved") == "approved"]
+    active = [
+        m
+        for m in project["members"]
+        if m["left_at"] is None and m.get("status", "approved") == "approved"
+    ]
     title = f"{html.escape(project['title'])} {badge(project['state'])}"
     head = f"{len(active)} units: {', '.join(html.escape(m['unit']) for m in active)}"
     if rnd is None:
         return box(title, f"{head}<br>no round open yet (the initiator starts the project)")
     sent = [u["unit"] for u in rnd["updates"]]
     left = seconds_left(rnd["deadline"])
-    clock = "" if left is None or rnd["state"] != "open" else (
-        f" &middot; deadline in {max(left, 0):.0f}s")
-    return box(title, f"{head}<br>round <b>{rnd['number']}</b> of {project['rounds']} "
-               f"(attempt {rnd['attempt']}) &middot; {badge(rnd['state'])}{clock}<br>"
-               f"updates in: {len(sent)} / quorum {rnd['quorum']} "
-               f"({', '.join(map(html.escape, sent)) or 'none yet'})")
+    clock = (
+        ""
+        if left is None or rnd["state"] != "open"
+        else (f" &middot; deadline in {max(left, 0):.0f}s")
+    )
+    return box(
+        title,
+        f"{head}<br>round <b>{rnd['number']}</b> of {project['rounds']} "
+        f"(attempt {rnd['attempt']}) &middot; {badge(rnd['state'])}{clock}<br>"
+        f"updates in: {len(sent)} / quorum {rnd['quorum']} "
+        f"({', '.join(map(html.escape, sent)) or 'none yet'})",
+    )
 
 
 def economy_html(economy: dict) -> str:
     """The pool and each unit's estimated (or, once settled, certified) share, as a card."""
     settled = economy.get("settlement")
+    if settled and settled["measure"] == "refund":  # cancelled or failed: the pool went back
+        back = ", ".join(f"{a} points to {html.escape(u)}" for u, a in settled["paid"].items())
+        return box(
+            f"Reward pool: {html.escape(economy['pool']['held'])} points",
+            f"the project was {html.escape(str(settled['inputs'].get('state')))}: "
+            f"{back or 'the pool was empty'}",
+        )
     shares = settled["shares"] if settled else economy["estimate"]["shares"]
     units = (settled["inputs"] if settled else economy["estimate"])["units"]
     rows = []
@@ -80,11 +96,15 @@ def economy_html(economy: dict) -> str:
         gate = " (gated)" if row["gated"] else ""
         share = f"{shares[unit] / 100:.2f} %" if unit in shares else "-"
         paid = f", paid {settled['paid'].get(unit, '0.00')}" if settled else ""
-        rows.append(f"<code>{html.escape(unit)}</code>: weight {row['weight']}, "
-                    f"leave-one-out {delta}{gate}, share <b>{share}</b>{paid}")
+        rows.append(
+            f"<code>{html.escape(unit)}</code>: weight {row['weight']}, "
+            f"leave-one-out {delta}{gate}, share <b>{share}</b>{paid}"
+        )
     what = "certified split" if settled else "contribution estimate"
-    return box(f"Reward pool: {html.escape(economy['pool']['held'])} points",
-               f"{what}<br>" + ("<br>".join(rows) or "no update in a published round yet"))
+    return box(
+        f"Reward pool: {html.escape(economy['pool']['held'])} points",
+        f"{what}<br>" + ("<br>".join(rows) or "no update in a published round yet"),
+    )
 
 
 class RoundPanel:
@@ -95,10 +115,16 @@ class RoundPanel:
     this panel ran (evaluate and post metrics there). ``metric`` is the one charted.
     """
 
-    def __init__(self, fl: FederatedClient, project: int,
-                 train: Callable[[np.ndarray], tuple[np.ndarray, int]],
-                 on_result: Callable[[RoundResult], None] | None = None,
-                 metric: str = "auc", refresh: float = 3.0, timeout: float = 3600):
+    def __init__(
+        self,
+        fl: FederatedClient,
+        project: int,
+        train: Callable[[np.ndarray], tuple[np.ndarray, int]],
+        on_result: Callable[[RoundResult], None] | None = None,
+        metric: str = "auc",
+        refresh: float = 3.0,
+        timeout: float = 3600,
+    ):
         import ipywidgets as w
 
         self.fl, self.project, self.train = fl, int(project), train
@@ -108,16 +134,30 @@ class RoundPanel:
         self.status = w.HTML()
         self.budget = w.HTML()
         self.economy = w.HTML()
-        self.button = w.Button(description="Train and submit", button_style="primary",
-                               icon="upload")
+        self.button = w.Button(
+            description="Train and submit", button_style="primary", icon="upload"
+        )
         self.button.on_click(lambda _: self._run_round())
         self.log = w.HTML(layout={"max_height": "12em", "overflow": "auto"})
-        self.heading = w.HTML(box(f"Federated project {self.project}",
-                                  f'<span style="color:{MUTED}">this unit: '
-                                  f"<code>{html.escape(str(fl.unit))}</code></span>"))
+        self.heading = w.HTML(
+            box(
+                f"Federated project {self.project}",
+                f'<span style="color:{MUTED}">this unit: '
+                f"<code>{html.escape(str(fl.unit))}</code></span>",
+            )
+        )
         self.chart = w.Image(format="png", layout={"max_width": "640px"})
-        self.widget = w.VBox([self.heading, self.status, self.budget, self.economy,
-                              self.button, self.log, self.chart])
+        self.widget = w.VBox(
+            [
+                self.heading,
+                self.status,
+                self.budget,
+                self.economy,
+                self.button,
+                self.log,
+                self.chart,
+            ]
+        )
         self._stop = threading.Event()
         self._busy = False
         self._charted: object = None
@@ -145,8 +185,9 @@ class RoundPanel:
         self.status.value = round_status_html(info)
         rnd = info.get("round")
         mine_sent = bool(rnd) and any(u["unit"] == self.fl.unit for u in rnd["updates"])
-        self.button.disabled = (self._busy or not rnd or rnd["state"] != "open" or mine_sent
-                                or not info["is_member"])
+        self.button.disabled = (
+            self._busy or not rnd or rnd["state"] != "open" or mine_sent or not info["is_member"]
+        )
         if info["is_member"]:
             self._draw(self.fl.metrics(self.project), info)
             self.economy.value = economy_html(self.fl.contributions(self.project))
@@ -155,13 +196,21 @@ class RoundPanel:
         series = metric_series(metrics, self.metric)
         dp = info.get("dp")
         if dp:
-            spent = [r["metrics"].get("epsilon") for r in metrics
-                     if r["unit"] == self.fl.unit and r["metrics"].get("epsilon") is not None]
+            spent = [
+                r["metrics"].get("epsilon")
+                for r in metrics
+                if r["unit"] == self.fl.unit and r["metrics"].get("epsilon") is not None
+            ]
             eps = max(spent) if spent else 0.0
-            self.budget.value = box("Differential privacy", (
-                f"noise multiplier {dp['noise_multiplier']}, clip norm {dp['clip_norm']}; "
-                f"budget spent by {html.escape(str(self.fl.unit))}: <b>&epsilon; = {eps:.2f}</b> "
-                f"(&delta; = {dp['delta']:g})"))
+            self.budget.value = box(
+                "Differential privacy",
+                (
+                    f"noise multiplier {dp['noise_multiplier']}, clip norm {dp['clip_norm']}; "
+                    f"budget spent by {html.escape(str(self.fl.unit))}: "
+                    f"<b>&epsilon; = {eps:.2f}</b> "
+                    f"(&delta; = {dp['delta']:g})"
+                ),
+            )
         if series == self._charted:
             return
         self._charted = series
@@ -169,8 +218,10 @@ class RoundPanel:
 
     def say(self, line: str) -> None:
         colour = BAD if "failed" in line else BRAND
-        self.log.value += (f'<div style="border-left:3px solid {colour};padding-left:6px">'
-                           f"{html.escape(line)}</div>")
+        self.log.value += (
+            f'<div style="border-left:3px solid {colour};padding-left:6px">'
+            f"{html.escape(line)}</div>"
+        )
 
     def _run_round(self) -> None:
         if self._busy:
@@ -190,8 +241,10 @@ class RoundPanel:
                     self.say("the project has finished")
                     return
                 self.results.append(result)
-                self.say(f"round {result.number}: {result.parties} units, total weight "
-                         f"{result.total_weight}, {time.monotonic() - started:.0f}s")
+                self.say(
+                    f"round {result.number}: {result.parties} units, total weight "
+                    f"{result.total_weight}, {time.monotonic() - started:.0f}s"
+                )
                 if self.on_result is not None:
                     self.on_result(result)
             except Exception as e:

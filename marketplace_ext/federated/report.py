@@ -22,8 +22,9 @@ from .common import PUBLISHED, VOID
 from .orm import FLProject, FLRound
 
 #: Opacus's RDPAccountant.DEFAULT_ALPHAS
-RDP_ORDERS: tuple[float, ...] = tuple([1 + x / 10.0 for x in range(1, 100)]
-                                      + [float(a) for a in range(12, 64)])
+RDP_ORDERS: tuple[float, ...] = tuple(
+    [1 + x / 10.0 for x in range(1, 100)] + [float(a) for a in range(12, 64)]
+)
 
 
 def gaussian_epsilon(noise_multiplier: float, steps: int, delta: float) -> float:
@@ -35,7 +36,7 @@ def gaussian_epsilon(noise_multiplier: float, steps: int, delta: float) -> float
         return math.inf
     best = math.inf
     for a in RDP_ORDERS:
-        rdp = steps * a / (2 * noise_multiplier ** 2)
+        rdp = steps * a / (2 * noise_multiplier**2)
         eps = rdp - (math.log(delta) + math.log(a)) / (a - 1) + math.log((a - 1) / a)
         if not math.isnan(eps):
             best = min(best, eps)
@@ -55,11 +56,16 @@ def dp_budget(project: dict, metrics: Sequence[dict]) -> dict | None:
         if isinstance(value, int | float) and row["round"] >= reported.get(row["unit"], (-1, 0))[0]:
             reported[row["unit"]] = (row["round"], float(value))
     planned = gaussian_epsilon(dp["noise_multiplier"], project["rounds"], dp["delta"])
-    return {**dp, "published_rounds": published,
-            "epsilon": gaussian_epsilon(dp["noise_multiplier"], published, dp["delta"]),
-            "epsilon_planned": planned, "rounds": project["rounds"],
-            "reported": [{"unit": u, "round": r, "epsilon": e}
-                         for u, (r, e) in sorted(reported.items())]}
+    return {
+        **dp,
+        "published_rounds": published,
+        "epsilon": gaussian_epsilon(dp["noise_multiplier"], published, dp["delta"]),
+        "epsilon_planned": planned,
+        "rounds": project["rounds"],
+        "reported": [
+            {"unit": u, "round": r, "epsilon": e} for u, (r, e) in sorted(reported.items())
+        ],
+    }
 
 
 def timeline(session: Session, project: FLProject) -> list[dict]:
@@ -67,26 +73,38 @@ def timeline(session: Session, project: FLProject) -> list[dict]:
     and the aggregate's log index."""
     from .projects import round_summary
 
-    rows = session.scalars(select(FLRound).where(FLRound.project_id == project.id)
-                           .order_by(FLRound.number, FLRound.attempt))
+    rows = session.scalars(
+        select(FLRound)
+        .where(FLRound.project_id == project.id)
+        .order_by(FLRound.number, FLRound.attempt)
+    )
     out = []
     for rnd in rows:
         summary = round_summary(session, project, rnd)
-        out.append({
-            "number": rnd.number, "attempt": rnd.attempt, "state": rnd.state,
-            "opened_at": summary["opened_at"], "deadline": summary["deadline"],
-            "closed_at": summary["closed_at"], "close_reason": rnd.close_reason,
-            "units": [u["unit"] for u in summary["updates"]],
-            "contributions": [{"unit": u["unit"], "log_index": u["log_index"]}
-                              for u in summary["updates"]],
-            "aggregate": summary["aggregate"], "void": rnd.state == VOID,
-        })
+        out.append(
+            {
+                "number": rnd.number,
+                "attempt": rnd.attempt,
+                "state": rnd.state,
+                "opened_at": summary["opened_at"],
+                "deadline": summary["deadline"],
+                "closed_at": summary["closed_at"],
+                "close_reason": rnd.close_reason,
+                "units": [u["unit"] for u in summary["updates"]],
+                "contributions": [
+                    {"unit": u["unit"], "log_index": u["log_index"]} for u in summary["updates"]
+                ],
+                "aggregate": summary["aggregate"],
+                "void": rnd.state == VOID,
+            }
+        )
     return out
 
 
 def metric_names(metrics: Sequence[dict]) -> list[str]:
-    names = {name for row in metrics for name, v in row["metrics"].items()
-             if isinstance(v, int | float)}
+    names = {
+        name for row in metrics for name, v in row["metrics"].items() if isinstance(v, int | float)
+    }
     return sorted(names, key=lambda n: (n != "auc", n))
 
 
@@ -133,18 +151,31 @@ def metric_chart(metrics: Sequence[dict], name: str) -> dict | None:
     lines = []
     for i, (unit, pts) in enumerate(sorted(series.items())):
         colour = PALETTE[i % len(PALETTE)]
-        lines.append({
-            "unit": unit, "colour": colour,
-            "points": " ".join(f"{x(r)},{y(v)}" for r, v in pts),
-            "dots": [{"x": x(r), "y": y(v), "round": r, "value": v} for r, v in pts],
-            "label_y": y(pts[-1][1]), "label_x": x(pts[-1][0]) + 8,
-        })
+        lines.append(
+            {
+                "unit": unit,
+                "colour": colour,
+                "points": " ".join(f"{x(r)},{y(v)}" for r, v in pts),
+                "dots": [{"x": x(r), "y": y(v), "round": r, "value": v} for r, v in pts],
+                "label_y": y(pts[-1][1]),
+                "label_x": x(pts[-1][0]) + 8,
+            }
+        )
     return {
-        "name": name, "width": WIDTH, "height": HEIGHT, "left": LEFT, "top": TOP,
-        "right": WIDTH - RIGHT, "bottom": HEIGHT - BOTTOM, "series": lines,
-        "x_ticks": [{"x": x(r), "label": str(r)}
-                    for r in range(r_lo, r_hi + 1, max(1, (r_hi - r_lo) // 10))],
+        "name": name,
+        "width": WIDTH,
+        "height": HEIGHT,
+        "left": LEFT,
+        "top": TOP,
+        "right": WIDTH - RIGHT,
+        "bottom": HEIGHT - BOTTOM,
+        "series": lines,
+        "x_ticks": [
+            {"x": x(r), "label": str(r)} for r in range(r_lo, r_hi + 1, max(1, (r_hi - r_lo) // 10))
+        ],
         "y_ticks": [{"y": y(v), "label": f"{v:.3g}"} for v in _ticks(v_lo, v_hi)],
-        "table": {"rounds": sorted(set(rounds)),
-                  "units": {u: dict(pts) for u, pts in sorted(series.items())}},
+        "table": {
+            "rounds": sorted(set(rounds)),
+            "units": {u: dict(pts) for u, pts in sorted(series.items())},
+        },
     }

@@ -30,24 +30,52 @@ class ServiceAggregate:
 
     ``logins`` maps each unit to (user, password) of a publisher of that unit; the first unit
     opens the project. Every client must end a round with the same mean, which is checked.
+    ``split``: the units share each aggregate's decryption (one slice each, see
+    :mod:`~marketplace_ext.federated.split_decrypt`) instead of each decrypting all of it.
     """
 
-    def __init__(self, hub_url: str, logins: Mapping[str, tuple[str, str]], spec: Mapping,
-                 seed: int, *, rounds: int, clip: float, max_weight: int, bits: int = 16,
-                 key_bits: int = 2048, home: Path | None = None):
+    def __init__(
+        self,
+        hub_url: str,
+        logins: Mapping[str, tuple[str, str]],
+        spec: Mapping,
+        seed: int,
+        *,
+        rounds: int,
+        clip: float,
+        max_weight: int,
+        bits: int = 16,
+        key_bits: int = 2048,
+        home: Path | None = None,
+        split: bool = False,
+    ):
         self.home = Path(home or tempfile.mkdtemp(prefix="fl-experiment-"))
+        self.split = split
         self.clients = {
-            unit: FederatedClient(Market.login(hub_url, user, password, note="fl experiment"),
-                                  home=self.home / unit, progress=False, poll=0.2)
-            for unit, (user, password) in logins.items()}
+            unit: FederatedClient(
+                Market.login(hub_url, user, password, note="fl experiment"),
+                home=self.home / unit,
+                progress=False,
+                poll=0.2,
+            )
+            for unit, (user, password) in logins.items()
+        }
         model_dir = save_bundle(build_model(spec, seed=seed), spec, self.home / "model")
         initiator, *partners = self.clients.values()
         # the partner units are on the allow-list: approved as soon as they join
         self.project = initiator.open_project(
-            f"theft-experiment-{secrets.token_hex(3)}", model_dir, rounds=rounds,
-            quorum=len(self.clients), deadline_seconds=3600, key_size=key_bits, bits=bits,
-            clip=clip, max_parties=len(self.clients), max_weight=max_weight,
-            allow_units=list(logins)[1:])["id"]
+            f"theft-experiment-{secrets.token_hex(3)}",
+            model_dir,
+            rounds=rounds,
+            quorum=len(self.clients),
+            deadline_seconds=3600,
+            key_size=key_bits,
+            bits=bits,
+            clip=clip,
+            max_parties=len(self.clients),
+            max_weight=max_weight,
+            allow_units=list(logins)[1:],
+        )["id"]
         for client in partners:
             client.join(self.project)
         initiator.wrap_pending(self.project)
@@ -63,8 +91,12 @@ class ServiceAggregate:
         t = time.perf_counter()
 
         def one(i: int, client: FederatedClient):
-            return client.run_round(self.project, lambda base: (updates[i], int(weights[i])),
-                                    timeout=600)
+            return client.run_round(
+                self.project,
+                lambda base: (updates[i], int(weights[i])),
+                timeout=600,
+                split=self.split,
+            )
 
         results = list(self.pool.map(one, range(len(updates)), self.clients.values()))
         means = [r.mean_update for r in results]
@@ -76,9 +108,12 @@ class ServiceAggregate:
         return means[0]
 
     def report(self) -> dict[str, Any]:
-        return {"project": self.project, "rounds": self.rounds,
-                "parties_per_round": sorted(set(self.parties)),
-                "seconds_in_rounds": round(self.seconds, 2)}
+        return {
+            "project": self.project,
+            "rounds": self.rounds,
+            "parties_per_round": sorted(set(self.parties)),
+            "seconds_in_rounds": round(self.seconds, 2),
+        }
 
     def close(self) -> None:
         self.pool.shutdown()
@@ -93,5 +128,4 @@ def demo_platform() -> Iterator[tuple[str, dict[str, tuple[str, str]]]]:
     from ..launcher import throwaway_platform
 
     with throwaway_platform() as (platform, accounts):
-        yield platform.url, {u: (f"publisher-{u}", accounts[f"publisher-{u}"])
-                             for u in "abcde"}
+        yield platform.url, {u: (f"publisher-{u}", accounts[f"publisher-{u}"]) for u in "abcde"}

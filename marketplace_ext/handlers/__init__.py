@@ -10,6 +10,7 @@ from . import (
     fl,
     fl_economy,
     fl_pages,
+    fl_slices,
     forum,
     forum_pages,
     inbox,
@@ -34,7 +35,7 @@ from . import (
 )
 
 default_handlers = (api.default_handlers + runs.default_handlers + m2d.default_handlers
-                    + fl.default_handlers + fl_economy.default_handlers
+                    + fl.default_handlers + fl_economy.default_handlers + fl_slices.default_handlers
                     + m2d_pages.default_handlers + run_pages.default_handlers
                     + pages.default_handlers + tools_pages.default_handlers
                     + account_pages.default_handlers + publish_pages.default_handlers

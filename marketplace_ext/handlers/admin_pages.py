@@ -18,7 +18,6 @@ from .. import ledger_views, points
 from ..auth import SCOPE_APPROVE
 from ..errors import InvalidField, MarketError
 from ..hubapi import ROLE_GROUPS
-from ..orm import write_transaction
 from ..units import get_unit, list_units, validate_slug
 from .base import PageHandler
 
@@ -41,19 +40,14 @@ class _AdminPage(PageHandler):
 class AdminPage(_AdminPage):
     """Units (with members and balance), a form for a new unit, and every account."""
 
-    def _render(self, status: int = 200, **ns) -> None:
-        with self.market.session_factory() as session:
-            units = [{"slug": u.slug, "name": u.name, "members": n,
-                      "balance": points.format_points(points.unit_account(session, u).balance)}
-                     for u, n in list_units(session)]
-            accounts = ledger_views.all_accounts(session)
-        self.render_template("admin.html", status=status, units=units, accounts=accounts,
+    async def _render(self, status: int = 200, **ns) -> None:
+        self.render_template("admin.html", status=status, **await self.in_db(_admin_namespace),
                              created=self.get_query_argument("created", ""), **ns)
 
     @web.authenticated
-    def get(self):
+    async def get(self):
         self.caller.require(SCOPE_APPROVE, "administering units")
-        self._render()
+        await self._render()
 
     @web.authenticated
     async def post(self):
@@ -63,10 +57,40 @@ class AdminPage(_AdminPage):
             unit = await self.market.units.create_unit(slug, self.get_body_argument("name", ""),
                                                        self.caller.name)
         except MarketError as e:
-            self._render(status=e.status, form=self.posted_form(),
-                         errors=errors_for(e, ("slug", "name")))
+            await self._render(status=e.status, form=self.posted_form(),
+                               errors=errors_for(e, ("slug", "name")))
             return
         self.redirect_after_post(f"admin?created={quote(unit.slug)}")
+
+
+def _admin_namespace(session) -> dict:
+    """Blocking (the db executor): every unit with its members and balance, every account."""
+    units = [{"slug": u.slug, "name": u.name, "members": n,
+              "balance": points.format_points(points.unit_account(session, u).balance)}
+             for u, n in list_units(session)]
+    return {"units": units, "accounts": ledger_views.all_accounts(session)}
+
+
+def _unit_namespace(session, slug: str) -> dict:
+    """Blocking (the db executor): a unit (404 if there is none), its members (without their
+    roles: the hub's), its latest orders and its statement."""
+    unit = get_unit(session, slug)
+    members = [{"user": m.user_name, "added_at": m.added_at.isoformat() + "Z",
+                "added_by": m.added_by} for m in unit.members]
+    orders, total = ledger_views.list_orders(session, unit, 100, 0)
+    return {"unit": {"slug": unit.slug, "name": unit.name}, "members": members,
+            "orders": [ledger_views.order_json(o) for o in orders], "order_total": total,
+            "statement": ledger_views.statement(session, points.unit_account(session, unit),
+                                                20, 0)}
+
+
+def _refund(session, unit: str, order_id: str, operator: str, reason: str) -> str:
+    """Blocking (the db executor, one write transaction): refund an order of ``unit``."""
+    order = points.get_order(session, order_id)
+    if order.unit.slug != unit:
+        raise InvalidField(f"order {order.id} is not an order of unit {unit}", "order")
+    points.refund(session, order, operator, reason)
+    return f"order {order.id} refunded"
 
 
 async def with_roles(market, members: list[dict]) -> list[dict]:
@@ -81,17 +105,9 @@ class AdminUnitPage(_AdminPage):
     """One unit: members (add with roles, remove), its orders (refund) and its statement."""
 
     async def _render(self, slug: str, status: int = 200, **ns) -> None:
-        with self.market.session_factory() as session:
-            unit = get_unit(session, slug)
-            info = {"slug": unit.slug, "name": unit.name}
-            members = [{"user": m.user_name, "added_at": m.added_at.isoformat() + "Z",
-                        "added_by": m.added_by} for m in unit.members]
-            orders, total = ledger_views.list_orders(session, unit, 100, 0)
-            order_rows = [ledger_views.order_json(o) for o in orders]
-            statement = ledger_views.statement(session, points.unit_account(session, unit), 20, 0)
-        members = await with_roles(self.market, members)  # the hub, outside any session
-        self.render_template("admin_unit.html", status=status, unit=info, members=members,
-                             orders=order_rows, order_total=total, statement=statement,
+        found = await self.in_db(_unit_namespace, slug)
+        found["members"] = await with_roles(self.market, found["members"])  # the hub's groups
+        self.render_template("admin_unit.html", status=status, **found,
                              roles=sorted(ROLE_GROUPS), done=self.get_query_argument("done", ""),
                              **ns)
 
@@ -129,15 +145,8 @@ class AdminUnitPage(_AdminPage):
             reason = self.get_body_argument("reason", "").strip()
             if not reason:
                 raise InvalidField("reason is required: why the order is refunded", "reason")
-            with self.market.session_factory() as session:
-                write_transaction(session)
-                order = points.get_order(session, self.get_body_argument("order", ""))
-                if order.unit.slug != unit:
-                    raise InvalidField(f"order {order.id} is not an order of unit {unit}",
-                                       "order")
-                points.refund(session, order, caller.name, reason)
-                session.commit()
-                return f"order {order.id} refunded"
+            return await self.in_write(_refund, unit, self.get_body_argument("order", ""),
+                                       caller.name, reason)
         raise InvalidField("action must be add, remove or refund", "action")
 
 

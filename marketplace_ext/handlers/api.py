@@ -20,7 +20,6 @@ from ..errors import (
     Forbidden,
     InvalidField,
     MethodNotAllowed,
-    PayloadTooLarge,
 )
 from ..hubapi import ROLE_GROUPS
 from ..ids import parse_id
@@ -45,9 +44,13 @@ class HealthHandler(APIHandler):
     def get_current_user(self):
         return None
 
-    def get(self):
-        self.db.execute(text("SELECT 1"))
+    async def get(self):
+        await self.in_db(_ping)
         self.write_json({"status": "ok", "version": __version__})
+
+
+def _ping(session) -> None:
+    session.execute(text("SELECT 1"))
 
 
 class LoopLagHandler(APIHandler):
@@ -71,12 +74,12 @@ class OpenAPIHandler(APIHandler):
 
 class MeHandler(APIHandler):
     @web.authenticated
-    def get(self):
+    async def get(self):
         caller = self.caller
-        unit = get_unit(self.db, caller.unit) if caller.unit else None
+        unit = await self.in_db(_unit_json, caller.unit) if caller.unit else None
         self.write_json({
             "name": caller.name,
-            "unit": unit_json(unit) if unit else None,
+            "unit": unit,
             "roles": caller.roles,
             "scopes": sorted(caller.scopes),
         })
@@ -84,8 +87,8 @@ class MeHandler(APIHandler):
 
 class UnitsHandler(APIHandler):
     @web.authenticated
-    def get(self):
-        self.write_json({"units": [unit_json(u, n) for u, n in list_units(self.db)]})
+    async def get(self):
+        self.write_json({"units": await self.in_db(_units_json)})
 
     @web.authenticated
     async def post(self):
@@ -104,20 +107,35 @@ class UnitsHandler(APIHandler):
 class UnitHandler(APIHandler):
     @web.authenticated
     async def get(self, unit):
-        unit = get_unit(self.db, unit)
-        self.caller.require_unit_or_operator(unit.slug, "listing a unit's members")
+        info, listed = await self.in_db(_unit_members, unit)
+        self.caller.require_unit_or_operator(info["slug"], "listing a unit's members")
         hub = self.market.hub
         role_members = {role: await hub.group_members(group) for role, group in ROLE_GROUPS.items()}
         members = [
             {
-                "user": m.user_name,
-                "roles": sorted(r for r, users in role_members.items() if m.user_name in users),
-                "added_at": m.added_at.isoformat() + "Z",
-                "added_by": m.added_by,
+                "user": m["user"],
+                "roles": sorted(r for r, users in role_members.items() if m["user"] in users),
+                "added_at": m["added_at"],
+                "added_by": m["added_by"],
             }
-            for m in unit.members
+            for m in listed
         ]
-        self.write_json({**unit_json(unit, len(members)), "members": members})
+        self.write_json({**info, "member_count": len(members), "members": members})
+
+
+def _unit_json(session, slug: str) -> dict:
+    return unit_json(get_unit(session, slug))
+
+
+def _units_json(session) -> list[dict]:
+    return [unit_json(u, n) for u, n in list_units(session)]
+
+
+def _unit_members(session, slug: str) -> tuple[dict, list[dict]]:
+    """A unit (404 if there is none) and its members, without their roles (the hub's)."""
+    unit = get_unit(session, slug)
+    return unit_json(unit), [{"user": m.user_name, "added_at": m.added_at.isoformat() + "Z",
+                              "added_by": m.added_by} for m in unit.members]
 
 
 class UnitMemberHandler(APIHandler):
@@ -158,21 +176,18 @@ class TermsHandler(APIHandler):
 
 class ProductsHandler(APIHandler):
     @web.authenticated
-    def get(self):
+    async def get(self):
         kind = self.get_query_argument("kind", None)
         if kind is not None and kind not in catalog.KINDS:
             raise InvalidField(f"kind must be one of {', '.join(catalog.KINDS)}", "kind")
         limit = self.int_argument("limit", 50, 1, 200)
         offset = self.int_argument("offset", 0, 0, 10**9)
-        items, total = catalog.list_products(
-            self.db, self.caller, kind=kind, tag=self.get_query_argument("tag", None),
-            unit=self.get_query_argument("unit", None), q=self.get_query_argument("q", None),
-            limit=limit, offset=offset, sort=self.get_query_argument("sort", "name"),
-        )
-        self.write_json({
-            "products": [catalog.product_summary(p, self.caller) for p in items],
-            "total": total, "limit": limit, "offset": offset,
-        })
+        arg = self.get_query_argument
+        filters = {"kind": kind, "tag": arg("tag", None), "unit": arg("unit", None),
+                   "q": arg("q", None), "sort": arg("sort", "name")}
+        products, total = await self.in_db(_products_json, self.caller, filters, limit, offset)
+        self.write_json({"products": products, "total": total, "limit": limit,
+                         "offset": offset})
 
     def max_body_bytes(self) -> int:
         if self.request.method == "POST":  # the bundle upload (multipart)
@@ -185,26 +200,29 @@ class ProductsHandler(APIHandler):
 
     @web.authenticated
     async def post(self):
-        files = self.request.files.get("bundle")
-        if not files:
-            raise InvalidField("upload the bundle zip as multipart field 'bundle'", "bundle")
-        data = files[0]["body"]
-        limit = self.market.bundle_limits.max_total_bytes
-        if len(data) > limit:
-            raise PayloadTooLarge(f"bundle is {len(data)} bytes; the limit is {limit}", "bundle")
-        accept = self.get_body_argument("accept_terms", "") in ("true", "yes", "1")
+        data, accept = self.bundle_upload()
         result = await publish_upload(self.market, self.caller, data, accept)
         self.write_json(result, status=201 if result["created"] else 200)
 
 
+def _products_json(session, caller, filters: dict, limit: int, offset: int,
+                   ) -> tuple[list[dict], int]:
+    items, total = catalog.list_products(session, caller, limit=limit, offset=offset,
+                                         **filters)
+    return [catalog.product_summary(p, caller) for p in items], total
+
+
 class ProductHandler(APIHandler):
     @web.authenticated
-    def get(self, product):
-        p = catalog.get_product(self.db, product, self.caller)
-        self.write_json({**catalog.product_detail(p, self.caller, self.market.service_prefix),
-                         "stats": ledger_views.usage_stats(self.db, p),
-                         "environments": product_envs.environments(self.market.envs, p,
-                                                                   self.caller)})
+    async def get(self, product):
+        self.write_json(await self.in_db(_product_json, self.market, self.caller, product))
+
+
+def _product_json(session, market, caller, product: str) -> dict:
+    p = catalog.get_product(session, product, caller)
+    return {**catalog.product_detail(p, caller, market.service_prefix),
+            "stats": ledger_views.usage_stats(session, p),
+            "environments": product_envs.environments(market.envs, p, caller)}
 
 
 class ReviewHandler(APIHandler):
@@ -218,26 +236,28 @@ class ReviewHandler(APIHandler):
 
 class ShelfHandler(APIHandler):
     @web.authenticated
-    def post(self, product):
+    async def post(self, product):
         body = self.json_body()
-        p = catalog.get_product(self.db, product, self.caller)
-        v = catalog.set_shelf(self.db, self.caller, p, body.get("state"), body.get("reason"))
-        self.db.commit()
-        self.write_json(catalog.version_json(v, full=True))
+        self.write_json(await self.in_write(_set_shelf, self.caller, product, body))
+
+
+def _set_shelf(session, caller, product: str, body: dict) -> dict:
+    p = catalog.get_product(session, product, caller)
+    v = catalog.set_shelf(session, caller, p, body.get("state"), body.get("reason"))
+    session.flush()
+    return catalog.version_json(v, full=True)
 
 
 class OrdersHandler(APIHandler):
     @web.authenticated
-    def get(self):
+    async def get(self):
         if self.caller.unit is None:
             raise Forbidden(f"{self.caller.name} is not a member of any unit; ask an operator",
                             "unit")
         limit = self.int_argument("limit", 50, 1, 200)
         offset = self.int_argument("offset", 0, 0, 10**9)
-        orders, total = ledger_views.list_orders(self.db, get_unit(self.db, self.caller.unit),
-                                           limit, offset)
-        self.write_json({"orders": [ledger_views.order_json(o) for o in orders], "total": total,
-                         "limit": limit, "offset": offset})
+        orders, total = await self.in_db(_orders_json, self.caller.unit, limit, offset)
+        self.write_json({"orders": orders, "total": total, "limit": limit, "offset": offset})
 
     @web.authenticated
     async def post(self):
@@ -245,6 +265,11 @@ class OrdersHandler(APIHandler):
         body, created = await self.in_db(_buy, self.caller, self.market.economy, product, plan,
                                          key)
         self.write_json(body, status=201 if created else 200)
+
+
+def _orders_json(session, unit: str, limit: int, offset: int) -> tuple[list[dict], int]:
+    orders, total = ledger_views.list_orders(session, get_unit(session, unit), limit, offset)
+    return [ledger_views.order_json(o) for o in orders], total
 
 
 def _buy(session, caller, economy, product: str, plan: str, key: str) -> tuple[dict, bool]:
@@ -256,34 +281,42 @@ def _buy(session, caller, economy, product: str, plan: str, key: str) -> tuple[d
 
 class OrderRefundHandler(APIHandler):
     @web.authenticated
-    def post(self, order):
+    async def post(self, order):
         self.caller.require(SCOPE_APPROVE, "refunding an order")
         reason = self.json_body().get("reason")
         if not isinstance(reason, str) or not reason.strip():
             raise InvalidField("reason is required: why the order is refunded", "reason")
-        found = points.get_order(self.db, order)
-        points.refund(self.db, found, self.caller.name, reason.strip())
-        self.db.commit()
-        self.write_json(ledger_views.order_json(found))
+        self.write_json(await self.in_write(_refund, self.caller.name, order, reason.strip()))
+
+
+def _refund(session, operator: str, order: str, reason: str) -> dict:
+    found = points.get_order(session, order)
+    points.refund(session, found, operator, reason)
+    session.flush()
+    return ledger_views.order_json(found)
 
 
 class UnitAccountHandler(APIHandler):
     @web.authenticated
-    def get(self, unit):
-        found = get_unit(self.db, unit)
-        self.caller.require_unit_or_operator(found.slug, "reading a unit's account")
+    async def get(self, unit):
+        slug = (await self.in_db(_unit_json, unit))["slug"]
+        self.caller.require_unit_or_operator(slug, "reading a unit's account")
         limit = self.int_argument("limit", 50, 1, 200)
         offset = self.int_argument("offset", 0, 0, 10**9)
-        account = points.unit_account(self.db, found)
-        self.write_json({**ledger_views.statement(self.db, account, limit, offset),
+        self.write_json({**await self.in_db(_statement, slug, limit, offset),
                          "limit": limit, "offset": offset})
+
+
+def _statement(session, slug: str, limit: int, offset: int) -> dict:
+    account = points.unit_account(session, get_unit(session, slug))
+    return ledger_views.statement(session, account, limit, offset)
 
 
 class AccountsHandler(APIHandler):
     @web.authenticated
-    def get(self):
+    async def get(self):
         self.caller.require(SCOPE_APPROVE, "listing every account")
-        self.write_json({"accounts": ledger_views.all_accounts(self.db)})
+        self.write_json({"accounts": await self.in_db(ledger_views.all_accounts)})
 
 
 class SpendOnPostOnly:
@@ -365,11 +398,11 @@ class LogKeyHandler(APIHandler):
 
 class CheckpointHandler(APIHandler):
     @web.authenticated
-    def get(self):
+    async def get(self):
         size = self.get_query_argument("size", None)
         if size is not None:
             size = self.int_argument("size", 0, 0, 2**62)
-        self.write_json(self.market.tlog.checkpoint(self.db, size))
+        self.write_json(await self.in_db(self.market.tlog.checkpoint, size))
 
 
 class LogEntryHandler(APIHandler):
@@ -377,34 +410,33 @@ class LogEntryHandler(APIHandler):
     operators (see :func:`marketplace_ext.certlog.access`)."""
 
     @web.authenticated
-    def get(self, index):
-        self.write_json(self.market.tlog.entry(self.db, parse_id(index, "log entry", "index"),
-                                               viewer=self.caller))
+    async def get(self, index):
+        number = parse_id(index, "log entry", "index")
+        self.write_json(await self.in_db(self.market.tlog.entry, number, self.caller))
 
 
 class InclusionProofHandler(APIHandler):
     @web.authenticated
-    def get(self):
+    async def get(self):
         index = self.required_int("index")
         size = self.required_int("size")
-        self.write_json(self.market.tlog.inclusion(self.db, index, size))
+        self.write_json(await self.in_db(self.market.tlog.inclusion, index, size))
 
 
 class ConsistencyProofHandler(APIHandler):
     @web.authenticated
-    def get(self):
+    async def get(self):
         old = self.required_int("old")
         new = self.required_int("new")
-        self.write_json(self.market.tlog.consistency(self.db, old, new))
+        self.write_json(await self.in_db(self.market.tlog.consistency, old, new))
 
 
 class CosignaturesHandler(APIHandler):
     @web.authenticated
-    def post(self):
+    async def post(self):
         body = self.json_body()
-        result = self.market.tlog.add_cosignature(self.db, body.get("cosignature"))
-        self.db.commit()
-        self.write_json(result)
+        self.write_json(await self.in_write(self.market.tlog.add_cosignature,
+                                            body.get("cosignature")))
 
 
 class QueryHandler(APIHandler):

@@ -168,6 +168,19 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         """Run ``work(*args)`` (a call to a unit's data platform) in the spark executor."""
         return await self.market.executors.run("spark", work, *args)
 
+    def bundle_upload(self) -> tuple[bytes, bool]:
+        """A product bundle upload's (zip bytes, accept_terms): multipart field ``bundle``
+        (400 naming it when absent, 413 above the service's bundle limit) and the form field
+        ``accept_terms`` ("true", "yes" or "1")."""
+        files = self.request.files.get("bundle")
+        if not files:
+            raise InvalidField("upload the bundle zip as multipart field 'bundle'", "bundle")
+        data = files[0]["body"]
+        limit = self.market.bundle_limits.max_total_bytes
+        if len(data) > limit:
+            raise PayloadTooLarge(f"bundle is {len(data)} bytes; the limit is {limit}", "bundle")
+        return data, self.get_body_argument("accept_terms", "") in ("true", "yes", "1")
+
     async def stream_blob(self, sha256: str) -> None:
         """Send a stored blob as the response body in :data:`STREAM_CHUNK` chunks, each read on
         the io executor and flushed before the next (a bundle is never held whole in memory,
@@ -556,17 +569,20 @@ class PageHandler(BaseHandler):
         """Render page ``name`` with the namespace ``build(session, *args)`` returns (and
         ``ns``), built and rendered in the database executor while its session is open: a
         template may follow the ORM objects it is given (``v.product.unit.slug``), and neither
-        the queries nor those lazy loads run on the event loop."""
-        template = self.settings["jinja_env"].get_template(name)
+        the queries nor those lazy loads run on the event loop. A namespace holding
+        ``http_status`` answers with that status instead of ``status``."""
+        env = self.settings["jinja_env"]
         namespace = self.template_namespace()
 
-        def page(session) -> str:
+        def page(session) -> tuple[str, int]:
+            template = env.get_template(name)  # (compiled here, off the loop, if not yet)
             namespace.update(build(session, *args))
             namespace.update(ns)
-            return template.render(**namespace)
+            code = namespace.pop("http_status", status)
+            return template.render(**namespace), code
 
-        html = await self.in_db(page)
-        self.set_status(status)
+        html, code = await self.in_db(page)
+        self.set_status(code)
         self.finish(html)
 
     def render_form_error(self, name: str, error: MarketError, **ns) -> None:

@@ -26,8 +26,8 @@ def _get_project(db, ident: str):
 
 class ProjectsHandler(APIHandler):
     @web.authenticated
-    def get(self):
-        self.write_json({"projects": projects.list_projects(self.db, self.caller)})
+    async def get(self):
+        self.write_json({"projects": await self.in_db(projects.list_projects, self.caller)})
 
     @web.authenticated
     async def post(self):
@@ -45,6 +45,41 @@ class ProjectsHandler(APIHandler):
         self.write_json(answer, status=201)
 
 
+def _read(session, caller, project: str, view, *args):
+    """Blocking (the db executor): ``view(session, caller, found, *args)`` of the project
+    ``project`` (404 first)."""
+    return view(session, caller, _get_project(session, project), *args)
+
+
+def _project_json(session, caller, found) -> dict:
+    return projects.project_json(session, found, caller)
+
+
+def _members_json(session, caller, found) -> dict:
+    common.require_viewer(session, caller, found, "reading a project's members")
+    return {"members": [projects.member_json(m) for m in found.members]}
+
+
+def _unit_key_json(session, unit: str) -> dict:
+    return projects.unit_key_json(enrolment.get_unit_key(session, unit))
+
+
+def _rounds_json(session, caller, found) -> dict:
+    common.require_viewer(session, caller, found, "reading rounds")
+    return {"rounds": [projects.round_json(session, found, common.get_round(session, found, n))
+                       for n in range(1, found.current_round + 1)]}
+
+
+def _round_json(session, caller, found, number: str) -> dict:
+    common.require_viewer(session, caller, found, "reading a round")
+    return projects.round_json(session, found,
+                               common.get_round(session, found, _round_number(number)))
+
+
+def _metrics_json(session, caller, found) -> dict:
+    return {"metrics": rounds.metrics_json(session, caller, found)}
+
+
 def _create_project(session, caller, req, blobs) -> dict:
     project = projects.create_project(session, caller, req, blobs)
     return projects.project_json(session, project, caller)
@@ -52,9 +87,8 @@ def _create_project(session, caller, req, blobs) -> dict:
 
 class ProjectHandler(APIHandler):
     @web.authenticated
-    def get(self, project):
-        found = _get_project(self.db, project)
-        self.write_json(projects.project_json(self.db, found, self.caller))
+    async def get(self, project):
+        self.write_json(await self.in_db(_read, self.caller, project, _project_json))
 
 
 class JoinHandler(APIHandler):
@@ -73,10 +107,8 @@ class JoinHandler(APIHandler):
 
 class MembersHandler(APIHandler):
     @web.authenticated
-    def get(self, project):
-        found = _get_project(self.db, project)
-        common.require_viewer(self.db, self.caller, found, "reading a project's members")
-        self.write_json({"members": [projects.member_json(m) for m in found.members]})
+    async def get(self, project):
+        self.write_json(await self.in_db(_read, self.caller, project, _members_json))
 
 
 class MemberHandler(APIHandler):
@@ -108,8 +140,8 @@ class DecisionHandler(APIHandler):
 
 class UnitKeyHandler(APIHandler):
     @web.authenticated
-    def get(self, unit):
-        self.write_json(projects.unit_key_json(enrolment.get_unit_key(self.db, unit)))
+    async def get(self, unit):
+        self.write_json(await self.in_db(_unit_key_json, unit))
 
     @web.authenticated
     def put(self, unit):
@@ -123,9 +155,8 @@ class UnitKeyHandler(APIHandler):
 
 class KeysHandler(APIHandler):
     @web.authenticated
-    def get(self, project):
-        found = _get_project(self.db, project)
-        self.write_json(enrolment.keys_json(self.db, self.caller, found))
+    async def get(self, project):
+        self.write_json(await self.in_db(_read, self.caller, project, enrolment.keys_json))
 
     @web.authenticated
     def post(self, project):
@@ -137,23 +168,26 @@ class KeysHandler(APIHandler):
 
 
 class ModelHandler(APIHandler):
+    """The project's model, streamed in chunks read on the io executor."""
+
     @web.authenticated
-    def get(self, project):
-        found = _get_project(self.db, project)
-        common.require_member(self.db, self.caller, found, "downloading a project's model")
-        self.set_attachment(f"fl-project-{found.id}-model.zip", "application/zip")
-        self.set_header("X-Content-SHA256", found.model_sha256)
-        self.finish(self.market.blobs.get(found.model_sha256))
+    async def get(self, project):
+        project_id, sha = await self.in_db(_model_of, self.caller, project)
+        self.set_attachment(f"fl-project-{project_id}-model.zip", "application/zip")
+        self.set_header("X-Content-SHA256", sha)
+        await self.stream_blob(sha)
+
+
+def _model_of(session, caller, project: str) -> tuple[int, str]:
+    found = _get_project(session, project)
+    common.require_member(session, caller, found, "downloading a project's model")
+    return found.id, found.model_sha256
 
 
 class RoundsHandler(APIHandler):
     @web.authenticated
-    def get(self, project):
-        found = _get_project(self.db, project)
-        common.require_viewer(self.db, self.caller, found, "reading rounds")
-        listed = [projects.round_json(self.db, found, common.get_round(self.db, found, n))
-                  for n in range(1, found.current_round + 1)]
-        self.write_json({"rounds": listed})
+    async def get(self, project):
+        self.write_json(await self.in_db(_read, self.caller, project, _rounds_json))
 
     @web.authenticated
     def post(self, project):
@@ -165,11 +199,8 @@ class RoundsHandler(APIHandler):
 
 class RoundHandler(APIHandler):
     @web.authenticated
-    def get(self, project, number):
-        found = _get_project(self.db, project)
-        common.require_viewer(self.db, self.caller, found, "reading a round")
-        rnd = common.get_round(self.db, found, _round_number(number))
-        self.write_json(projects.round_json(self.db, found, rnd))
+    async def get(self, project, number):
+        self.write_json(await self.in_db(_read, self.caller, project, _round_json, number))
 
 
 @web.stream_request_body
@@ -271,25 +302,33 @@ class UpdatesHandler(APIHandler):
 
 
 class AggregateHandler(APIHandler):
+    """A round's aggregate, streamed in chunks read on the io executor."""
+
     @web.authenticated
-    def get(self, project, number):
-        found = _get_project(self.db, project)
-        rnd, aggregate = rounds.aggregate_of(self.db, self.caller, found,
-                                             _round_number(number))
-        self.set_attachment(f"fl-project-{found.id}-round-{rnd.number}-aggregate.bin")
-        self.set_header("X-Content-SHA256", aggregate.sha256)
-        self.set_header("X-Log-Index", str(aggregate.log_index))
-        self.set_header("X-FL-Attempt", str(rnd.attempt))
-        self.set_header("X-FL-Parties", str(aggregate.parties))
-        self.set_header("X-FL-Total-Weight", str(aggregate.total_weight))
-        self.finish(self.market.blobs.get(aggregate.sha256))
+    async def get(self, project, number):
+        found = await self.in_db(_aggregate_of, self.caller, project, number)
+        self.set_attachment(f"fl-project-{found['project']}-round-{found['round']}"
+                            "-aggregate.bin")
+        self.set_header("X-Content-SHA256", found["sha256"])
+        self.set_header("X-Log-Index", str(found["log_index"]))
+        self.set_header("X-FL-Attempt", str(found["attempt"]))
+        self.set_header("X-FL-Parties", str(found["parties"]))
+        self.set_header("X-FL-Total-Weight", str(found["total_weight"]))
+        await self.stream_blob(found["sha256"])
+
+
+def _aggregate_of(session, caller, project: str, number: str) -> dict:
+    found = _get_project(session, project)
+    rnd, aggregate = rounds.aggregate_of(session, caller, found, _round_number(number))
+    return {"project": found.id, "round": rnd.number, "attempt": rnd.attempt,
+            "sha256": aggregate.sha256, "log_index": aggregate.log_index,
+            "parties": aggregate.parties, "total_weight": aggregate.total_weight}
 
 
 class MetricsHandler(APIHandler):
     @web.authenticated
-    def get(self, project):
-        found = _get_project(self.db, project)
-        self.write_json({"metrics": rounds.metrics_json(self.db, self.caller, found)})
+    async def get(self, project):
+        self.write_json(await self.in_db(_read, self.caller, project, _metrics_json))
 
     @web.authenticated
     def post(self, project):

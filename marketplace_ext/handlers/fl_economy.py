@@ -1,6 +1,7 @@
 """Handlers of a federated project's economy under ``api/fl/projects/{id}/``: the pool, the
-contribution estimate, the settlement (measure, split, payout), leave-one-out aggregates and
-the co-owned model product. The rules are in :mod:`marketplace_ext.federated.economy`,
+contribution estimate, the settlement (measure, split, payout), cancelling (the pool goes
+back, :mod:`~marketplace_ext.federated.ending`), leave-one-out aggregates and the co-owned
+model product. The rules are in :mod:`marketplace_ext.federated.economy`,
 :mod:`~marketplace_ext.federated.loo` and :mod:`~marketplace_ext.federated.coowned`; every
 database step runs in the db executor, the encrypted sums in a worker thread."""
 
@@ -9,8 +10,8 @@ from __future__ import annotations
 from tornado import web
 
 from ..auth import SCOPE_PUBLISH
-from ..errors import InvalidField, NotFound, PayloadTooLarge
-from ..federated import coowned, economy, loo
+from ..errors import InvalidField, NotFound
+from ..federated import coowned, economy, ending, loo
 from ..federated.common import get_project, parse_query_int, reject_unknown, require_viewer
 from ..publishing import publish_upload
 from .base import MULTIPART_ENVELOPE, APIHandler
@@ -46,6 +47,23 @@ class PoolHandler(APIHandler):
         if amount <= 0:
             raise InvalidField("amount must be at least 1 point", "amount")
         self.write_json(await self.in_write(_fund, self.caller, project, amount), status=201)
+
+
+def _cancel(session, caller, project: str, reason: str | None) -> tuple[dict, bool]:
+    settlement, made = ending.cancel(session, caller, get_project(session, project), reason)
+    return ending.ending_json(settlement), made
+
+
+class CancelHandler(APIHandler):
+    """Cancel an enrolling or running project (the initiator's unit, operators): its pool goes
+    back to the initiator's unit, once; cancelling again returns the same record."""
+
+    @web.authenticated
+    async def post(self, project):
+        body = self.json_body() if self.request.body else {}
+        reason = ending.parse_reason(body)
+        answer, _made = await self.in_write(_cancel, self.caller, project, reason)
+        self.write_json(answer)
 
 
 class ContributionsHandler(APIHandler):
@@ -98,14 +116,7 @@ class ModelProductHandler(APIHandler):
         caller = self.caller
         # refused before the bundle is unpacked (and again in the publishing transaction)
         await self.in_db(lambda s: coowned.check_publishable(s, caller, get_project(s, project)))
-        files = self.request.files.get("bundle")
-        if not files:
-            raise InvalidField("upload the bundle zip as multipart field 'bundle'", "bundle")
-        data = files[0]["body"]
-        limit = self.market.bundle_limits.max_total_bytes
-        if len(data) > limit:
-            raise PayloadTooLarge(f"bundle is {len(data)} bytes; the limit is {limit}", "bundle")
-        accept = self.get_body_argument("accept_terms", "") in ("true", "yes", "1")
+        data, accept = self.bundle_upload()
 
         def within(session, version, created):
             return coowned.record_model_product(session, caller, get_project(session, project),
@@ -129,6 +140,7 @@ _P = r"/api/fl/projects/(?P<project>[^/]+)"
 default_handlers = [
     (_P + r"/pool", PoolHandler),
     (_P + r"/contributions", ContributionsHandler),
+    (_P + r"/cancel", CancelHandler),
     (_P + r"/settlement", SettlementHandler),
     (_P + r"/rounds/(?P<number>[^/]+)/loo/(?P<unit>[^/]+)", LeaveOneOutHandler),
     (_P + r"/product", ModelProductHandler),

@@ -22,7 +22,7 @@ class ThreadsHandler(APIHandler):
     titles and posts, paged. ``POST``: a new thread with its first post."""
 
     @web.authenticated
-    def get(self):
+    async def get(self):
         arg = self.get_query_argument
         filters = {k: arg(k, None) for k in forum.TARGET_KINDS}
         target = None
@@ -30,60 +30,76 @@ class ThreadsHandler(APIHandler):
             if value == "":
                 raise InvalidField(f"{name} is empty: leave it out to see every thread", name)
         if any(v is not None for v in filters.values()):
-            kind, ref = forum.parse_target(filters)
-            target = (kind, forum.check_target(self.db, self.caller, kind, ref))
+            target = forum.parse_target(filters)  # checked for the caller in the listing
         q = forum.parse_query(arg("q", None))
         page = self.int_argument("page", 1, 1, PAGE_LIMIT)
         per_page = self.int_argument("per_page", 20, 1, forum.MAX_PER_PAGE)
-        threads, total = forum.list_threads(self.db, self.caller, target, q, page, per_page)
-        self.write_json({"threads": [forum.thread_json(t, self.caller) for t in threads],
-                         "total": total, "page": page, "per_page": per_page,
-                         "categories": _categories()})
+        listed = await self.in_db(forum.threads_listing, self.caller, target, q, page,
+                                  per_page)
+        self.write_json({"threads": listed["threads"], "total": listed["total"],
+                         "page": page, "per_page": per_page, "categories": _categories()})
 
     @web.authenticated
-    def post(self):
-        thread = forum.create_thread(self.db, self.caller, self.json_body())
-        self.db.commit()
-        self.set_header("Location", f"{self.market.service_prefix}api/forum/threads/{thread.id}")
-        self.write_json(forum.thread_page(self.db, self.caller, thread), status=201)
+    async def post(self):
+        answer = await self.in_write(_create_thread, self.caller, self.json_body())
+        self.set_header("Location", f"{self.market.service_prefix}api/forum/threads/"
+                                    f"{answer['thread']['id']}")
+        self.write_json(answer, status=201)
 
 
 class ThreadHandler(APIHandler):
     @web.authenticated
-    def get(self, thread):
-        found = forum.get_thread(self.db, self.caller, thread)
+    async def get(self, thread):
         page = self.int_argument("page", 1, 1, PAGE_LIMIT)
         per_page = self.int_argument("per_page", 20, 1, forum.MAX_PER_PAGE)
-        self.write_json(forum.thread_page(self.db, self.caller, found, page, per_page))
+        self.write_json(await self.in_db(forum.thread_reading, self.caller, thread, page,
+                                         per_page))
 
 
 class PostsHandler(APIHandler):
     @web.authenticated
-    def post(self, thread):
-        found = forum.get_thread(self.db, self.caller, thread)
-        post = forum.add_post(self.db, self.caller, found, self.json_body())
-        self.db.commit()
-        self.write_json(forum.post_json(post, self.caller), status=201)
+    async def post(self, thread):
+        body = self.json_body()
+        self.write_json(await self.in_write(_add_post, self.caller, thread, body), status=201)
 
 
 class ThreadModerationHandler(APIHandler):
     @web.authenticated
-    def post(self, thread):
-        found = forum.get_thread(self.db, self.caller, thread)
-        hidden, reason = forum.parse_moderation(self.json_body())
-        forum.moderate(self.db, self.caller, found, hidden, reason)
-        self.db.commit()
-        self.write_json(forum.thread_json(found, self.caller))
+    async def post(self, thread):
+        body = self.json_body()
+        self.write_json(await self.in_write(_moderate, self.caller, "thread", thread, body))
 
 
 class PostModerationHandler(APIHandler):
     @web.authenticated
-    def post(self, post):
-        found = forum.get_post(self.db, self.caller, post)
-        hidden, reason = forum.parse_moderation(self.json_body())
-        forum.moderate(self.db, self.caller, found, hidden, reason)
-        self.db.commit()
-        self.write_json(forum.post_json(found, self.caller))
+    async def post(self, post):
+        body = self.json_body()
+        self.write_json(await self.in_write(_moderate, self.caller, "post", post, body))
+
+
+# blocking (the db executor, each one write transaction): the forum's writes, answered as JSON
+
+
+def _create_thread(session, caller, body: dict) -> dict:
+    thread = forum.create_thread(session, caller, body)
+    session.flush()
+    return forum.thread_page(session, caller, thread)
+
+
+def _add_post(session, caller, thread: str, body: dict) -> dict:
+    found = forum.get_thread(session, caller, thread)
+    post = forum.add_post(session, caller, found, body)
+    session.flush()
+    return forum.post_json(post, caller)
+
+
+def _moderate(session, caller, kind: str, ident: str, body: dict) -> dict:
+    """Hide or show a thread (``kind`` "thread") or a post (404 first, then the body)."""
+    found = (forum.get_thread if kind == "thread" else forum.get_post)(session, caller, ident)
+    hidden, reason = forum.parse_moderation(body)
+    forum.moderate(session, caller, found, hidden, reason)
+    session.flush()
+    return (forum.thread_json if kind == "thread" else forum.post_json)(found, caller)
 
 
 default_handlers = [

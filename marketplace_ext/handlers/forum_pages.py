@@ -34,33 +34,38 @@ class ForumPage(PageHandler):
     nav = "forum"
 
     @web.authenticated
-    def get(self):
+    async def get(self):
         arg = self.get_query_argument
         filters = {k: arg(k, "").strip() for k in forum.TARGET_KINDS}
         q = arg("q", "").strip()
         page = _page_number(arg("page", None))
-        errors: dict[str, str] = {}
-        target = None
-        threads, total = [], 0
-        try:
-            if any(filters.values()):
-                kind, ref = forum.parse_target(filters)
-                target = (kind, forum.check_target(self.db, self.caller, kind, ref))
-            query = forum.parse_query(q)
-            threads, total = forum.list_threads(self.db, self.caller, target, query, page,
-                                                PER_PAGE)
-        except MarketError as e:
-            errors[e.field or "_form"] = e.message
-        keep = {k: v for k, v in {**filters, "q": q}.items() if v}
-        new_link = "forum/new" + (f"?{urlencode({target[0]: target[1]})}" if target else "")
-        self.render_template(
-            "forum.html", status=400 if errors else 200, errors=errors,
-            threads=[forum.thread_json(t, self.caller) for t in threads], total=total,
-            page=page, pages=max(1, -(-total // PER_PAGE)), categories=forum.CATEGORIES,
-            target=target and {"kind": target[0], "ref": target[1],
-                               "label": forum.target_label(*target),
-                               "link": forum.target_link(*target)},
-            q=q, keep=urlencode(keep), new_link=new_link)
+        await self.render_from_db("forum.html", _forum_namespace, self.caller, filters, q, page)
+
+
+def _forum_namespace(session, caller, filters: dict[str, str], q: str, page: int) -> dict:
+    """Blocking (the db executor): the thread list's namespace; a refused filter or search
+    is shown next to its field (400), with no threads."""
+    errors: dict[str, str] = {}
+    target = None
+    threads, total = [], 0
+    try:
+        if any(filters.values()):
+            kind, ref = forum.parse_target(filters)
+            target = (kind, forum.check_target(session, caller, kind, ref))
+        query = forum.parse_query(q)
+        threads, total = forum.list_threads(session, caller, target, query, page, PER_PAGE)
+    except MarketError as e:
+        errors[e.field or "_form"] = e.message
+    keep = {k: v for k, v in {**filters, "q": q}.items() if v}
+    new_link = "forum/new" + (f"?{urlencode({target[0]: target[1]})}" if target else "")
+    return dict(
+        http_status=400 if errors else 200, errors=errors,
+        threads=[forum.thread_json(t, caller) for t in threads], total=total,
+        page=page, pages=max(1, -(-total // PER_PAGE)), categories=forum.CATEGORIES,
+        target=target and {"kind": target[0], "ref": target[1],
+                           "label": forum.target_label(*target),
+                           "link": forum.target_link(*target)},
+        q=q, keep=urlencode(keep), new_link=new_link)
 
 
 class ForumNewPage(PageHandler):
@@ -80,19 +85,17 @@ class ForumNewPage(PageHandler):
                              **self._namespace())
 
     @web.authenticated
-    def post(self):
+    async def post(self):
         body = {k: self.get_body_argument(k, "") for k in NEW_FIELDS}
         body = {k: v for k, v in body.items() if v != "" or k in ("title", "body")}
         try:
-            thread = forum.create_thread(self.db, self.caller, body)
-            self.db.commit()
-        except MarketError as e:
-            self.db.rollback()
+            thread_id = await self.in_write(_new_thread, self.caller, body)
+        except MarketError as e:  # rolled back: nothing written
             if e.field not in NEW_FIELDS:
                 e.field = None
             self.render_form_error("forum_new.html", e, **self._namespace())
             return
-        self.redirect_after_post(f"forum/{thread.id}")
+        self.redirect_after_post(f"forum/{thread_id}")
 
 
 class ForumThreadPage(PageHandler):
@@ -102,54 +105,69 @@ class ForumThreadPage(PageHandler):
     nav = "forum"
     ACTIONS = ("reply", "moderate_thread", "moderate_post")
 
-    def _namespace(self, thread_id: str, page: int) -> dict:
-        thread = forum.get_thread(self.db, self.caller, thread_id)
-        shown = forum.thread_page(self.db, self.caller, thread, page, PER_PAGE)
-        return {**shown, "pages": max(1, -(-shown["total"] // PER_PAGE)),
-                "max_body": forum.MAX_BODY,
-                "notice": NOTICES.get(self.get_query_argument("done", ""))}
-
     @web.authenticated
-    def get(self, thread):
+    async def get(self, thread):
         page = _page_number(self.get_query_argument("page", None))
-        self.render_template("forum_thread.html", **self._namespace(thread, page))
+        await self.render_from_db("forum_thread.html", _thread_namespace, self.caller, thread,
+                                  page, self.get_query_argument("done", ""))
 
     @web.authenticated
-    def post(self, thread):
-        action = self.get_body_argument("action", "")
+    async def post(self, thread):
         arg = self.get_body_argument
+        form = {"action": arg("action", ""), "body": arg("body", ""), "hidden": arg("hidden", ""),
+                "reason": arg("reason", ""), "post": arg("post", ""),
+                "page": _page_number(arg("page", None))}
         try:
-            found = forum.get_thread(self.db, self.caller, thread)
-            if action == "reply":
-                post = forum.add_post(self.db, self.caller, found, {"body": arg("body", "")})
-                self.db.commit()
-                page = forum.page_of_post(self.db, post, PER_PAGE)
-                self.redirect_after_post(f"forum/{found.id}?page={page}&done=posted"
-                                         f"#post-{post.id}")
-                return
-            if action not in self.ACTIONS:
-                raise InvalidField(f"action must be one of {', '.join(self.ACTIONS)}",
-                                   "action")
-            hidden, reason = forum.parse_moderation(
-                {"hidden": arg("hidden", "") == "1", "reason": arg("reason", "") or None})
-            target = found if action == "moderate_thread" else forum.get_post(
-                self.db, self.caller, arg("post", ""))
-            if target is not found and target.thread_id != found.id:
-                raise InvalidField("that post is in another thread", "post")
-            forum.moderate(self.db, self.caller, target, hidden, reason)
-            self.db.commit()
-        except MarketError as e:
-            self.db.rollback()
+            done = await self.in_write(_thread_action, self.caller, thread, form)
+        except MarketError as e:  # rolled back: nothing written
             if e.status == 404 and e.field == "thread":
                 raise
-            page = _page_number(arg("page", None))
             if e.field not in ("body", "reason"):
                 e.field = None
-            self.render_form_error("forum_thread.html", e, **self._namespace(thread, page))
+            self.render_form_error("forum_thread.html", e, **await self.in_db(
+                _thread_namespace, self.caller, thread, form["page"],
+                self.get_query_argument("done", "")))
             return
-        anchor = f"#post-{target.id}" if target is not found else ""
-        self.redirect_after_post(f"forum/{found.id}?page={_page_number(arg('page', None))}"
-                                 f"&done={'hidden' if hidden else 'shown'}{anchor}")
+        self.redirect_after_post(done)
+
+
+def _new_thread(session, caller, body: dict) -> int:
+    """Blocking (the db executor, one write transaction): a new thread; its id."""
+    thread = forum.create_thread(session, caller, body)
+    session.flush()
+    return thread.id
+
+
+def _thread_action(session, caller, thread: str, form: dict) -> str:
+    """Blocking (the db executor, one write transaction): a reply, or an operator hiding or
+    showing the thread or one of its posts; returns where the browser goes next."""
+    action = form["action"]
+    found = forum.get_thread(session, caller, thread)
+    if action == "reply":
+        post = forum.add_post(session, caller, found, {"body": form["body"]})
+        session.flush()
+        page = forum.page_of_post(session, post, PER_PAGE)
+        return f"forum/{found.id}?page={page}&done=posted#post-{post.id}"
+    if action not in ForumThreadPage.ACTIONS:
+        raise InvalidField(f"action must be one of {', '.join(ForumThreadPage.ACTIONS)}",
+                           "action")
+    hidden, reason = forum.parse_moderation(
+        {"hidden": form["hidden"] == "1", "reason": form["reason"] or None})
+    target = found if action == "moderate_thread" else forum.get_post(session, caller,
+                                                                      form["post"])
+    if target is not found and target.thread_id != found.id:
+        raise InvalidField("that post is in another thread", "post")
+    forum.moderate(session, caller, target, hidden, reason)
+    anchor = f"#post-{target.id}" if target is not found else ""
+    return (f"forum/{found.id}?page={form['page']}"
+            f"&done={'hidden' if hidden else 'shown'}{anchor}")
+
+
+def _thread_namespace(session, caller, thread_id: str, page: int, done: str) -> dict:
+    """A thread's page: the thread, one page of its posts, the reply form's limits."""
+    shown = forum.thread_reading(session, caller, thread_id, page, PER_PAGE)
+    return {**shown, "pages": max(1, -(-shown["total"] // PER_PAGE)),
+            "max_body": forum.MAX_BODY, "notice": NOTICES.get(done)}
 
 
 default_handlers = [

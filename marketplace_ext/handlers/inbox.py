@@ -21,38 +21,41 @@ def _flag(raw: str | None, name: str) -> bool:
 
 class InboxHandler(APIHandler):
     @web.authenticated
-    def get(self):
-        user = self.caller.name
+    async def get(self):
         unread_only = _flag(self.get_query_argument("unread", None), "unread")
         page = self.int_argument("page", 1, 1, 100_000)
         per_page = self.int_argument("per_page", 20, 1, inbox.MAX_PAGE)
-        rows, total = inbox.list_notifications(self.db, user, unread_only, page, per_page)
-        self.write_json({"notifications": [inbox.notification_json(n) for n in rows],
-                         "total": total, "unread": inbox.unread_count(self.db, user),
-                         "page": page, "per_page": per_page})
+        listed = await self.in_db(inbox.inbox_page, self.caller.name, unread_only, page,
+                                  per_page)
+        self.write_json({**listed, "page": page, "per_page": per_page})
 
 
 class ReadHandler(APIHandler):
     @web.authenticated
-    def post(self):
+    async def post(self):
         ids = inbox.parse_mark_request(self.json_body())
-        marked = inbox.mark_read(self.db, self.caller.name, ids)
-        self.db.commit()
-        self.write_json({"marked": marked, "unread": inbox.unread_count(self.db,
-                                                                         self.caller.name)})
+        self.write_json(await self.in_write(_mark_read, self.caller.name, ids))
 
 
 class SettingsHandler(APIHandler):
     @web.authenticated
-    def get(self):
-        setting = inbox.mail_setting(self.db, self.caller.name)
-        self.write_json(inbox.mail_setting_json(setting, self.market.mail.enabled))
+    async def get(self):
+        self.write_json(await self.in_db(inbox.mail_setting_reading, self.caller.name,
+                                         self.market.mail.enabled))
 
     @web.authenticated
-    def put(self):
-        setting = inbox.set_mail_setting(self.db, self.caller.name, self.json_body())
-        self.db.commit()
-        self.write_json(inbox.mail_setting_json(setting, self.market.mail.enabled))
+    async def put(self):
+        self.write_json(await self.in_write(_set_mail, self.caller.name, self.json_body(),
+                                            self.market.mail.enabled))
+
+
+def _mark_read(session, user: str, ids: list[int] | None) -> dict:
+    marked = inbox.mark_read(session, user, ids)
+    return {"marked": marked, "unread": inbox.unread_count(session, user)}
+
+
+def _set_mail(session, user: str, body: dict, mail_available: bool) -> dict:
+    return inbox.mail_setting_json(inbox.set_mail_setting(session, user, body), mail_available)
 
 
 default_handlers = [

@@ -15,17 +15,17 @@ IMMUTABLE = "private, max-age=31536000, immutable"
 
 class TlogCheckpointHandler(APIHandler):
     @web.authenticated
-    def get(self):
-        note = self.market.tlog.checkpoint(self.db)["checkpoint"]
+    async def get(self):
+        note = (await self.in_db(self.market.tlog.checkpoint))["checkpoint"]
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.finish(note)
 
 
 class TlogTileHandler(APIHandler):
     @web.authenticated
-    def get(self, path):
+    async def get(self, path):
         tile = tiles.parse_tile_path(path)
-        data = tiles.read_tile(self.db, tile)
+        data = await self.in_db(tiles.read_tile, tile)
         self.set_header("Content-Type", "application/octet-stream")
         if not tile.partial:
             self.set_header("Cache-Control", IMMUTABLE)

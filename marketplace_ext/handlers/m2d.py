@@ -14,14 +14,12 @@ STATUSES = ("pending", "approved", "rejected")
 
 class ModelToDataHandler(APIHandler):
     @web.authenticated
-    def get(self):
+    async def get(self):
         status = self.get_query_argument("status", None)
         if status is not None and status not in STATUSES:
             raise InvalidField(f"status must be one of {', '.join(STATUSES)}", "status")
-        prefix = self.market.service_prefix
-        self.write_json({"requests": [
-            m2d.request_json(self.db, self.caller, r, prefix)
-            for r in m2d.list_requests(self.db, self.caller, status)]})
+        self.write_json({"requests": await self.in_db(_requests_json, self.caller, status,
+                                                      self.market.service_prefix)})
 
     @web.authenticated
     async def post(self):
@@ -55,12 +53,21 @@ def decide_request(session, caller, request: str, body: dict,
     return m2d.request_json(session, caller, decided, prefix), decided.run_id
 
 
+def _requests_json(session, caller, status: str | None, prefix: str) -> list[dict]:
+    return [m2d.request_json(session, caller, r, prefix)
+            for r in m2d.list_requests(session, caller, status)]
+
+
+def _request_json(session, caller, request: str, prefix: str) -> dict:
+    found = m2d.get_request(session, caller, request)
+    return m2d.request_json(session, caller, found, prefix, with_code=True)
+
+
 class ModelToDataRequestHandler(APIHandler):
     @web.authenticated
-    def get(self, request):
-        found = m2d.get_request(self.db, self.caller, request)
-        self.write_json(m2d.request_json(self.db, self.caller, found, self.market.service_prefix,
-                                         with_code=True))
+    async def get(self, request):
+        self.write_json(await self.in_db(_request_json, self.caller, request,
+                                         self.market.service_prefix))
 
 
 class ModelToDataNotebookHandler(APIHandler):

@@ -15,38 +15,51 @@ from .base import APIHandler
 
 class RetrainHandler(APIHandler):
     @web.authenticated
-    def post(self, product):
+    async def post(self, product):
         market = self.market
         self.caller.require(SCOPE_SUBSCRIBE, "retraining a product")
         body = self.json_body()
         if self.caller.unit:
             # a training run on a platform that is down takes no points: 503 up front
-            down = market.data_platform.unit_down(self.caller.unit)
+            down = await self.in_io(market.data_platform.unit_down, self.caller.unit)
             if down:
                 raise PlatformUnavailable(down, "unit")
-        derived, run = retrain.submit(self.db, self.caller, product, body, market.run_timeout,
-                                      market.run_max_timeout)
-        self.db.commit()
+        answer = await self.in_write(_submit, market, self.caller, product, body)
         market.runner.kick()
-        prefix = market.service_prefix
-        self.write_json({**retrain.model_json(self.db, derived, prefix),
-                         "run_status": run.status}, status=201)
+        self.write_json(answer, status=201)
+
+
+def _submit(session, market, caller, product: str, body: dict) -> dict:
+    """Blocking (the db executor, one write transaction): the training run queued."""
+    derived, run = retrain.submit(session, caller, product, body, market.run_timeout,
+                                  market.run_max_timeout)
+    session.flush()
+    return {**retrain.model_json(session, derived, market.service_prefix),
+            "run_status": run.status}
+
+
+def _models_json(session, caller, product: str | None, prefix: str) -> list[dict]:
+    return [retrain.model_json(session, m, prefix)
+            for m in retrain.list_models(session, caller, product)]
+
+
+def _model_json(session, caller, model: str, prefix: str) -> dict:
+    return retrain.model_json(session, retrain.get_model(session, caller, model), prefix)
 
 
 class DerivedModelsHandler(APIHandler):
     @web.authenticated
-    def get(self):
+    async def get(self):
         product = self.get_query_argument("product", None)
-        prefix = self.market.service_prefix
-        models = retrain.list_models(self.db, self.caller, product)
-        self.write_json({"models": [retrain.model_json(self.db, m, prefix) for m in models]})
+        self.write_json({"models": await self.in_db(_models_json, self.caller, product,
+                                                    self.market.service_prefix)})
 
 
 class DerivedModelHandler(APIHandler):
     @web.authenticated
-    def get(self, model):
-        found = retrain.get_model(self.db, self.caller, model)
-        self.write_json(retrain.model_json(self.db, found, self.market.service_prefix))
+    async def get(self, model):
+        self.write_json(await self.in_db(_model_json, self.caller, model,
+                                         self.market.service_prefix))
 
 
 default_handlers = [

@@ -33,54 +33,71 @@ def reviews_page(session, caller, product, limit: int, offset: int) -> dict:
     }
 
 
+def product_reviews(session, caller, product: str, limit: int, offset: int) -> dict:
+    """:func:`reviews_page` of the product named ``product`` (404 if the caller cannot see
+    it)."""
+    return reviews_page(session, caller, catalog.get_product(session, product, caller), limit,
+                        offset)
+
+
+def review_reading(session, caller, review: str) -> dict:
+    """A review as the API shows it, if the caller may see its product (404 otherwise)."""
+    found = ratings.get_review(session, review)
+    ratings.visible_product(session, found, caller)
+    return ratings.review_json(session, found, caller)
+
+
 class ProductReviewsHandler(APIHandler):
     @web.authenticated
-    def get(self, product):
-        p = catalog.get_product(self.db, product, self.caller)
+    async def get(self, product):
         limit = self.int_argument("limit", 50, 1, 200)
         offset = self.int_argument("offset", 0, 0, 10**9)
-        self.write_json(reviews_page(self.db, self.caller, p, limit, offset))
+        self.write_json(await self.in_db(product_reviews, self.caller, product, limit, offset))
 
     @web.authenticated
-    def post(self, product):
+    async def post(self, product):
         body = self.json_body()
-        review = ratings.rate(self.db, self.caller, product, body.get("version"),
-                              body.get("stars"), body.get("text"))
-        self.db.commit()
-        self.set_header("Location", f"{self.market.service_prefix}api/reviews/{review.id}")
-        self.write_json(ratings.review_json(self.db, review, self.caller), status=201)
+        answer = await self.in_write(_review_act, self.caller, ratings.rate, product,
+                                     body.get("version"), body.get("stars"), body.get("text"))
+        self.set_header("Location", f"{self.market.service_prefix}api/reviews/{answer['id']}")
+        self.write_json(answer, status=201)
 
 
 class ReviewHandler(APIHandler):
     @web.authenticated
-    def get(self, review):
-        found = ratings.get_review(self.db, review)
-        ratings.visible_product(self.db, found, self.caller)
-        self.write_json(ratings.review_json(self.db, found, self.caller))
+    async def get(self, review):
+        self.write_json(await self.in_db(review_reading, self.caller, review))
 
     @web.authenticated
-    def put(self, review):
+    async def put(self, review):
         body = self.json_body()
-        found = ratings.edit(self.db, self.caller, review, body.get("stars"), body.get("text"))
-        self.db.commit()
-        self.write_json(ratings.review_json(self.db, found, self.caller))
+        self.write_json(await self.in_write(_review_act, self.caller, ratings.edit, review,
+                                            body.get("stars"), body.get("text")))
 
 
 class ReviewReplyHandler(APIHandler):
     @web.authenticated
-    def post(self, review):
-        found = ratings.reply(self.db, self.caller, review, self.json_body().get("reply"))
-        self.db.commit()
-        self.write_json(ratings.review_json(self.db, found, self.caller))
+    async def post(self, review):
+        reply = self.json_body().get("reply")
+        self.write_json(await self.in_write(_review_act, self.caller, ratings.reply, review,
+                                            reply))
 
 
 class ReviewHideHandler(APIHandler):
     @web.authenticated
-    def post(self, review):
+    async def post(self, review):
         self.caller.require(SCOPE_APPROVE, "hiding a review")
-        found = ratings.hide(self.db, self.caller, review, self.json_body().get("reason"))
-        self.db.commit()
-        self.write_json(ratings.review_json(self.db, found, self.caller))
+        reason = self.json_body().get("reason")
+        self.write_json(await self.in_write(_review_act, self.caller, ratings.hide, review,
+                                            reason))
+
+
+def _review_act(session, caller, action, *args) -> dict:
+    """Blocking (the db executor, one write transaction): ``action(session, caller, *args)``
+    (rate, edit, reply, hide), then the review as it now stands."""
+    review = action(session, caller, *args)
+    session.flush()
+    return ratings.review_json(session, review, caller)
 
 
 def ranking_json(session, caller) -> dict:
@@ -116,43 +133,41 @@ def shelf_sections(session, caller, products: list) -> dict:
     }
 
 
+def features_json(session, caller, current_only: bool) -> list[dict]:
+    return [ranking.feature_json(f, p)
+            for f, p in ranking.features(session, caller, current_only=current_only)]
+
+
 class RankingHandler(APIHandler):
     @web.authenticated
-    def get(self):
-        self.write_json(ranking_json(self.db, self.caller))
+    async def get(self):
+        self.write_json(await self.in_db(ranking_json, self.caller))
 
 
 class FeaturesHandler(APIHandler):
     @web.authenticated
-    def get(self):
+    async def get(self):
         raw = self.get_query_argument("all", "0")
         if raw not in ("0", "1"):
             raise InvalidField("all must be 0 (features running now) or 1 (every feature)", "all")
-        current = raw == "0"
-        self.write_json({"features": [
-            ranking.feature_json(f, p)
-            for f, p in ranking.features(self.db, self.caller, current_only=current)]})
+        self.write_json({"features": await self.in_db(features_json, self.caller, raw == "0")})
 
     @web.authenticated
-    def post(self):
+    async def post(self):
         self.caller.require(SCOPE_APPROVE, "featuring a product")
-        body = self.json_body()
-        item = ranking.feature(self.db, self.caller, body.get("product"), body.get("starts_at"),
-                               body.get("days"), body.get("reason"))
-        self.db.commit()
-        product = catalog.get_product(self.db, body["product"], self.caller)
-        self.write_json(ranking.feature_json(item, product), status=201)
+        self.write_json(await self.in_write(_feature, self.caller, self.json_body()),
+                        status=201)
 
 
 class ReportHandler(APIHandler):
     @web.authenticated
-    def get(self):
+    async def get(self):
         arg = self.get_query_argument
         fmt = arg("format", "json")
         if fmt not in ("json", "csv"):
             raise InvalidField("format must be json or csv", "format")
-        result = report.table(self.db, self.caller, arg("sort", None), arg("order", None),
-                              arg("unit_type", None))
+        result = await self.in_db(report.table, self.caller, arg("sort", None),
+                                  arg("order", None), arg("unit_type", None))
         if fmt == "csv":
             self.set_attachment("table2-report.csv", "text/csv; charset=utf-8")
             self.finish(report.to_csv(result))
@@ -160,13 +175,24 @@ class ReportHandler(APIHandler):
         self.write_json(result)
 
 
+def _feature(session, caller, body: dict) -> dict:
+    item = ranking.feature(session, caller, body.get("product"), body.get("starts_at"),
+                           body.get("days"), body.get("reason"))
+    session.flush()
+    return ranking.feature_json(item, catalog.get_product(session, body["product"], caller))
+
+
+def _set_unit_type(session, unit: str, unit_type) -> dict:
+    found = units.set_unit_type(session, unit, unit_type)
+    session.flush()
+    return unit_json(found)
+
+
 class UnitTypeHandler(APIHandler):
     @web.authenticated
-    def post(self, unit):
+    async def post(self, unit):
         self.caller.require(SCOPE_APPROVE, "changing a unit's type")
-        found = units.set_unit_type(self.db, unit, self.json_body().get("type"))
-        self.db.commit()
-        self.write_json(unit_json(found))
+        self.write_json(await self.in_write(_set_unit_type, unit, self.json_body().get("type")))
 
 
 default_handlers = [

@@ -28,47 +28,28 @@ class ProductReviewsPage(PageHandler):
 
     nav = "shelf"
 
-    def _namespace(self) -> dict:
-        name = self.path_kwargs["product"]
-        p = catalog.get_product(self.db, name, self.caller)
-        data = reviews_page(self.db, self.caller, p, 200, 0)
-        return {"product": catalog.product_summary(p, self.caller), "reviews": data,
-                "own_product": self.caller.unit == p.unit.slug,
-                "done": self.get_query_argument("done", "")}
+    @web.authenticated
+    async def get(self, product):
+        await self.render_from_db("review_product.html", _reviews_namespace, self.caller,
+                                  product, self.get_query_argument("done", ""))
 
     @web.authenticated
-    def get(self, product):
-        self.render_template("review_product.html", **self._namespace())
-
-    @web.authenticated
-    def post(self, product):
+    async def post(self, product):
         arg = self.get_body_argument
         action = arg("action", "")
+        form = {"version": arg("version", None), "stars": arg("stars", None),
+                "text": arg("text", ""), "review": arg("review", ""), "reply": arg("reply", ""),
+                "reason": arg("reason", "")}
         try:
-            if action == "rate":
-                review = ratings.rate(self.db, self.caller, product, arg("version", None),
-                                      arg("stars", None), arg("text", ""))
-            elif action == "edit":
-                review = ratings.edit(self.db, self.caller, arg("review", ""),
-                                      arg("stars", None), arg("text", ""))
-            elif action == "reply":
-                review = ratings.reply(self.db, self.caller, arg("review", ""),
-                                       arg("reply", ""))
-            elif action == "hide":
-                review = ratings.hide(self.db, self.caller, arg("review", ""),
-                                      arg("reason", ""))
-            else:
-                raise MarketError("choose what to do: rate, edit, reply or hide", "action")
-            if review.product_id != catalog.get_product(self.db, product, self.caller).id:
-                raise MarketError("that review belongs to another product", "review")
-            self.db.commit()
-        except MarketError as e:
-            self.db.rollback()  # nothing half-written
+            review_id = await self.in_write(_review_action, self.caller, product, action, form)
+        except MarketError as e:  # rolled back: nothing half-written
             self.render_form_error("review_product.html",
                                    shown_error(e, ACTION_FIELDS.get(action, ())),
-                                   action=action, **self._namespace())
+                                   action=action, **await self.in_db(
+                                       _reviews_namespace, self.caller, product,
+                                       self.get_query_argument("done", "")))
             return
-        self.redirect_after_post(f"products/{product}/reviews?done={action}#review-{review.id}")
+        self.redirect_after_post(f"products/{product}/reviews?done={action}#review-{review_id}")
 
 
 class FeaturesPage(PageHandler):
@@ -77,34 +58,25 @@ class FeaturesPage(PageHandler):
 
     nav = "shelf"
 
-    def _namespace(self) -> dict:
-        items = ranking.features(self.db, self.caller, current_only=False)
-        products, _ = catalog.list_products(self.db, self.caller, limit=1000)
-        return {"features": [ranking.feature_json(f, p) for f, p in items],
-                "products": [p.name for p in products
-                             if p.current_version is not None
-                             and p.current_version.state == catalog.ON_SHELF],
-                "done": self.get_query_argument("done", "")}
+    @web.authenticated
+    async def get(self):
+        await self.render_from_db("review_features.html", _features_namespace, self.caller,
+                                  self.get_query_argument("done", ""))
 
     @web.authenticated
-    def get(self):
-        self.render_template("review_features.html", **self._namespace())
-
-    @web.authenticated
-    def post(self):
+    async def post(self):
         arg = self.get_body_argument
         try:
-            item = ranking.feature(self.db, self.caller, arg("product", ""),
-                                   arg("starts_at", "") or None, arg("days", ""),
-                                   arg("reason", ""))
-            self.db.commit()
-        except MarketError as e:
-            self.db.rollback()
+            item_id = await self.in_write(_feature, self.caller, arg("product", ""),
+                                          arg("starts_at", "") or None, arg("days", ""),
+                                          arg("reason", ""))
+        except MarketError as e:  # rolled back: nothing written
             self.render_form_error("review_features.html",
                                    shown_error(e, ("product", "starts_at", "days", "reason")),
-                                   **self._namespace())
+                                   **await self.in_db(_features_namespace, self.caller,
+                                                      self.get_query_argument("done", "")))
             return
-        self.redirect_after_post(f"features?done={item.id}")
+        self.redirect_after_post(f"features?done={item_id}")
 
 
 class ReportPage(PageHandler):
@@ -114,7 +86,7 @@ class ReportPage(PageHandler):
     nav = "report"
 
     @web.authenticated
-    def get(self):
+    async def get(self):
         arg = self.get_query_argument
         query = {"sort": arg("sort", ""), "order": arg("order", ""),
                  "unit_type": arg("unit_type", "")}
@@ -125,9 +97,56 @@ class ReportPage(PageHandler):
             query["order"] = ""
         if query["unit_type"] not in UNIT_TYPES:
             query["unit_type"] = ""
-        result = report.table(self.db, self.caller, query["sort"] or None,
-                              query["order"] or None, query["unit_type"] or None)
+        result = await self.in_db(report.table, self.caller, query["sort"] or None,
+                                  query["order"] or None, query["unit_type"] or None)
         self.render_template("report.html", report=result, unit_types=UNIT_TYPES)
+
+
+def _review_action(session, caller, product: str, action: str, form: dict) -> int:
+    """Blocking (the db executor, one write transaction): rate, edit, reply or hide a review
+    of ``product``; the review's id."""
+    if action == "rate":
+        review = ratings.rate(session, caller, product, form["version"], form["stars"],
+                              form["text"])
+    elif action == "edit":
+        review = ratings.edit(session, caller, form["review"], form["stars"], form["text"])
+    elif action == "reply":
+        review = ratings.reply(session, caller, form["review"], form["reply"])
+    elif action == "hide":
+        review = ratings.hide(session, caller, form["review"], form["reason"])
+    else:
+        raise MarketError("choose what to do: rate, edit, reply or hide", "action")
+    if review.product_id != catalog.get_product(session, product, caller).id:
+        raise MarketError("that review belongs to another product", "review")
+    session.flush()
+    return review.id
+
+
+def _feature(session, caller, product: str, starts_at: str | None, days: str,
+             reason: str) -> int:
+    """Blocking (the db executor, one write transaction): an operator features a product."""
+    item = ranking.feature(session, caller, product, starts_at, days, reason)
+    session.flush()
+    return item.id
+
+
+def _reviews_namespace(session, caller, name: str, done: str) -> dict:
+    """Blocking (the db executor): a product's reviews page (404 if the caller cannot see
+    the product)."""
+    p = catalog.get_product(session, name, caller)
+    return {"product": catalog.product_summary(p, caller),
+            "reviews": reviews_page(session, caller, p, 200, 0),
+            "own_product": caller.unit == p.unit.slug, "done": done}
+
+
+def _features_namespace(session, caller, done: str) -> dict:
+    """Blocking (the db executor): every feature, and the products on the shelf to feature."""
+    items = ranking.features(session, caller, current_only=False)
+    products, _ = catalog.list_products(session, caller, limit=1000)
+    return {"features": [ranking.feature_json(f, p) for f, p in items],
+            "products": [p.name for p in products if p.current_version is not None
+                         and p.current_version.state == catalog.ON_SHELF],
+            "done": done}
 
 
 default_handlers = [

@@ -111,7 +111,7 @@ class RunFormPage(PageHandler):
                                            "timeout_seconds")
                     body["timeout_seconds"] = int(timeout)
                 if upload is None and caller.unit:
-                    down = market.data_platform.unit_down(caller.unit)
+                    down = await self.in_io(market.data_platform.unit_down, caller.unit)
                     if down:
                         raise PlatformUnavailable(down, "data")
                 # charged and queued in one transaction; an authorized file enters the store

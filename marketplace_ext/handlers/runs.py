@@ -35,19 +35,15 @@ class RunsHandler(APIHandler):
             self.caller.require(SCOPE_SUBSCRIBE, "running a product")
 
     @web.authenticated
-    def get(self):
+    async def get(self):
         """The caller's runs (``scope=mine``, the default) or its unit's (``scope=unit``)."""
         limit = self.int_argument("limit", 20, 1, 100)
         offset = self.int_argument("offset", 0, 0, 10**9)
         scope = self.get_query_argument("scope", "mine")
-        runs, total = remote_run.list_runs(self.db, self.caller, scope,
-                                           self.get_query_argument("status", None), limit,
-                                           offset)
-        days = self.market.refunded_output_days
-        prefix = self.market.service_prefix
-        self.write_json({"runs": [remote_run.run_json(self.db, r, prefix, self.caller, days)
-                                  for r in runs],
-                         "total": total, "limit": limit, "offset": offset, "scope": scope})
+        runs, total = await self.in_db(_runs_json, self.market, self.caller, scope,
+                                       self.get_query_argument("status", None), limit, offset)
+        self.write_json({"runs": runs, "total": total, "limit": limit, "offset": offset,
+                         "scope": scope})
 
     @web.authenticated
     async def post(self):
@@ -66,7 +62,7 @@ class RunsHandler(APIHandler):
                 body = self.json_body()
             if staged is None and self.caller.unit:
                 # a run on a unit platform that is down or restarting takes no points: 503 up front
-                down = market.data_platform.unit_down(self.caller.unit)
+                down = await self.in_io(market.data_platform.unit_down, self.caller.unit)
                 if down:
                     raise PlatformUnavailable(down, "unit")
             answer = await self.in_write(submit_run, market, self.caller, body, staged, name)
@@ -111,13 +107,26 @@ def submit_run(session, market, caller, body: dict, staged, name: str | None) ->
     return remote_run.run_json(session, run, market.service_prefix, caller)
 
 
+def _runs_json(session, market, caller, scope: str, status: str | None, limit: int,
+               offset: int) -> tuple[list[dict], int]:
+    """Blocking (the db executor): one page of runs as the API lists them, and the total."""
+    days = market.refunded_output_days
+    runs, total = remote_run.list_runs(session, caller, scope, status, limit, offset)
+    return [remote_run.run_json(session, r, market.service_prefix, caller, days)
+            for r in runs], total
+
+
+def _run_json(session, market, caller, run: str) -> dict:
+    """Blocking (the db executor): the caller's run ``run`` as the API shows it."""
+    days = market.refunded_output_days
+    found = remote_run.get_run(session, caller, run, days)
+    return remote_run.run_json(session, found, market.service_prefix, caller, days)
+
+
 class RunHandler(APIHandler):
     @web.authenticated
-    def get(self, run):
-        days = self.market.refunded_output_days
-        found = remote_run.get_run(self.db, self.caller, run, days)
-        self.write_json(remote_run.run_json(self.db, found, self.market.service_prefix,
-                                            self.caller, days))
+    async def get(self, run):
+        self.write_json(await self.in_db(_run_json, self.market, self.caller, run))
 
 
 class RunCancelHandler(APIHandler):

@@ -20,76 +20,93 @@ def topic_summary(session, topic, caller, now) -> dict:
     return data
 
 
+def topics_listing(session, caller, status: str | None, unit: str | None, limit: int,
+                   offset: int) -> tuple[list[dict], int]:
+    """One page of topics as listed (:func:`topic_summary`) and the total."""
+    now = utcnow()
+    found, total = topics.list_topics(session, status=status, unit=unit, limit=limit,
+                                      offset=offset, now=now)
+    return [topic_summary(session, t, caller, now) for t in found], total
+
+
+def topic_reading(session, caller, topic: str) -> dict:
+    """The topic ``topic`` as the API shows it to the caller (404 if there is none)."""
+    return topics.topic_json(session, topics.get_topic(session, topic), caller)
+
+
 class TopicsHandler(APIHandler):
     @web.authenticated
-    def get(self):
+    async def get(self):
         limit = self.int_argument("limit", 50, 1, 200)
         offset = self.int_argument("offset", 0, 0, 10**9)
         status = self.get_query_argument("status", None)
         unit = self.get_query_argument("unit", None)
-        now = utcnow()
-        found, total = topics.list_topics(self.db, status=status, unit=unit, limit=limit,
-                                          offset=offset, now=now)
-        self.write_json({"topics": [topic_summary(self.db, t, self.caller, now) for t in found],
-                         "total": total, "limit": limit, "offset": offset})
+        listed, total = await self.in_db(topics_listing, self.caller, status, unit, limit,
+                                         offset)
+        self.write_json({"topics": listed, "total": total, "limit": limit, "offset": offset})
 
     @web.authenticated
-    def post(self):
+    async def post(self):
         topics.check_may_post(self.caller)
         now = utcnow()
         req = topics.validate_topic_request(self.json_body(), now)
-        topic = topics.post_topic(self.db, self.caller, req, now)
-        self.db.commit()
-        self.set_header("Location", f"{self.market.service_prefix}api/topics/{topic.id}")
-        self.write_json(topics.topic_json(self.db, topic, self.caller), status=201)
+        answer = await self.in_write(_post_topic, self.caller, req, now)
+        self.set_header("Location", f"{self.market.service_prefix}api/topics/{answer['id']}")
+        self.write_json(answer, status=201)
 
 
 class TopicHandler(APIHandler):
     @web.authenticated
-    def get(self, topic):
-        found = topics.get_topic(self.db, topic)
-        self.write_json(topics.topic_json(self.db, found, self.caller))
+    async def get(self, topic):
+        self.write_json(await self.in_db(topic_reading, self.caller, topic))
+
+
+def _post_topic(session, caller, req, now) -> dict:
+    topic = topics.post_topic(session, caller, req, now)
+    session.flush()
+    return topics.topic_json(session, topic, caller)
+
+
+def _act(session, caller, topic: str, action, *args) -> dict:
+    """Blocking (the db executor, one write transaction): ``action(session, caller, topic,
+    *args)`` on the topic (404 first), then the topic as it now stands."""
+    found = topics.get_topic(session, topic)
+    action(session, caller, found, *args)
+    session.flush()
+    return topics.topic_json(session, found, caller)
 
 
 class ProposalsHandler(APIHandler):
     @web.authenticated
-    def post(self, topic):
+    async def post(self, topic):
         body = self.json_body()
-        found = topics.get_topic(self.db, topic)
-        topics.volunteer(self.db, self.caller, found, body.get("text"))
-        self.db.commit()
-        self.write_json(topics.topic_json(self.db, found, self.caller), status=201)
+        self.write_json(await self.in_write(_act, self.caller, topic, topics.volunteer,
+                                            body.get("text")), status=201)
 
 
 class AssignmentHandler(APIHandler):
     @web.authenticated
-    def post(self, topic):
+    async def post(self, topic):
         body = self.json_body()
-        found = topics.get_topic(self.db, topic)
-        topics.assign(self.db, self.caller, found, body.get("proposal"))
-        self.db.commit()
-        self.write_json(topics.topic_json(self.db, found, self.caller))
+        self.write_json(await self.in_write(_act, self.caller, topic, topics.assign,
+                                            body.get("proposal")))
 
 
 class DeliveryHandler(APIHandler):
     @web.authenticated
-    def post(self, topic):
+    async def post(self, topic):
         body = self.json_body()
-        found = topics.get_topic(self.db, topic)
-        topics.deliver(self.db, self.caller, found, body.get("product"), body.get("version"))
-        self.db.commit()
-        self.write_json(topics.topic_json(self.db, found, self.caller))
+        self.write_json(await self.in_write(_act, self.caller, topic, topics.deliver,
+                                            body.get("product"), body.get("version")))
 
 
 class DecisionHandler(APIHandler):
     @web.authenticated
-    def post(self, topic):
+    async def post(self, topic):
         body = self.json_body()
-        found = topics.get_topic(self.db, topic)
-        topics.decide(self.db, self.caller, found, body.get("decision"), body.get("reason"),
-                      self.market.economy)
-        self.db.commit()
-        self.write_json(topics.topic_json(self.db, found, self.caller))
+        self.write_json(await self.in_write(_act, self.caller, topic, topics.decide,
+                                            body.get("decision"), body.get("reason"),
+                                            self.market.economy))
 
 
 T = r"/api/topics/(?P<topic>[^/]+)"

@@ -57,20 +57,40 @@ def _own_products(session, caller) -> list[dict]:
             if p.current_version is not None and p.current_version.state == "on_shelf"]
 
 
+def _board(session, caller, status: str) -> dict:
+    """Blocking (the db executor): every topic (or those of one status), newest first."""
+    now = utcnow()
+    found, total = topics.list_topics(session, status=status or None, limit=200, now=now)
+    return {"topics": [topics.topic_json(session, t, caller, now) for t in found],
+            "total": total}
+
+
+def _balance(session, caller) -> str | None:
+    """The caller's unit's balance as shown (None outside any unit)."""
+    if caller.unit is None:
+        return None
+    unit = session.scalar(select(Unit).where(Unit.slug == caller.unit))
+    return points.format_points(points.unit_account(session, unit).balance)
+
+
+def _topic_namespace(session, caller, topic_id: str, done: str) -> dict:
+    """Blocking (the db executor): a topic's page, with the products a delivery may link."""
+    topic = topics.get_topic(session, topic_id)
+    return {"topic": topics.topic_json(session, topic, caller),
+            "products": _own_products(session, caller), "notice": NOTICES.get(done)}
+
+
 class TopicsPage(PageHandler):
     """Every topic, newest first; filter by status."""
 
     nav = "topics"
 
     @web.authenticated
-    def get(self):
+    async def get(self):
         status = self.get_query_argument("status", "")
-        now = utcnow()
-        found, total = topics.list_topics(self.db, status=status or None, limit=200, now=now)
-        items = [topics.topic_json(self.db, t, self.caller, now) for t in found]
         # (not ``status=``: render_template's own argument is the HTTP status)
-        self.render_template("topics.html", topics=items, total=total, wanted=status,
-                             statuses=topics.STATUSES)
+        await self.render_from_db("topics.html", _board, self.caller, status, wanted=status,
+                                  statuses=topics.STATUSES)
 
 
 class TopicNewPage(PageHandler):
@@ -78,32 +98,25 @@ class TopicNewPage(PageHandler):
 
     nav = "topics"
 
-    def _balance(self) -> str | None:
-        if self.caller.unit is None:
-            return None
-        unit = self.db.scalar(select(Unit).where(Unit.slug == self.caller.unit))
-        return points.format_points(points.unit_account(self.db, unit).balance)
+    @web.authenticated
+    async def get(self):
+        self.render_template("topic_new.html", balance=await self.in_db(_balance, self.caller))
 
     @web.authenticated
-    def get(self):
-        self.render_template("topic_new.html", balance=self._balance())
-
-    @web.authenticated
-    def post(self):
+    async def post(self):
         form = {k: self.get_body_argument(k, "") for k in self.request.body_arguments}
         try:
             topics.check_may_post(self.caller)
             now = utcnow()
             req = topics.validate_topic_request(topic_request_body(form), now)
-            topic = topics.post_topic(self.db, self.caller, req, now)
-            self.db.commit()
-        except MarketError as e:
-            self.db.rollback()
+            topic_id = await self.in_write(_post_topic, self.caller, req, now)
+        except MarketError as e:  # rolled back: nothing written
             if e.field not in FORM_FIELDS:
                 e.field = None
-            self.render_form_error("topic_new.html", e, balance=self._balance())
+            self.render_form_error("topic_new.html", e,
+                                   balance=await self.in_db(_balance, self.caller))
             return
-        self.redirect_after_post(f"topics/{topic.id}?done=posted")
+        self.redirect_after_post(f"topics/{topic_id}?done=posted")
 
 
 class TopicPage(PageHandler):
@@ -111,49 +124,59 @@ class TopicPage(PageHandler):
 
     nav = "topics"
 
-    def page_namespace(self, topic_id: str) -> dict:
-        topic = topics.get_topic(self.db, topic_id)
-        return {"topic": topics.topic_json(self.db, topic, self.caller),
-                "products": _own_products(self.db, self.caller),
-                "notice": NOTICES.get(self.get_query_argument("done", ""))}
+    @web.authenticated
+    async def get(self, topic):
+        await self.render_from_db("topic.html", _topic_namespace, self.caller, topic,
+                                  self.get_query_argument("done", ""))
 
     @web.authenticated
-    def get(self, topic):
-        self.render_template("topic.html", **self.page_namespace(topic))
-
-    @web.authenticated
-    def post(self, topic):
+    async def post(self, topic):
         action = self.get_body_argument("action", "")
         arg = self.get_body_argument
+        fields = {k: arg(k, "") for k in ("text", "proposal", "product", "reason")}
         try:
             if action not in ACTIONS:
                 raise InvalidField(f"action must be one of {', '.join(ACTIONS)}", "action")
-            found = topics.get_topic(self.db, topic)
-            if action == "volunteer":
-                topics.volunteer(self.db, self.caller, found, arg("text", ""))
-            elif action == "assign":
-                raw = arg("proposal", "")
-                if not raw.isdigit():
-                    raise InvalidField("proposal must be the id of a proposal", "proposal")
-                topics.assign(self.db, self.caller, found, int(raw))
-            elif action == "deliver":
-                product, _, version = arg("product", "").partition("@")
-                topics.deliver(self.db, self.caller, found, product, version)
-            else:
-                topics.decide(self.db, self.caller, found, action, arg("reason", ""),
-                              self.market.economy)
-            self.db.commit()
-        except MarketError as e:
-            self.db.rollback()
+            topic_id = await self.in_write(_topic_action, self.caller, topic, action, fields,
+                                           self.market.economy)
+        except MarketError as e:  # rolled back: nothing written
             form = {k: self.get_body_argument(k, "") for k in self.request.body_arguments}
             # the text boxes show their own error; the buttons' errors go above them, with
             # the field the API names
             key = e.field if e.field in ("text", "reason") else "_form"
             message = f"{e.field}: {e.message}" if key == "_form" and e.field else e.message
-            self.render_template("topic.html", status=e.status, errors={key: message},
-                                 form=form, **self.page_namespace(topic))
+            await self.render_from_db("topic.html", _topic_namespace, self.caller, topic,
+                                      self.get_query_argument("done", ""), status=e.status,
+                                      errors={key: message}, form=form)
             return
-        self.redirect_after_post(f"topics/{found.id}?done={action}")
+        self.redirect_after_post(f"topics/{topic_id}?done={action}")
+
+
+def _post_topic(session, caller, req, now) -> int:
+    """Blocking (the db executor, one write transaction): the topic posted; its id."""
+    topic = topics.post_topic(session, caller, req, now)
+    session.flush()
+    return topic.id
+
+
+def _topic_action(session, caller, topic: str, action: str, form: dict, economy) -> int:
+    """Blocking (the db executor, one write transaction): one of :data:`ACTIONS` on the
+    topic (404 first); its id."""
+    found = topics.get_topic(session, topic)
+    if action == "volunteer":
+        topics.volunteer(session, caller, found, form["text"])
+    elif action == "assign":
+        raw = form["proposal"]
+        if not raw.isdigit():
+            raise InvalidField("proposal must be the id of a proposal", "proposal")
+        topics.assign(session, caller, found, int(raw))
+    elif action == "deliver":
+        product, _, version = form["product"].partition("@")
+        topics.deliver(session, caller, found, product, version)
+    else:
+        topics.decide(session, caller, found, action, form["reason"], economy)
+    session.flush()
+    return found.id
 
 
 default_handlers = [

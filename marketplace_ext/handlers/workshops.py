@@ -4,7 +4,6 @@ grading in :mod:`~marketplace_ext.exchange.grading`."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from pathlib import Path
 
@@ -23,157 +22,116 @@ def homes_dir(market) -> Path:
 
 
 async def stage_home(market, user: str, materials_sha256: str, folder: str) -> None:
-    """Stage a workshop's materials for ``user``'s JupyterLab home, off the event loop."""
+    """Stage a workshop's materials for ``user``'s JupyterLab home, on the io executor."""
     def stage() -> None:
         files = workshops.unzip_files(market.blobs.get(materials_sha256))
         workshops.write_home_materials(homes_dir(market), user, folder, files)
 
-    await asyncio.get_running_loop().run_in_executor(None, stage)
+    await market.executors.run("io", stage)
 
 
-class WorkshopsHandler(APIHandler):
-    @web.authenticated
-    def get(self):
-        limit = self.int_argument("limit", 50, 1, 200)
-        offset = self.int_argument("offset", 0, 0, 10**9)
-        found, total = workshops.list_workshops(self.db, limit, offset)
-        self.write_json({"workshops": [workshops.workshop_json(self.db, self.caller, w)
-                                       for w in found],
-                         "total": total, "limit": limit, "offset": offset})
+class IoBlobs:
+    """The blob store as the workshop domain functions see it when they run in the db
+    executor: each write runs on the io executor (the db thread waits for it, the event loop
+    never does); so blob I/O stays on the io pool wherever it is called from."""
 
-    def check_before_body(self) -> None:
-        if self.request.method == "POST":
-            workshops.require_host_role(self.caller)
+    def __init__(self, market):
+        self.blobs, self.pool = market.blobs, market.executors["io"]
 
-    @web.authenticated
-    def post(self):
-        body = self.json_body()
-        workshop = workshops.create_workshop(self.db, self.market.blobs, self.caller, body)
-        self.db.commit()
-        self.set_header("Location", f"{self.market.service_prefix}api/workshops/{workshop.id}")
-        self.write_json(workshops.workshop_json(self.db, self.caller, workshop, detail=True),
-                        status=201)
+    def put(self, data: bytes) -> str:
+        return self.pool.submit(self.blobs.put, data).result()
+
+    def get(self, sha256: str) -> bytes:
+        return self.pool.submit(self.blobs.get, sha256).result()
 
 
-class WorkshopHandler(APIHandler):
-    @web.authenticated
-    def get(self, workshop):
-        found = workshops.get_workshop(self.db, workshop)
-        self.write_json(workshops.workshop_json(self.db, self.caller, found, detail=True))
+# --- reads and writes, each one call in the db executor ----------------------------------------
 
 
-class EnrolmentHandler(APIHandler):
-    @web.authenticated
-    async def post(self, workshop):
-        found = workshops.get_workshop(self.db, workshop)
-        workshops.enrol(self.db, self.caller, found)
-        self.db.commit()
-        answer = workshops.workshop_json(self.db, self.caller, found, detail=True)
-        sha, folder = found.materials_sha256, workshops.home_folder(found)
-        self.db.close()  # no transaction held across the await
-        await stage_home(self.market, self.caller.name, sha, folder)
-        self.write_json(answer, status=201)
+def workshops_listing(session, caller, limit: int, offset: int) -> tuple[list[dict], int]:
+    found, total = workshops.list_workshops(session, limit, offset)
+    return [workshops.workshop_json(session, caller, w) for w in found], total
 
 
-class MaterialsHandler(APIHandler):
-    @web.authenticated
-    async def get(self, workshop):
-        found = workshops.get_workshop(self.db, workshop)
-        workshops.require_participant(self.db, self.caller, found, "the materials")
-        sha, folder = found.materials_sha256, workshops.lab_path(found)
-        self.db.close()  # no transaction held across the await
-        files = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: workshops.unzip_files(self.market.blobs.get(sha)))
-        self.write_json({"folder": folder,
-                         "files": {path: base64.b64encode(data).decode()
-                                   for path, data in sorted(files.items())}})
+def workshop_reading(session, caller, workshop: str) -> dict:
+    found = workshops.get_workshop(session, workshop)
+    return workshops.workshop_json(session, caller, found, detail=True)
 
 
-class ExercisesHandler(APIHandler):
-    @web.authenticated
-    def post(self, workshop):
-        found = workshops.get_workshop(self.db, workshop)
-        exercise = workshops.add_exercise(self.db, self.market.blobs, self.caller, found,
-                                          self.json_body())
-        self.db.commit()
-        self.write_json(workshops.workshop_json(self.db, self.caller, found, detail=True)
-                        | {"exercise": exercise.name}, status=201)
+def create_workshop_json(session, blobs, caller, body: dict) -> dict:
+    workshop = workshops.create_workshop(session, blobs, caller, body)
+    return workshops.workshop_json(session, caller, workshop, detail=True)
 
 
-def _accepted(handler: APIHandler, sub) -> None:
-    handler.db.commit()
-    handler.market.grader.submit(sub.id)
-    handler.set_header("Location", f"{handler.market.service_prefix}api/workshops/"
-                                   f"{sub.workshop_id}/submissions/{sub.id}")
-    handler.write_json(workshops.submission_json(handler.db, sub, False), status=202)
+def enrol_caller(session, caller, workshop: str) -> tuple[dict, str, str]:
+    """Enrol the caller; the workshop as it now stands, its materials' blob and the home
+    folder they go to."""
+    found = workshops.get_workshop(session, workshop)
+    workshops.enrol(session, caller, found)
+    session.flush()
+    return (workshops.workshop_json(session, caller, found, detail=True),
+            found.materials_sha256, workshops.home_folder(found))
 
 
-class ExerciseSubmissionsHandler(APIHandler):
-    @web.authenticated
-    def post(self, workshop, exercise):
-        found = workshops.get_workshop(self.db, workshop)
-        sub = workshops.submit_exercise(self.db, self.market.blobs, self.caller, found,
-                                        exercise, self.json_body())
-        _accepted(self, sub)
+def _materials_of(session, caller, workshop: str) -> tuple[str, str]:
+    found = workshops.get_workshop(session, workshop)
+    workshops.require_participant(session, caller, found, "the materials")
+    return found.materials_sha256, workshops.lab_path(found)
 
 
-class CompetitionsHandler(APIHandler):
-    @web.authenticated
-    def post(self, workshop):
-        found = workshops.get_workshop(self.db, workshop)
-        competition = competitions.create_competition(self.db, self.market.blobs, self.caller,
-                                                      found, self.json_body())
-        self.db.commit()
-        self.write_json(competitions.leaderboard(self.db, self.caller, found, competition),
-                        status=201)
+def _add_exercise(session, blobs, caller, workshop: str, body: dict) -> dict:
+    found = workshops.get_workshop(session, workshop)
+    exercise = workshops.add_exercise(session, blobs, caller, found, body)
+    return workshops.workshop_json(session, caller, found, detail=True) | {
+        "exercise": exercise.name}
 
 
-class CompetitionHandler(APIHandler):
-    @web.authenticated
-    def get(self, workshop, competition):
-        found = workshops.get_workshop(self.db, workshop)
-        comp = competitions.get_competition(self.db, found, competition)
-        self.write_json(competitions.leaderboard(self.db, self.caller, found, comp))
+def _submit_exercise(session, blobs, caller, workshop: str, exercise: str,
+                     body: dict) -> tuple[int, int, dict]:
+    found = workshops.get_workshop(session, workshop)
+    sub = workshops.submit_exercise(session, blobs, caller, found, exercise, body)
+    return sub.id, sub.workshop_id, workshops.submission_json(session, sub, False)
 
 
-class CompetitionSubmissionsHandler(APIHandler):
-    @web.authenticated
-    def post(self, workshop, competition):
-        found = workshops.get_workshop(self.db, workshop)
-        sub = competitions.submit(self.db, self.market.blobs, self.caller, found, competition,
-                                  self.json_body())
-        _accepted(self, sub)
+def _create_competition(session, blobs, caller, workshop: str, body: dict) -> dict:
+    found = workshops.get_workshop(session, workshop)
+    competition = competitions.create_competition(session, blobs, caller, found, body)
+    session.flush()
+    return competitions.leaderboard(session, caller, found, competition)
 
 
-class AwardsHandler(APIHandler):
-    @web.authenticated
-    def post(self, workshop, competition):
-        found = workshops.get_workshop(self.db, workshop)
-        comp = competitions.get_competition(self.db, found, competition)
-        prize = competitions.award(self.db, self.caller, found, comp, self.json_body())
-        self.db.commit()
-        self.write_json({"user": prize.user_name, "points": prize.amount // 100,
-                         "transfer": prize.transfer_id, "log_index": prize.log_index},
-                        status=201)
+def leaderboard_reading(session, caller, workshop: str, competition: str) -> dict:
+    found = workshops.get_workshop(session, workshop)
+    comp = competitions.get_competition(session, found, competition)
+    return competitions.leaderboard(session, caller, found, comp)
 
 
-class SubmissionsHandler(APIHandler):
-    @web.authenticated
-    def get(self, workshop):
-        found = workshops.get_workshop(self.db, workshop)
-        subs = workshops.list_submissions(self.db, self.caller, found)
-        self.write_json({"submissions": [
-            workshops.submission_json(self.db, s, _reveal(self.db, self.caller, found, s))
-            for s in subs]})
+def _submit_competition(session, blobs, caller, workshop: str, competition: str,
+                        body: dict) -> tuple[int, int, dict]:
+    found = workshops.get_workshop(session, workshop)
+    sub = competitions.submit(session, blobs, caller, found, competition, body)
+    return sub.id, sub.workshop_id, workshops.submission_json(session, sub, False)
 
 
-class SubmissionHandler(APIHandler):
-    @web.authenticated
-    def get(self, workshop, submission):
-        found = workshops.get_workshop(self.db, workshop)
-        sub = workshops.get_submission(self.db, self.caller, found, submission)
-        self.write_json(workshops.submission_json(self.db, sub,
-                                                  _reveal(self.db, self.caller, found, sub)))
+def _award(session, caller, workshop: str, competition: str, body: dict) -> dict:
+    found = workshops.get_workshop(session, workshop)
+    comp = competitions.get_competition(session, found, competition)
+    prize = competitions.award(session, caller, found, comp, body)
+    session.flush()
+    return {"user": prize.user_name, "points": prize.amount // 100,
+            "transfer": prize.transfer_id, "log_index": prize.log_index}
+
+
+def submissions_reading(session, caller, workshop: str) -> list[dict]:
+    found = workshops.get_workshop(session, workshop)
+    return [workshops.submission_json(session, s, _reveal(session, caller, found, s))
+            for s in workshops.list_submissions(session, caller, found)]
+
+
+def submission_reading(session, caller, workshop: str, submission: str) -> dict:
+    found = workshops.get_workshop(session, workshop)
+    sub = workshops.get_submission(session, caller, found, submission)
+    return workshops.submission_json(session, sub, _reveal(session, caller, found, sub))
 
 
 def _reveal(db, caller, workshop, sub) -> bool:
@@ -181,6 +139,123 @@ def _reveal(db, caller, workshop, sub) -> bool:
         return False
     comp = db.get(competitions.Competition, sub.competition_id)
     return competitions.private_visible(caller, workshop, comp)
+
+
+# --- handlers ----------------------------------------------------------------------------------
+
+
+class WorkshopsHandler(APIHandler):
+    @web.authenticated
+    async def get(self):
+        limit = self.int_argument("limit", 50, 1, 200)
+        offset = self.int_argument("offset", 0, 0, 10**9)
+        listed, total = await self.in_db(workshops_listing, self.caller, limit, offset)
+        self.write_json({"workshops": listed, "total": total, "limit": limit,
+                         "offset": offset})
+
+    def check_before_body(self) -> None:
+        if self.request.method == "POST":
+            workshops.require_host_role(self.caller)
+
+    @web.authenticated
+    async def post(self):
+        body = self.json_body()
+        answer = await self.in_write(create_workshop_json, IoBlobs(self.market), self.caller, body)
+        self.set_header("Location", f"{self.market.service_prefix}api/workshops/{answer['id']}")
+        self.write_json(answer, status=201)
+
+
+class WorkshopHandler(APIHandler):
+    @web.authenticated
+    async def get(self, workshop):
+        self.write_json(await self.in_db(workshop_reading, self.caller, workshop))
+
+
+class EnrolmentHandler(APIHandler):
+    @web.authenticated
+    async def post(self, workshop):
+        answer, sha, folder = await self.in_write(enrol_caller, self.caller, workshop)
+        await stage_home(self.market, self.caller.name, sha, folder)
+        self.write_json(answer, status=201)
+
+
+class MaterialsHandler(APIHandler):
+    @web.authenticated
+    async def get(self, workshop):
+        sha, folder = await self.in_db(_materials_of, self.caller, workshop)
+        files = await self.in_io(lambda: workshops.unzip_files(self.market.blobs.get(sha)))
+        self.write_json({"folder": folder,
+                         "files": {path: base64.b64encode(data).decode()
+                                   for path, data in sorted(files.items())}})
+
+
+class ExercisesHandler(APIHandler):
+    @web.authenticated
+    async def post(self, workshop):
+        body = self.json_body()
+        self.write_json(await self.in_write(_add_exercise, IoBlobs(self.market), self.caller,
+                                            workshop, body), status=201)
+
+
+def _accepted(handler: APIHandler, accepted: tuple[int, int, dict]) -> None:
+    sub_id, workshop_id, answer = accepted
+    handler.market.grader.submit(sub_id)
+    handler.set_header("Location", f"{handler.market.service_prefix}api/workshops/"
+                                   f"{workshop_id}/submissions/{sub_id}")
+    handler.write_json(answer, status=202)
+
+
+class ExerciseSubmissionsHandler(APIHandler):
+    @web.authenticated
+    async def post(self, workshop, exercise):
+        body = self.json_body()
+        _accepted(self, await self.in_write(_submit_exercise, IoBlobs(self.market),
+                                            self.caller, workshop, exercise, body))
+
+
+class CompetitionsHandler(APIHandler):
+    @web.authenticated
+    async def post(self, workshop):
+        body = self.json_body()
+        self.write_json(await self.in_write(_create_competition, IoBlobs(self.market),
+                                            self.caller, workshop, body), status=201)
+
+
+class CompetitionHandler(APIHandler):
+    @web.authenticated
+    async def get(self, workshop, competition):
+        self.write_json(await self.in_db(leaderboard_reading, self.caller, workshop,
+                                         competition))
+
+
+class CompetitionSubmissionsHandler(APIHandler):
+    @web.authenticated
+    async def post(self, workshop, competition):
+        body = self.json_body()
+        _accepted(self, await self.in_write(_submit_competition, IoBlobs(self.market),
+                                            self.caller, workshop, competition, body))
+
+
+class AwardsHandler(APIHandler):
+    @web.authenticated
+    async def post(self, workshop, competition):
+        body = self.json_body()
+        self.write_json(await self.in_write(_award, self.caller, workshop, competition, body),
+                        status=201)
+
+
+class SubmissionsHandler(APIHandler):
+    @web.authenticated
+    async def get(self, workshop):
+        self.write_json({"submissions": await self.in_db(submissions_reading, self.caller,
+                                                         workshop)})
+
+
+class SubmissionHandler(APIHandler):
+    @web.authenticated
+    async def get(self, workshop, submission):
+        self.write_json(await self.in_db(submission_reading, self.caller, workshop,
+                                         submission))
 
 
 default_handlers = [

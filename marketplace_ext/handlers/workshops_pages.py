@@ -16,7 +16,7 @@ from tornado import web
 from ..errors import InvalidField, MarketError
 from ..exchange import competitions, workshops
 from .base import MULTIPART_ENVELOPE, PageHandler
-from .workshops import stage_home
+from .workshops import IoBlobs, create_workshop_json, enrol_caller, stage_home, workshops_listing
 
 NOTICES = {"enrolled": "You are enrolled. The materials appear in your JupyterLab home, "
                        "under Workshops, when your server next starts.",
@@ -51,10 +51,9 @@ class WorkshopsPage(PageHandler):
     nav = "workshops"
 
     @web.authenticated
-    def get(self):
-        found, total = workshops.list_workshops(self.db, 100, 0)
-        self.render_template("workshops.html", total=total, workshops=[
-            workshops.workshop_json(self.db, self.caller, w) for w in found])
+    async def get(self):
+        listed, total = await self.in_db(workshops_listing, self.caller, 100, 0)
+        self.render_template("workshops.html", total=total, workshops=listed)
 
 
 class NewWorkshopPage(PageHandler):
@@ -72,62 +71,61 @@ class NewWorkshopPage(PageHandler):
         self.render_template("workshop_new.html")
 
     @web.authenticated
-    def post(self):
+    async def post(self):
         form = {k: self.get_body_argument(k, "") for k in self.request.body_arguments}
         try:
             body = workshop_form_body(form, self.request.files.get("materials") or [])
-            created = workshops.create_workshop(self.db, self.market.blobs, self.caller, body)
-            self.db.commit()
+            created = await self.in_write(create_workshop_json, IoBlobs(self.market), self.caller,
+                                          body)
         except MarketError as e:
-            self.db.rollback()
             if e.field not in FORM_FIELDS:
                 e.field = None
             self.render_form_error("workshop_new.html", e)
             return
-        self.redirect_after_post(f"workshops/{created.id}?done=created")
+        self.redirect_after_post(f"workshops/{created['id']}?done=created")
 
 
 class WorkshopPage(PageHandler):
     nav = "workshops"
 
-    def _render(self, workshop_id: str, status: int = 200, **ns) -> None:
-        found = workshops.get_workshop(self.db, workshop_id)
-        data = workshops.workshop_json(self.db, self.caller, found, detail=True)
-        boards = [competitions.leaderboard(self.db, self.caller, found,
-                                           competitions.get_competition(self.db, found, c["name"]))
-                  for c in data["competitions"]]
-        mine = [workshops.submission_json(self.db, s, False)
-                for s in workshops.list_submissions(self.db, self.caller, found)
-                if s.user_name == self.caller.name]
-        lab = (f"{self.market.hub_prefix}user-redirect/lab/tree/"
-               f"{quote(workshops.lab_path(found))}")
-        self.render_template("workshop.html", status=status, w=data, boards=boards,
-                             mine=mine, lab_url=lab,
+    async def _render(self, workshop_id: str, status: int = 200, **ns) -> None:
+        ns = await self.in_db(_workshop_namespace, self.caller, workshop_id) | ns
+        ns["lab_url"] = f"{self.market.hub_prefix}user-redirect/lab/tree/{quote(ns['lab_url'])}"
+        self.render_template("workshop.html", status=status,
                              notice=NOTICES.get(self.get_query_argument("done", "")), **ns)
 
     @web.authenticated
-    def get(self, workshop):
-        self._render(workshop)
+    async def get(self, workshop):
+        await self._render(workshop)
 
     @web.authenticated
     async def post(self, workshop):
         try:
             if self.get_body_argument("action", "") != "enrol":
                 raise InvalidField("action must be enrol", "action")
-            found = workshops.get_workshop(self.db, workshop)
-            workshops.enrol(self.db, self.caller, found)
-            self.db.commit()
+            answer, sha, folder = await self.in_write(enrol_caller, self.caller, workshop)
         except MarketError as e:
-            self.db.rollback()
             if e.status == 404:
                 raise
-            self._render(workshop, status=e.status,
-                         errors={e.field or "_form": e.message})
+            await self._render(workshop, status=e.status,
+                               errors={e.field or "_form": e.message})
             return
-        sha, folder, wid = found.materials_sha256, workshops.home_folder(found), found.id
-        self.db.close()
         await stage_home(self.market, self.caller.name, sha, folder)
-        self.redirect_after_post(f"workshops/{wid}?done=enrolled")
+        self.redirect_after_post(f"workshops/{answer['id']}?done=enrolled")
+
+
+def _workshop_namespace(session, caller, workshop_id: str) -> dict:
+    """Blocking (the db executor): a workshop's page: its detail, its competitions'
+    leaderboards, the caller's own verdicts and where the materials are in JupyterLab."""
+    found = workshops.get_workshop(session, workshop_id)
+    data = workshops.workshop_json(session, caller, found, detail=True)
+    boards = [competitions.leaderboard(session, caller, found,
+                                       competitions.get_competition(session, found, c["name"]))
+              for c in data["competitions"]]
+    mine = [workshops.submission_json(session, s, False)
+            for s in workshops.list_submissions(session, caller, found)
+            if s.user_name == caller.name]
+    return {"w": data, "boards": boards, "mine": mine, "lab_url": workshops.lab_path(found)}
 
 
 default_handlers = [
