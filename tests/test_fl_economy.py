@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import func, select
 from test_points import check_ledger, make_unit
 
-from marketplace_ext import certlog, dbutil, ledger_views, points
+from marketplace_ext import certlog, ledger_views, points
 from marketplace_ext.auth import SCOPE_PUBLISH, SCOPE_SUBSCRIBE, Caller
 from marketplace_ext.blobs import BlobStore
 from marketplace_ext.errors import Conflict, InvalidField, MarketError
@@ -27,8 +27,6 @@ from marketplace_ext.orm import (
     Product,
     Unit,
     Version,
-    make_engine,
-    make_session_factory,
     write_transaction,
 )
 
@@ -42,14 +40,6 @@ def publisher(unit: str) -> Caller:
 
 def subscriber(unit: str) -> Caller:
     return Caller(f"sub-{unit}", frozenset({SCOPE_SUBSCRIBE}), unit)
-
-
-@pytest.fixture
-def session_factory(db_url):
-    dbutil.upgrade(db_url)
-    engine = make_engine(db_url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 def make_data_product(s, owner: Unit, plans: dict[str, int] | None = None,

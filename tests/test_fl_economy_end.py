@@ -35,8 +35,7 @@ from marketplace_ext.federated.orm import FLProject, FLRound, FLSettlement
 from marketplace_ext.orm import LedgerTransfer, LogEntry, Unit, write_transaction
 
 RULES = points.EconomyRules()
-session_factory = test_fl_economy.session_factory  # the fixtures: migrated databases, units
-world = test_fl_economy.world
+world = test_fl_economy.world  # units on a migrated database (session_factory: conftest.py)
 OPERATOR = Caller("op", frozenset({SCOPE_APPROVE}), None)
 
 

@@ -25,8 +25,7 @@ from marketplace_ext.orm import write_transaction
 TEMPLATES = Path(__file__).resolve().parent.parent / "marketplace_ext" / "templates"
 HOSTILE = '<script>alert("x")</script><img src=x onerror="alert(1)">'
 SERVICE = "/services/marketplace/"
-# test_topics' fixtures: real databases with units a, b and c
-session_factory = test_topics.session_factory
+# test_topics' fixture: real databases with units a, b and c (session_factory: conftest.py)
 world = test_topics.world
 
 
