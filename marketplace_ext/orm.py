@@ -6,6 +6,9 @@ Alembic (``marketplace_ext/migrations``), never ``create_all`` outside tests of 
 
 from __future__ import annotations
 
+import logging
+import threading
+import weakref
 from datetime import UTC, datetime
 
 from sqlalchemy import (
@@ -21,7 +24,16 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    sessionmaker,
+)
+
+log = logging.getLogger(__name__)
 
 
 def utcnow() -> datetime:
@@ -95,20 +107,66 @@ def _sqlite_begin(conn) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+#: seconds a SQLite writer waits for the database (its busy timeout), and for the process's
+#: writer lock before it falls back to SQLite's own waiting
+SQLITE_BUSY_SECONDS = 10.0
+
+# one lock per SQLite engine: this process's writers queue on it instead of in SQLite's busy
+# handler, which polls with growing sleeps (1, 2, 5, 10 ... ms) and leaves the database idle
+# between one writer's commit and the next one's wake-up
+_SQLITE_WRITER_LOCKS: weakref.WeakKeyDictionary[Engine, threading.Lock] = \
+    weakref.WeakKeyDictionary()
+_HELD_WRITER_LOCK = "orm.sqlite_writer_lock"
+
+
 def make_engine(db_url: str, **kwargs) -> Engine:
-    """An engine for ``db_url``; SQLite files get WAL, foreign keys, a busy timeout and real
-    transactions."""
-    engine = create_engine(db_url, future=True, pool_pre_ping=True, **kwargs)
+    """An engine for ``db_url``; SQLite files get WAL, foreign keys, a busy timeout, real
+    transactions and a writer lock for the process (:func:`write_transaction`)."""
+    sqlite = db_url.startswith("sqlite")
+    # a dropped server connection is found before use; a SQLite file has none to drop (the
+    # ping would be one more statement per session)
+    kwargs.setdefault("pool_pre_ping", not sqlite)
+    engine = create_engine(db_url, future=True, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
+        _SQLITE_WRITER_LOCKS[engine] = threading.Lock()
     return engine
 
 
 def write_transaction(session) -> None:
     """Start ``session``'s transaction as a writer: on SQLite ``BEGIN IMMEDIATE`` (the database
-    write lock, so check-then-write sequences are serialised); elsewhere row locks do that."""
-    session.connection(execution_options={"sqlite_immediate": True})
+    write lock, so check-then-write sequences are serialised); elsewhere row locks do that.
+
+    On SQLite the process's writers first queue on the engine's writer lock, held until the
+    transaction ends (commit, rollback or close). Another process's writers still meet the
+    busy timeout, and a writer that waited longer than that for the lock goes on to SQLite's
+    own waiting, as before."""
+    lock = _SQLITE_WRITER_LOCKS.get(session.get_bind()) if not session.in_transaction() \
+        else None
+    if lock is not None:
+        if lock.acquire(timeout=SQLITE_BUSY_SECONDS):
+            session.info[_HELD_WRITER_LOCK] = lock
+        else:
+            log.warning("a SQLite writer waited %.0f s for the writer lock; going on to the "
+                        "database's busy timeout", SQLITE_BUSY_SECONDS)
+    try:
+        session.connection(execution_options={"sqlite_immediate": True})
+    except BaseException:
+        _release_writer_lock(session)
+        raise
+
+
+def _release_writer_lock(session) -> None:
+    lock = session.info.pop(_HELD_WRITER_LOCK, None)
+    if lock is not None:
+        lock.release()
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _writer_transaction_ended(session, transaction) -> None:
+    if transaction.parent is None:  # the root transaction, not a savepoint
+        _release_writer_lock(session)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker:

@@ -284,7 +284,8 @@ def place_order(session: Session, caller: Caller, rules: EconomyRules, product_n
     # Everything that does not need a lock comes first, so that concurrent purchases (and
     # several service processes) overlap; only the balances and the log's sequence number are
     # taken at the end and held until the commit.
-    order = Order(unit_id=buyer_unit.id, product_id=product.id, version_id=version.id,
+    # relationships given as the objects at hand: the order's JSON then needs no lazy loads
+    order = Order(unit=buyer_unit, product=product, version_id=version.id,
                   plan=plan, price=price, fee=fee, idempotency_key=key,
                   request_sha256=digest, status="paid", buyer=caller.name,
                   created_at=now or utcnow())
@@ -307,7 +308,7 @@ def place_order(session: Session, caller: Caller, rules: EconomyRules, product_n
     now = now or utcnow()
     period = PLAN_PERIODS.get(plan)
     session.add(Entitlement(
-        order_id=order.id, unit_id=buyer_unit.id, product_id=product.id, plan=plan,
+        order=order, unit_id=buyer_unit.id, product_id=product.id, plan=plan,
         valid_from=now, valid_until=now + period if period else None,
         uses_left=None if period else 1, status="active"))
     session.flush()

@@ -155,6 +155,9 @@ def test_loop_lag_while_fifty_clients_buy_and_two_runs_upload(shop, record_prope
           f"p99 {lag['p99_ms']} ms, max {lag['max_ms']} ms ({lag['samples']} samples every "
           f"{lag['interval_ms']:.0f} ms); machine load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
+    for stall in lag["stalls"][:5]:  # where the loop was when it stalled (the watchdog's view)
+        print(f"  stall {stall['ms']} ms ({stall['samples']} samples, "
+              f"{stall['stack_share']:.0%} in): " + " < ".join(stall["stack"][:6]))
     record_property("loop_lag_p99_ms", lag["p99_ms"])  # in a --junitxml report
     # the monitor ran through the window (its figure is the test's output, not its verdict)
     assert lag["samples"] >= 1 and lag["p50_ms"] <= lag["p99_ms"] <= lag["max_ms"], lag

@@ -42,6 +42,35 @@ def test_a_blocking_call_shows_as_lag():
     assert stats["samples"] >= 4 and stats["p50_ms"] <= stats["p99_ms"] <= stats["max_ms"]
 
 
+def _blocking_report_builder() -> None:
+    time.sleep(0.3)  # a synchronous call on the loop, as a handler might make by mistake
+
+
+def test_a_stall_is_recorded_with_the_stack_that_blocked_the_loop():
+    """The watchdog samples the loop thread while a callback waits: the stall it records names
+    the blocking function, so an operator sees which code to move off the loop."""
+    async def scenario() -> dict:
+        monitor = LoopLagMonitor(interval=0.01, stall_after=0.05, probe_interval=0.01)
+        task = asyncio.create_task(monitor.run())
+        while len(monitor.samples) < 3:  # the monitor is running (bounded: it ticks at 10 ms)
+            await asyncio.sleep(0.01)
+        _blocking_report_builder()
+        deadline = time.monotonic() + 20
+        while not monitor.stalls and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        return monitor.stats(60)
+
+    stats = asyncio.run(asyncio.wait_for(scenario(), timeout=30))
+    assert stats["stalls"], stats
+    longest = stats["stalls"][0]
+    assert longest["ms"] >= 50 and longest["samples"] >= 1, longest
+    assert any("_blocking_report_builder" in frame for frame in longest["stack"]), longest
+    assert any(frame.startswith("tests/test_looplag.py:") or "test_looplag.py:" in frame
+               for frame in longest["stack"]), longest
+    assert "monotonic" not in longest  # an internal clock, not part of the answer
+
+
 def test_named_executors_commit_a_write_whole_or_not_at_all(tmp_path):
     """``in_write`` (what handlers call for a transaction off the loop) commits what its work
     wrote when it returns and nothing when it raises; each kind of work has its own pool."""
