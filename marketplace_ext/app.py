@@ -172,7 +172,7 @@ class MarketplaceApp(Application, MarketplaceSettings):
         # blocking work of handlers and loops, off the event loop, by kind (executors.py)
         self.executors = NamedExecutors(
             {"db": self.db_threads, "io": self.io_threads, "spark": self.spark_threads,
-             "log": self.log_threads}, self.session_factory)
+             "log": self.log_threads}, self.session_factory, write_batch=self.write_batch)
         self.runner = Runner(
             self.session_factory, self.blobs, var / "runs", max_workers=self.run_workers,
             bundle_for=self._bundle_for, env_for=self._run_env,

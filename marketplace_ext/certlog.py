@@ -123,6 +123,17 @@ def _write_sequenced(session: Session, flush_context, instances) -> None:
     session.connection().execute(insert(LogEntry), rows)
 
 
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_rolled_back(session: Session, previous_transaction) -> None:
+    # a savepoint rolled back (a failed work of a batch, write_batches.py) after appending
+    # entries it had not flushed yet: they go with it, and the next append reads the state row
+    # again (the rollback expired the counter it had moved)
+    current = session.info.get(_SEQUENCER)
+    if current is not None and current.rows and previous_transaction.nested:
+        current.rows.clear()
+        session.info.pop(_SEQUENCER, None)
+
+
 def _state(session: Session, lock: bool = False) -> LogState:
     session.flush()  # this transaction's sequenced rows and counter first (a refresh drops them)
     query = select(LogState).where(LogState.id == 1)

@@ -6,6 +6,9 @@
 - ``spark``: calls to the units' data platforms (queries, exports, views built on approval);
 - ``log``: the transparency log's integration (one thread: one integrator).
 
+On SQLite, small writes of one kind that arrive together (purchases) can also run as one
+transaction with one commit (``in_batched_write``, :mod:`marketplace_ext.write_batches`).
+
 Each has its size as a trait of the service (``db_threads``, ``io_threads``, ``spark_threads``,
 ``log_threads``). A pool of its own per kind of work keeps a slow kind (a Spark export of a
 minute) from taking the threads another (a purchase's transaction) needs.
@@ -21,6 +24,7 @@ from typing import TypeVar
 from sqlalchemy.orm import Session, sessionmaker
 
 from .orm import write_transaction
+from .write_batches import WriteBatcher
 
 T = TypeVar("T")
 
@@ -30,7 +34,8 @@ NAMES = ("db", "io", "spark", "log")
 class NamedExecutors:
     """One :class:`ThreadPoolExecutor` per name in :data:`NAMES`, sized by ``sizes``."""
 
-    def __init__(self, sizes: dict[str, int], session_factory: sessionmaker):
+    def __init__(self, sizes: dict[str, int], session_factory: sessionmaker,
+                 write_batch: int = 32):
         missing = [n for n in NAMES if n not in sizes]
         if missing:
             raise ValueError(f"no size for executor(s) {missing}")
@@ -40,6 +45,12 @@ class NamedExecutors:
         self.pools = {name: ThreadPoolExecutor(sizes[name], thread_name_prefix=name)
                       for name in NAMES}
         self.session_factory = session_factory
+        # group commit where the database has one writer anyway; elsewhere (and with a batch
+        # of 1) each write is its own transaction in the db pool
+        bind = session_factory.kw.get("bind")
+        sqlite = bind is not None and bind.dialect.name == "sqlite"
+        self.batcher = WriteBatcher(session_factory, write_batch) \
+            if sqlite and write_batch > 1 else None
 
     def __getitem__(self, name: str) -> ThreadPoolExecutor:
         return self.pools[name]
@@ -59,6 +70,14 @@ class NamedExecutors:
         writer, committed if ``work`` returns, rolled back (nothing written) if it raises."""
         return await self.run("db", self._with_session, self._write, work, *args)
 
+    async def in_batched_write(self, work: Callable[..., T], *args) -> T:
+        """Like :meth:`in_write`, but on SQLite in the next batch of the write batcher: the
+        work runs in a savepoint of a transaction shared with the works queued beside it, and
+        its result comes back once that transaction committed. ``work`` must not commit."""
+        if self.batcher is None:
+            return await self.in_write(work, *args)
+        return await self.batcher.run(work, *args)
+
     def _with_session(self, work: Callable[..., T], *args) -> T:
         session: Session
         with self.session_factory() as session:
@@ -75,3 +94,5 @@ class NamedExecutors:
         """Stop taking work; what runs finishes in its thread, queued work is dropped."""
         for pool in self.pools.values():
             pool.shutdown(wait=False, cancel_futures=True)
+        if self.batcher is not None:
+            self.batcher.close()

@@ -100,6 +100,14 @@ def _sqlite_pragmas(dbapi_connection, connection_record) -> None:
     cursor.close()
 
 
+def _sqlite_end_dangling(dbapi_connection, connection_record) -> None:
+    # a COMMIT that failed (a deferred foreign key, a full disk) leaves SQLite's transaction
+    # open, and the pool skips its rollback for a transaction SQLAlchemy counts as ended: the
+    # next user of the connection would find it mid-transaction (and the write lock held)
+    if dbapi_connection is not None and dbapi_connection.in_transaction:
+        dbapi_connection.rollback()
+
+
 def _sqlite_begin(conn) -> None:
     # a write transaction that reads first (a balance check) must hold the write lock from the
     # start, or two of them could both pass the check; ask for it with write_transaction()
@@ -130,6 +138,7 @@ def make_engine(db_url: str, **kwargs) -> Engine:
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
+        event.listen(engine.pool, "checkin", _sqlite_end_dangling)
         _SQLITE_WRITER_LOCKS[engine] = threading.Lock()
     return engine
 

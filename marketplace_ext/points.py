@@ -22,9 +22,9 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import case, or_, select, update
+from sqlalchemy import case, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 from sqlalchemy.orm.attributes import set_committed_value
 
 from . import certlog
@@ -135,9 +135,10 @@ def _record_transfer(session: Session, kind: str, actor: str, legs: list[tuple[A
                               created_at=at or utcnow())
     session.add(transfer)
     session.flush()
-    session.add_all(Posting(transfer_id=transfer.id, account_id=account.id, amount=amount)
-                    for account, amount in legs if amount != 0)
-    session.flush()
+    rows = [{"transfer_id": transfer.id, "account_id": account.id, "amount": amount}
+            for account, amount in legs if amount != 0]
+    if rows:  # one multi-row insert, not an ORM object (and a RETURNING) per posting
+        session.connection().execute(insert(Posting), rows)
     return transfer
 
 
@@ -164,6 +165,17 @@ def _apply_balances(session: Session, legs: list[tuple[Account, int]]) -> None:
                                      f"{format_points(account.balance)} points; this needs "
                                      f"{format_points(-amount)}", "balance")
         set_committed_value(account, "balance", balance)
+
+
+def _order_accounts(session: Session, units: list[Unit]) -> dict[int, Account]:
+    """The points accounts of ``units`` (by unit id) in one statement; 404 naming ``unit`` for
+    a unit without one."""
+    found = {a.unit_id: a for a in session.scalars(
+        select(Account).where(Account.unit_id.in_({u.id for u in units})))}
+    for unit in units:
+        if unit.id not in found:
+            raise NotFound(f"unit {unit.slug!r} has no points account", "unit")
+    return found
 
 
 def _owner(account: Account) -> str:
@@ -253,7 +265,9 @@ def place_order(session: Session, caller: Caller, rules: EconomyRules, product_n
     if replay is not None:
         return replay, False
 
-    product = session.scalar(select(Product).where(Product.name == product_name))
+    # the product with its version and owner in one statement (no lazy loads)
+    product = session.scalar(select(Product).where(Product.name == product_name).options(
+        joinedload(Product.current_version), joinedload(Product.unit)))
     version = product.current_version if product else None
     if product is None or version is None or version.state != "on_shelf":
         raise NotFound(f"no product {product_name!r} on the shelf", "product")
@@ -263,7 +277,8 @@ def place_order(session: Session, caller: Caller, rules: EconomyRules, product_n
             f"{product_name!r} offers {', '.join(sorted(prices))}, not {plan}", "plan")
     if product.unit_id == buyer_unit.id and not rules.allow_self_purchase:
         raise Forbidden("a unit does not buy its own product (it may use it freely)", "product")
-    if not rules.allow_self_purchase and co_owns(session, product, buyer_unit.id):
+    shares = product_shares(session, product)  # a co-owned product: several payees
+    if not rules.allow_self_purchase and any(s.unit_id == buyer_unit.id for s in shares):
         raise Forbidden(f"unit {buyer_unit.slug!r} co-owns {product_name!r} (a federated "
                         "project's model): it uses it freely and does not pay itself for it",
                         "product")
@@ -271,11 +286,10 @@ def place_order(session: Session, caller: Caller, rules: EconomyRules, product_n
     if price <= 0:  # the catalogue enforces the bounds; never move points the wrong way
         raise InvalidField(f"{product_name!r} has an invalid price", "plan")
 
-    buyer = unit_account(session, buyer_unit)
-    supplier = unit_account(session, product.unit)
+    accounts = _order_accounts(session, [buyer_unit, product.unit, *(s.unit for s in shares)])
+    buyer, supplier = accounts[buyer_unit.id], accounts[product.unit_id]
     operator = operator_account(session)
-    owners = {s.unit.slug: (unit_account(session, s.unit), s.basis_points)
-              for s in product_shares(session, product)}  # a co-owned product: several payees
+    owners = {s.unit.slug: (accounts[s.unit_id], s.basis_points) for s in shares}
     if buyer.balance < price:  # unlocked, for the clear error; the guarded update decides
         raise InsufficientPoints(
             f"unit {buyer_unit.slug!r} has {format_points(buyer.balance)} points; "
@@ -290,9 +304,15 @@ def place_order(session: Session, caller: Caller, rules: EconomyRules, product_n
                   request_sha256=digest, status="paid", buyer=caller.name,
                   created_at=now or utcnow())
     try:
-        with session.begin_nested():
+        if session.get_bind().dialect.name == "sqlite":
+            # writers are serialised (BEGIN IMMEDIATE): no other transaction can insert the
+            # same key meanwhile, so no savepoint is needed (two statements fewer)
             session.add(order)
             session.flush()
+        else:
+            with session.begin_nested():
+                session.add(order)
+                session.flush()
     except IntegrityError as e:  # the same key raced in; the database waited for its commit
         replay = _replay(session, buyer_unit, key, digest)
         if replay is not None:
@@ -307,11 +327,14 @@ def place_order(session: Session, caller: Caller, rules: EconomyRules, product_n
                                 memo=f"{plan} of {product.name}", at=now)
     now = now or utcnow()
     period = PLAN_PERIODS.get(plan)
-    session.add(Entitlement(
-        order=order, unit_id=buyer_unit.id, product_id=product.id, plan=plan,
+    entitlement = Entitlement(
+        order_id=order.id, unit_id=buyer_unit.id, product_id=product.id, plan=plan,
         valid_from=now, valid_until=now + period if period else None,
-        uses_left=None if period else 1, status="active"))
+        uses_left=None if period else 1, status="active")
+    session.add(entitlement)
     session.flush()
+    # the new order has no other entitlement: set it without loading the (empty) old value
+    set_committed_value(order, "entitlement", entitlement)
     try:
         _apply_balances(session, legs)
     except InsufficientPoints as e:  # spent by a concurrent purchase since the check above

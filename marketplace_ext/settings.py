@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from jupyterhub.utils import url_path_join
-from traitlets import Bool, Dict, Float, Integer, Unicode, default
+from traitlets import Bool, Dict, Float, Integer, TraitError, Unicode, default, validate
 from traitlets.config import Configurable
 
 from .catalog import DEFAULT_TERMS
@@ -285,6 +285,21 @@ class MarketplaceSettings(Configurable):
         predictions, model-to-data and federated projects). More help PostgreSQL, whose writers
         run side by side; SQLite serialises writers, so more threads there only wait longer.""",
     ).tag(config=True)
+
+    write_batch = Integer(
+        32, help="""On SQLite, the most purchases committed as one transaction (group commit,
+        write_batches.py): purchases that arrive together run one after the other in savepoints
+        of one transaction on one thread, and each buyer is answered once it committed. One
+        purchase that fails is rolled back alone. 1 turns batching off (one transaction per
+        purchase). PostgreSQL always runs one transaction per purchase: its writers run side
+        by side.""",
+    ).tag(config=True)
+
+    @validate("write_batch")
+    def _valid_write_batch(self, proposal):
+        if proposal.value < 1:
+            raise TraitError(f"write_batch must be at least 1, not {proposal.value}")
+        return proposal.value
 
     io_threads = Integer(
         4, help="""Threads of the "io" executor: file and blob reads and writes (uploaded

@@ -24,7 +24,6 @@ from ..errors import (
 from ..hubapi import ROLE_GROUPS
 from ..ids import parse_id
 from ..openapi import openapi_document
-from ..orm import write_transaction
 from ..publishing import publish_upload, review_version
 from ..units import get_unit, list_units, validate_slug, validate_unit_type
 from .base import MULTIPART_ENVELOPE, APIHandler
@@ -262,8 +261,8 @@ class OrdersHandler(APIHandler):
     @web.authenticated
     async def post(self):
         product, plan, key = points.validate_order_request(self.json_body())
-        body, created = await self.in_db(_buy, self.caller, self.market.economy, product, plan,
-                                         key)
+        body, created = await self.market.executors.in_batched_write(
+            _buy, self.caller, self.market.economy, product, plan, key)
         self.write_json(body, status=201 if created else 200)
 
 
@@ -273,9 +272,8 @@ def _orders_json(session, unit: str, limit: int, offset: int) -> tuple[list[dict
 
 
 def _buy(session, caller, economy, product: str, plan: str, key: str) -> tuple[dict, bool]:
-    write_transaction(session)
+    # in a write transaction (batched with other purchases on SQLite), committed by the caller
     order, created = points.place_order(session, caller, economy, product, plan, key)
-    session.commit()
     return ledger_views.order_json(order), created
 
 

@@ -85,6 +85,52 @@ def _create_project(session, caller, req, blobs) -> dict:
     return projects.project_json(session, project, caller)
 
 
+# --- writes: each runs as one write transaction in the db executor (``in_write``) and returns
+# plain values (JSON), never an ORM object that outlives its session
+
+
+def _join(session, caller, project: str, key: str | None, signature) -> tuple[dict, bool]:
+    member, created = enrolment.join(session, caller, _get_project(session, project), key,
+                                     signature)
+    return projects.member_json(member), created
+
+
+def _member_write(session, caller, project: str, action, *args) -> dict:
+    """``action(session, caller, found, *args)`` on the project ``project`` (404 first); the
+    membership it returns, as JSON."""
+    return projects.member_json(action(session, caller, _get_project(session, project), *args))
+
+
+def _register_unit_key(session, caller, unit: str, key: str) -> tuple[dict, bool]:
+    found, changed = enrolment.register_unit_key(session, caller, unit, key)
+    return projects.unit_key_json(found), changed
+
+
+def _start_round(session, caller, project: str) -> dict:
+    found = _get_project(session, project)
+    return projects.round_json(session, found, rounds.start(session, caller, found))
+
+
+def _check_update(session, caller, project: str, number: int, weight: str | None,
+                  clipped: str | None, fingerprint: str | None) -> rounds.UpdateRequest:
+    """Read only: an update's announcement checked (a frozen dataclass of plain values)."""
+    return rounds.check_update(session, caller, _get_project(session, project), number, weight,
+                               clipped, fingerprint)
+
+
+def _record_update(session, caller, project: str, update: rounds.UpdateRequest, sha: str,
+                   size: int) -> dict:
+    recorded, rnd = rounds.record_update(session, caller, _get_project(session, project),
+                                         update, sha, size)
+    return {"round": rnd.number, "attempt": rnd.attempt, "round_state": rnd.state,
+            "weight": recorded.weight, "clipped": recorded.clipped,
+            "log_index": recorded.log_index}
+
+
+def _post_metrics(session, caller, project: str, body: dict) -> int:
+    return rounds.post_metrics(session, caller, _get_project(session, project), body).round
+
+
 class ProjectHandler(APIHandler):
     @web.authenticated
     async def get(self, project):
@@ -93,16 +139,14 @@ class ProjectHandler(APIHandler):
 
 class JoinHandler(APIHandler):
     @web.authenticated
-    def post(self, project):
+    async def post(self, project):
         body = self.json_body() if self.request.body else {}
         common.reject_unknown(body, {"x25519_public_key", "x25519_signature"})
         key = body.get("x25519_public_key")
         key = common.parse_x25519_key(key) if key is not None else None
-        found = _get_project(self.db, project)
-        member, created = enrolment.join(self.db, self.caller, found, key,
-                                         body.get("x25519_signature"))
-        self.db.commit()
-        self.write_json(projects.member_json(member), status=201 if created else 200)
+        member, created = await self.in_write(_join, self.caller, project, key,
+                                              body.get("x25519_signature"))
+        self.write_json(member, status=201 if created else 200)
 
 
 class MembersHandler(APIHandler):
@@ -113,29 +157,23 @@ class MembersHandler(APIHandler):
 
 class MemberHandler(APIHandler):
     @web.authenticated
-    def put(self, project, unit):
+    async def put(self, project, unit):
         body = self.json_body()
-        found = _get_project(self.db, project)
-        member = enrolment.register_key(self.db, self.caller, found, unit, body)
-        self.db.commit()
-        self.write_json(projects.member_json(member))
+        self.write_json(await self.in_write(_member_write, self.caller, project,
+                                            enrolment.register_key, unit, body))
 
     @web.authenticated
-    def delete(self, project, unit):
-        found = _get_project(self.db, project)
-        member = enrolment.leave(self.db, self.caller, found, unit)
-        self.db.commit()
-        self.write_json(projects.member_json(member))
+    async def delete(self, project, unit):
+        self.write_json(await self.in_write(_member_write, self.caller, project,
+                                            enrolment.leave, unit))
 
 
 class DecisionHandler(APIHandler):
     @web.authenticated
-    def post(self, project, unit):
+    async def post(self, project, unit):
         body = self.json_body()
-        found = _get_project(self.db, project)
-        member = enrolment.decide(self.db, self.caller, found, unit, body)
-        self.db.commit()
-        self.write_json(projects.member_json(member))
+        self.write_json(await self.in_write(_member_write, self.caller, project,
+                                            enrolment.decide, unit, body))
 
 
 class UnitKeyHandler(APIHandler):
@@ -144,13 +182,12 @@ class UnitKeyHandler(APIHandler):
         self.write_json(await self.in_db(_unit_key_json, unit))
 
     @web.authenticated
-    def put(self, unit):
+    async def put(self, unit):
         body = self.json_body()
         common.reject_unknown(body, {"ed25519_public_key"})
         key = enrolment.parse_signing_key(body.get("ed25519_public_key"))
-        found, changed = enrolment.register_unit_key(self.db, self.caller, unit, key)
-        self.db.commit()
-        self.write_json(projects.unit_key_json(found), status=201 if changed else 200)
+        found, changed = await self.in_write(_register_unit_key, self.caller, unit, key)
+        self.write_json(found, status=201 if changed else 200)
 
 
 class KeysHandler(APIHandler):
@@ -159,12 +196,10 @@ class KeysHandler(APIHandler):
         self.write_json(await self.in_db(_read, self.caller, project, enrolment.keys_json))
 
     @web.authenticated
-    def post(self, project):
+    async def post(self, project):
         body = self.json_body()
-        found = _get_project(self.db, project)
-        member = enrolment.post_wrapped_key(self.db, self.caller, found, body)
-        self.db.commit()
-        self.write_json(projects.member_json(member), status=201)
+        self.write_json(await self.in_write(_member_write, self.caller, project,
+                                            enrolment.post_wrapped_key, body), status=201)
 
 
 class ModelHandler(APIHandler):
@@ -190,11 +225,8 @@ class RoundsHandler(APIHandler):
         self.write_json(await self.in_db(_read, self.caller, project, _rounds_json))
 
     @web.authenticated
-    def post(self, project):
-        found = _get_project(self.db, project)
-        rnd = rounds.start(self.db, self.caller, found)
-        self.db.commit()
-        self.write_json(projects.round_json(self.db, found, rnd), status=201)
+    async def post(self, project):
+        self.write_json(await self.in_write(_start_round, self.caller, project), status=201)
 
 
 class RoundHandler(APIHandler):
@@ -234,7 +266,7 @@ class UpdatesHandler(APIHandler):
             self._close = bool(announced) or announced is None
             raise Unauthenticated("log in through the hub or send 'Authorization: token ...'")
         try:
-            self._update = self._check(announced)
+            self._update = await self._check(announced)
         except MarketError as e:
             limit = self._update.expected_bytes if self._update else self.DISCARD_LIMIT
             if announced is None or announced > limit:
@@ -244,15 +276,14 @@ class UpdatesHandler(APIHandler):
             self._update = None
         self.request.connection.set_max_body_size(announced)
 
-    def _check(self, announced: int | None) -> rounds.UpdateRequest:
+    async def _check(self, announced: int | None) -> rounds.UpdateRequest:
         caller = self.caller
         number = _round_number(self.path_kwargs["number"])
-        with self.market.session_factory() as session:
-            project = _get_project(session, self.path_kwargs["project"])
-            update = rounds.check_update(
-                session, caller, project, number, self.get_query_argument("weight", None),
-                self.get_query_argument("clipped", None),
-                self.get_query_argument("key_fingerprint", None))
+        # (read only, in the db executor; the body is not read before prepare() returns)
+        update = await self.in_db(
+            _check_update, caller, self.path_kwargs["project"], number,
+            self.get_query_argument("weight", None), self.get_query_argument("clipped", None),
+            self.get_query_argument("key_fingerprint", None))
         expected = update.expected_bytes
         if announced is None:
             raise InvalidField("send the update with a Content-Length header", "body")
@@ -285,20 +316,20 @@ class UpdatesHandler(APIHandler):
                                f"are {update.expected_bytes} bytes", "body")
         data = b"".join(self._chunks)
         self._chunks = []
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, rounds.check_update_bytes, update.spec, data)
-        sha = await loop.run_in_executor(None, self.market.blobs.put, data)
-        # no await from here on: the write transaction starts with self.db
-        found = _get_project(self.db, project)
-        recorded, rnd = rounds.record_update(self.db, self.caller, found, update, sha,
-                                             len(data))
-        self.db.commit()
-        if rnd.state == common.AGGREGATING:
+        # CPU-bound (a gcd per ciphertext): the default executor, as no named pool is for CPU
+        # work (db, io, spark and log would each be held by it)
+        await asyncio.get_running_loop().run_in_executor(None, rounds.check_update_bytes,
+                                                         update.spec, data)
+        sha = await self.in_io(self.market.blobs.put, data)
+        recorded = await self.in_write(_record_update, self.caller, project, update, sha,
+                                       len(data))
+        if recorded["round_state"] == common.AGGREGATING:
             self.market.fl.kick()
-        self.write_json({"round": rnd.number, "attempt": rnd.attempt, "round_state": rnd.state,
-                         "unit": update.unit, "sha256": sha, "size": len(data),
-                         "weight": recorded.weight, "clipped": recorded.clipped,
-                         "log_index": recorded.log_index}, status=201)
+        self.write_json({"round": recorded["round"], "attempt": recorded["attempt"],
+                         "round_state": recorded["round_state"], "unit": update.unit,
+                         "sha256": sha, "size": len(data), "weight": recorded["weight"],
+                         "clipped": recorded["clipped"], "log_index": recorded["log_index"]},
+                        status=201)
 
 
 class AggregateHandler(APIHandler):
@@ -331,12 +362,10 @@ class MetricsHandler(APIHandler):
         self.write_json(await self.in_db(_read, self.caller, project, _metrics_json))
 
     @web.authenticated
-    def post(self, project):
+    async def post(self, project):
         body = self.json_body()
-        found = _get_project(self.db, project)
-        row = rounds.post_metrics(self.db, self.caller, found, body)
-        self.db.commit()
-        self.write_json({"round": row.round, "unit": self.caller.unit}, status=201)
+        number = await self.in_write(_post_metrics, self.caller, project, body)
+        self.write_json({"round": number, "unit": self.caller.unit}, status=201)
 
 
 _P = r"/api/fl/projects/(?P<project>[^/]+)"
