@@ -83,7 +83,13 @@ class WriteBatcher:
                     self._queue.put(_STOP)  # after this batch
                     break
                 batch.append(item)
-            self._run_batch(batch)
+            try:
+                self._run_batch(batch)
+            except Exception:  # never leave the thread (the buyers behind would wait forever)
+                log.exception("the write batcher failed a batch")
+                for _work, _args, future in batch:
+                    if not future.done():
+                        future.set_exception(RuntimeError("the write batch failed"))
 
     def _run_batch(self, batch: list[tuple[Callable, tuple, Future]]) -> None:
         done: list[tuple[Future, object]] = []
