@@ -147,6 +147,11 @@ def main() -> None:
         print(f"event-loop lag buying + uploading: p50 {loaded['p50_ms']:7.1f} ms  p99 "
               f"{loaded['p99_ms']:7.1f} ms  max {loaded['max_ms']:7.1f} ms  "
               f"({loaded['samples']} samples)")
+        for phase, window in (("buying", busy), ("buying + uploading", loaded)):
+            for stall in window.get("stalls", [])[:3]:  # where the loop was (its watchdog)
+                print(f"  stall while {phase}: {stall['ms']:.0f} ms, "
+                      f"{stall['stack_share']:.0%} of {stall['samples']} samples in "
+                      + " < ".join(stall["stack"][:3]))
 
 
 if __name__ == "__main__":

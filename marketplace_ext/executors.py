@@ -47,7 +47,7 @@ class NamedExecutors:
         self.session_factory = session_factory
         # group commit where the database has one writer anyway; elsewhere (and with a batch
         # of 1) each write is its own transaction in the db pool
-        bind = session_factory.kw.get("bind")
+        bind = getattr(session_factory, "kw", {}).get("bind")  # (None: no database at all)
         sqlite = bind is not None and bind.dialect.name == "sqlite"
         self.batcher = WriteBatcher(session_factory, write_batch) \
             if sqlite and write_batch > 1 else None

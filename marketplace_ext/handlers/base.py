@@ -42,7 +42,6 @@ from tornado.iostream import StreamClosedError
 
 from ..auth import Caller, caller_from_model
 from ..errors import InvalidField, MarketError, PayloadTooLarge, QuotaExceeded, Unauthenticated
-from ..orm import write_transaction
 from ..units import unit_of
 
 log = logging.getLogger("marketplace")
@@ -349,19 +348,8 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         """The running :class:`marketplace_ext.app.MarketplaceApp`."""
         return self.settings["market"]
 
-    @property
-    def db(self) -> Session:
-        if not hasattr(self, "_db"):
-            self._db = self.market.session_factory()
-            if self.request.method not in ("GET", "HEAD", "OPTIONS"):
-                # writes read first (state checks); hold the write lock from the start
-                write_transaction(self._db)
-        return self._db
-
     def on_finish(self) -> None:
         self._drop_spool()
-        if hasattr(self, "_db"):
-            self._db.close()
 
     @property
     def caller(self) -> Caller:
@@ -375,8 +363,8 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         return self._caller
 
     def _unit_of(self, name: str) -> str | None:  # (a handler whose prepare did not ask)
-        # a short session of its own: self.db may become a write transaction, and async
-        # handlers must not hold one across an await
+        # a short session of its own, on the loop: only for a handler whose prepare did not
+        # ask in the db executor
         with self.market.session_factory() as session:
             unit = unit_of(session, name)
             return unit.slug if unit else None

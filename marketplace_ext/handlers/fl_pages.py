@@ -8,7 +8,6 @@ nothing written. Every query, write and render runs in the database executor (``
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 from dataclasses import dataclass
@@ -133,8 +132,11 @@ class FLNewPage(PageHandler):
                 raise InvalidField("model is required: the zip of model.json and weights.pt",
                                    "model")
             body = project_request_body(form, files[0]["body"])
-            req = await asyncio.get_running_loop().run_in_executor(
-                None, projects.parse_project_request, body, self.market.fl_max_parameters)
+            req = await self.in_io(projects.parse_project_request, body,
+                                   self.market.fl_max_parameters)
+            # the model stored before the transaction, as the API does: the write lock is not
+            # held through file I/O, and a refused project leaves an orphan blob for blob_gc
+            await self.in_io(blobs.put, req.model_zip)
             project_id = await self.in_write(
                 lambda s: projects.create_project(s, caller, req, blobs).id)
         except MarketError as e:
