@@ -41,11 +41,15 @@ class SqlNodeStore:
         if within is not None and within > (tree_size or 0):
             raise BeyondTree(tree_size or 0)
 
+    def check_within(self) -> None:
+        """Check ``within`` now, in a statement of its own, if no read has checked it yet (a
+        proof that read no node from the database, or a request refused before reading)."""
+        if self.within is not None:
+            self._check_within(self.session.execute(TREE_SIZE).scalar())
+
     def get_many(self, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
         keys = list(dict.fromkeys(keys))
         found: dict[tuple[int, int], bytes] = {}
-        if not keys and self.within is not None:
-            self._check_within(self.session.execute(TREE_SIZE).scalar())
         # point lookups on the primary key OR-ed together (SQLite's multi-index OR, PostgreSQL's
         # bitmap OR), as driver SQL with the integers inlined: building the same query as an
         # expression, or binding 2n parameters, costs more than the database's work (a proof
@@ -113,8 +117,10 @@ class CachedNodeStore(SqlNodeStore):
                 missing.append(key)
             else:
                 found[key] = h
-        if missing or self.within is not None:
+        if missing:
             fetched = super().get_many(missing)
             found.update(fetched)
             self.cache.nodes.update((k, h) for k, h in fetched.items() if k[0] >= UPPER_LEVEL)
+        else:
+            self.check_within()  # every node was cached: the size still needs its check
         return found

@@ -106,9 +106,10 @@ class LoopLagMonitor:
 
     def _record(self, asked: float, seconds: float, seen: Counter) -> None:
         stack, count = seen.most_common(1)[0] if seen else ((), 0)
+        samples = sum(seen.values())
         stall = {"monotonic": asked, "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-                 "ms": round(seconds * 1e3, 1), "samples": sum(seen.values()),
-                 "stack_share": round(count / max(1, sum(seen.values())), 2),
+                 "ms": round(seconds * 1e3, 1), "samples": samples,
+                 "stack_share": round(count / max(1, samples), 2),
                  "stack": list(stack)}
         self.stalls.append(stall)
         if seconds >= self.log_stall_after:

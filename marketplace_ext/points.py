@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -303,16 +304,14 @@ def place_order(session: Session, caller: Caller, rules: EconomyRules, product_n
                   plan=plan, price=price, fee=fee, idempotency_key=key,
                   request_sha256=digest, status="paid", buyer=caller.name,
                   created_at=now or utcnow())
+    # a savepoint for a concurrent order with the same key; SQLite's writers are serialised
+    # (BEGIN IMMEDIATE), so none can race there and the savepoint's two statements are saved
+    same_key_guard = nullcontext() if session.get_bind().dialect.name == "sqlite" \
+        else session.begin_nested()
     try:
-        if session.get_bind().dialect.name == "sqlite":
-            # writers are serialised (BEGIN IMMEDIATE): no other transaction can insert the
-            # same key meanwhile, so no savepoint is needed (two statements fewer)
+        with same_key_guard:
             session.add(order)
             session.flush()
-        else:
-            with session.begin_nested():
-                session.add(order)
-                session.flush()
     except IntegrityError as e:  # the same key raced in; the database waited for its commit
         replay = _replay(session, buyer_unit, key, digest)
         if replay is not None:

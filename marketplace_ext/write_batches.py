@@ -101,9 +101,10 @@ class WriteBatcher:
                     if not future.set_running_or_notify_cancel():
                         continue
                     try:
+                        # (the savepoint's release flushes what the work wrote first, so
+                        # a failing flush is this work's error too)
                         with session.begin_nested():
                             result = work(session, *args)
-                            session.flush()  # inside its savepoint: all the work wrote
                     except BaseException as e:  # this work only: its savepoint rolled back
                         future.set_exception(e)
                         continue

@@ -229,6 +229,20 @@ def session_factory(db_url):
 # --- federated learning ----------------------------------------------------------------------
 
 
+@pytest.fixture
+def sqlite_session_factory(tmp_path):
+    """A session factory on a freshly migrated SQLite file (``tmp_path/market.sqlite``), for
+    tests of SQLite's own behaviour or of parts that need no PostgreSQL."""
+    from marketplace_ext import dbutil
+    from marketplace_ext.orm import make_engine, make_session_factory
+
+    url = f"sqlite:///{tmp_path / 'market.sqlite'}"
+    dbutil.upgrade(url)
+    engine = make_engine(url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
 @pytest.fixture(scope="session")
 def paillier():
     """One 2048-bit Paillier key pair for the session's federated tests (seconds to make)."""

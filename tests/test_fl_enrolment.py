@@ -15,13 +15,13 @@ import zipfile
 import pytest
 from sqlalchemy import select
 
-from marketplace_ext import certlog, dbutil, units
+from marketplace_ext import certlog, units
 from marketplace_ext.auth import SCOPE_APPROVE, SCOPE_PUBLISH, SCOPE_SUBSCRIBE, Caller
 from marketplace_ext.blobs import BlobStore
 from marketplace_ext.errors import Conflict, Forbidden, InvalidField, NotFound
 from marketplace_ext.federated import common, enrolment, keys, projects, rounds
 from marketplace_ext.federated.orm import FLMember
-from marketplace_ext.orm import LogEntry, make_engine, make_session_factory, write_transaction
+from marketplace_ext.orm import LogEntry, write_transaction
 
 UNITS = "abcd"
 
@@ -38,11 +38,8 @@ OPERATOR = Caller("operator", frozenset({SCOPE_SUBSCRIBE, SCOPE_APPROVE}), None)
 
 
 @pytest.fixture
-def db(tmp_path):
-    url = f"sqlite:///{tmp_path / 'market.sqlite'}"
-    dbutil.upgrade(url)
-    engine = make_engine(url)
-    factory = make_session_factory(engine)
+def db(sqlite_session_factory):
+    factory = sqlite_session_factory
     with factory() as session:
         write_transaction(session)
         for u in UNITS:
@@ -50,7 +47,6 @@ def db(tmp_path):
         session.commit()
     with factory() as session:
         yield session
-    engine.dispose()
 
 
 @pytest.fixture

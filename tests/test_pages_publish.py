@@ -20,12 +20,12 @@ from browser import assert_accessible, fits_narrow_window, screenshot
 from helpers import market_as
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from marketplace_ext import dbutil, publishing, units
+from marketplace_ext import publishing, units
 from marketplace_ext.auth import SCOPE_PUBLISH, SCOPE_SUBSCRIBE, Caller
 from marketplace_ext.bundle import BundleLimits, canonical_archive, new_product
 from marketplace_ext.client import MarketAPIError
 from marketplace_ext.executors import NamedExecutors
-from marketplace_ext.orm import make_engine, make_session_factory, write_transaction
+from marketplace_ext.orm import write_transaction
 
 SERVICE = "/services/marketplace/"
 TEMPLATES = Path(__file__).resolve().parent.parent / "marketplace_ext" / "templates"
@@ -48,11 +48,8 @@ def broken_and_fixed(tmp_path: Path, name: str) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-def market_stub(tmp_path):
-    url = f"sqlite:///{tmp_path / 'market.sqlite'}"
-    dbutil.upgrade(url)
-    engine = make_engine(url)
-    factory = make_session_factory(engine)
+def market_stub(tmp_path, sqlite_session_factory):
+    factory = sqlite_session_factory
     with factory() as session:
         write_transaction(session)
         units.create_unit(session, "a", "Unit A", "operator")
@@ -63,7 +60,6 @@ def market_stub(tmp_path):
                           bundle_limits=BundleLimits(), in_db=pools.in_db,
                           in_io=lambda work, *args: pools.run("io", work, *args))
     pools.shutdown()
-    engine.dispose()
 
 
 def test_check_lists_every_problem_by_file_and_field_and_stores_nothing(market_stub, tmp_path):

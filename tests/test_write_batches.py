@@ -12,7 +12,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from test_points import RULES, check_ledger, make_product, make_unit
 
-from marketplace_ext import certlog, dbutil, ledger_views, points
+from marketplace_ext import certlog, ledger_views, points
 from marketplace_ext.auth import SCOPE_SUBSCRIBE, Caller
 from marketplace_ext.executors import NamedExecutors
 from marketplace_ext.orm import (
@@ -29,11 +29,8 @@ DEADLINE = 60.0
 
 
 @pytest.fixture
-def shop(tmp_path):
-    url = f"sqlite:///{tmp_path / 'market.sqlite'}"
-    dbutil.upgrade(url)
-    engine = make_engine(url)
-    factory = make_session_factory(engine)
+def shop(sqlite_session_factory):
+    factory = sqlite_session_factory
     with factory() as s:
         write_transaction(s)
         seller = make_unit(s, "seller")
@@ -43,7 +40,6 @@ def shop(tmp_path):
     batcher = WriteBatcher(factory, max_batch=32)
     yield factory, batcher, buyers, product
     batcher.close()
-    engine.dispose()
 
 
 def buy(session, unit: str, product: str, key: str) -> dict:
@@ -153,7 +149,7 @@ def test_a_failed_commit_fails_every_purchase_of_the_batch(shop):
     assert batcher.submit(buy, buyers[2], product, "z").result(timeout=DEADLINE)["id"]
 
 
-def test_sqlite_batches_and_postgresql_does_not(shop, tmp_path):
+def test_sqlite_batches_and_postgresql_does_not(shop):
     factory = shop[0]
     sizes = {"db": 1, "io": 1, "spark": 1, "log": 1}
     pools = NamedExecutors(sizes, factory)
@@ -162,8 +158,11 @@ def test_sqlite_batches_and_postgresql_does_not(shop, tmp_path):
     one_by_one = NamedExecutors(sizes, factory, write_batch=1)
     assert one_by_one.batcher is None
     one_by_one.shutdown()
-    postgres = make_session_factory(make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none"))
-    assert NamedExecutors(sizes, postgres).batcher is None
+    engine = make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")  # (never connected)
+    on_postgres = NamedExecutors(sizes, make_session_factory(engine))
+    assert on_postgres.batcher is None
+    on_postgres.shutdown()
+    engine.dispose()
 
 
 def test_the_same_key_twice_in_one_batch_is_one_order(shop):
