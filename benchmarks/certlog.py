@@ -102,7 +102,7 @@ def main() -> None:
         with factory() as s:
             write_transaction(s)
             for i in range(done, done + n):
-                # an order's statement as points.place_order writes it (its order row is in
+                # an order's statement as purchase.place_order writes it (its order row is in
                 # the session there, so only the product's owner is looked up)
                 certlog.append(s, "order", "bench", "a", f"order:{i}", product="bench-product",
                                version="1.0.0", plan="per_use", price="20.00")

@@ -48,6 +48,7 @@ from sqlalchemy import event, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from . import logentry, merkle
+from .driver_sql import DriverSql
 from .errors import InvalidField, NotFound
 from .log_nodes import BeyondTree, CachedNodeStore, SqlNodeStore, UpperNodeCache
 from .orm import (
@@ -163,24 +164,61 @@ def append(session: Session, entry_type: str, actor: str, unit: str | None, subj
     state = sequencer.state
     index = state.next_index
     details = {"subject": subject, "actor": actor, "unit": unit, **fields}
+    with session.no_autoflush:  # the lookups never need this transaction's log rows
+        parties = party_units_of(session, entry_type, unit, details, party_units,
+                                 sequencer.product_units)
+    row = _entry_row(index, entry_type, actor, details, parties)
+    sequencer.rows.append(row)
+    state.next_index = index + 1  # the state row is dirty: the next flush writes the rows
+    if row["disclosed"]:
+        _disclose_submission(session, fields.get("product"), fields.get("version"))
+    return index
+
+
+def _entry_row(index: int, entry_type: str, actor: str, details: dict,
+               parties: list[str]) -> dict:
+    """The ``log_entries`` row of a new entry: its public part commits to the details with a
+    fresh salt."""
     raw = canonical(details)
     salt = logentry.new_salt()
     now = datetime.now(UTC)
     time = now.isoformat(timespec="microseconds")[:-6] + "Z"  # as strftime(...%fZ), 3x faster
     data = logentry.public_part(entry_type, time, logentry.commitment(raw, salt))
-    with session.no_autoflush:  # the lookups never need this transaction's log rows
-        parties = party_units_of(session, entry_type, unit, details, party_units,
-                                 sequencer.product_units)
-    disclosed = entry_type == "shelf" and fields.get("to_state") == "on_shelf"
-    sequencer.rows.append({
+    return {
         "idx": index, "data": data.decode(), "kind": entry_type,
         "leaf_hash": merkle.leaf_hash(data).hex(), "created_at": now.replace(tzinfo=None),
         "details": raw.decode(), "salt": salt.hex(),
         "actor": None if actor in SYSTEM_ACTORS else actor, "parties": json.dumps(parties),
-        "disclosed": disclosed})
-    state.next_index = index + 1  # the state row is dirty: the next flush writes the rows
-    if disclosed:
-        _disclose_submission(session, fields.get("product"), fields.get("version"))
+        "disclosed": entry_type == "shelf" and details.get("to_state") == "on_shelf"}
+
+
+def append_by_sql(session: Session, sql: DriverSql, entry_type: str, actor: str,
+                  unit: str | None, subject: str, *, parties: list[str], **fields) -> int:
+    """:func:`append` for a caller that writes its own rows through ``sql`` (a purchase,
+    :mod:`marketplace_ext.purchase`): one ``UPDATE ... RETURNING`` takes the index (and locks
+    the state row until the commit, as :func:`append` does), one ``INSERT`` writes the entry.
+
+    ``parties`` are given, not looked up: the caller has just written the rows they come from.
+    They must be what :func:`party_units_of` finds for these details (the tests compare).
+    """
+    if entry_type not in ENTRY_TYPES or entry_type == "shelf":
+        raise ValueError(f"{entry_type!r} entries are appended with certlog.append")
+    current = session.info.pop(_SEQUENCER, None)
+    if current is not None and current.rows:  # ORM appends of this transaction go first
+        session.flush()
+    take = "UPDATE log_state SET next_index = next_index + 1 WHERE id = 1 " \
+           "RETURNING next_index - 1"
+    index = sql.scalar(take)
+    if index is None:  # the log's first entry: its state row is created the ORM's way
+        _state(session)
+        index = sql.scalar(take)
+    row = _entry_row(index, entry_type, actor,
+                     {"subject": subject, "actor": actor, "unit": unit, **fields}, parties)
+    sql.execute("INSERT INTO log_entries (idx, data, kind, leaf_hash, created_at, details, "
+                "salt, actor, parties, disclosed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                row["idx"], row["data"], row["kind"], row["leaf_hash"],
+                sql.timestamp(row["created_at"]), row["details"], row["salt"], row["actor"],
+                row["parties"], row["disclosed"])
     return index
 
 

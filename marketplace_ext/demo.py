@@ -225,7 +225,7 @@ def seed_history(db_url: str, var_dir: Path, now=None, log=print) -> dict:
 
     from sqlalchemy import select
 
-    from . import points
+    from . import points, purchase
     from .auth import SCOPE_SUBSCRIBE, Caller
     from .errors import MarketError
     from .exchange import ratings
@@ -258,7 +258,7 @@ def seed_history(db_url: str, var_dir: Path, now=None, log=print) -> dict:
                         if price is None or spent.get(unit, 0) + price > HISTORY_BUDGET:
                             counts["skipped"] += 1
                             continue
-                        _, created = points.place_order(
+                        _, created = purchase.buy(
                             session, caller, rules, product, "per_use",
                             f"demo-history-{product}-{unit}-{event['n']}"[:128], now=at)
                         spent[unit] = spent.get(unit, 0) + price

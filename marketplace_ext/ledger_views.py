@@ -11,6 +11,8 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from .driver_sql import DriverSql, read_timestamp
+from .errors import NotFound
 from .orm import Account, Entitlement, Order, Posting, Product, Unit, utcnow
 from .points import format_points
 
@@ -62,17 +64,45 @@ def all_accounts(session: Session) -> list[dict]:
 
 def order_json(order: Order) -> dict:
     ent = order.entitlement
+    return _order_document(
+        order.id, order.product.name, order.plan, order.price, order.fee, order.status,
+        order.buyer, order.unit.slug, order.idempotency_key, order.created_at, order.log_index,
+        None if ent is None else (ent.id, ent.plan, ent.status, ent.valid_from,
+                                  ent.valid_until, ent.uses_left))
+
+
+def order_document(session: Session, order_id: int) -> dict:
+    """:func:`order_json` of order ``order_id`` in one statement to the driver (a purchase's
+    answer, :mod:`marketplace_ext.purchase`)."""
+    row = DriverSql(session).one(
+        "SELECT o.id, p.name, o.plan, o.price, o.fee, o.status, o.buyer, u.slug, "
+        "o.idempotency_key, o.created_at, o.log_index, "
+        "e.id, e.plan, e.status, e.valid_from, e.valid_until, e.uses_left "
+        "FROM orders o JOIN products p ON p.id = o.product_id JOIN units u ON u.id = o.unit_id "
+        "LEFT JOIN entitlements e ON e.order_id = o.id WHERE o.id = ?", order_id)
+    if row is None:
+        raise NotFound(f"no order {order_id!r}", "order")
+    (*order, created_at, log_index), ent = row[:11], row[11:]
+    return _order_document(
+        *order, read_timestamp(created_at), log_index,
+        None if ent[0] is None else (*ent[:3], read_timestamp(ent[3]), read_timestamp(ent[4]),
+                                     ent[5]))
+
+
+def _order_document(order_id: int, product: str, plan: str, price: int, fee: int, status: str,
+                    buyer: str, unit: str, key: str, created_at: datetime,
+                    log_index: int | None, entitlement: tuple | None) -> dict:
     return {
-        "id": order.id, "product": order.product.name, "plan": order.plan,
-        "price": format_points(order.price), "fee": format_points(order.fee),
-        "supplier_share": format_points(order.price - order.fee), "status": order.status,
-        "buyer": order.buyer, "unit": order.unit.slug, "idempotency_key": order.idempotency_key,
-        "created_at": order.created_at.isoformat() + "Z", "log_index": order.log_index,
-        "entitlement": None if ent is None else {
-            "id": ent.id, "plan": ent.plan, "status": ent.status,
-            "valid_from": ent.valid_from.isoformat() + "Z",
-            "valid_until": ent.valid_until.isoformat() + "Z" if ent.valid_until else None,
-            "uses_left": ent.uses_left,
+        "id": order_id, "product": product, "plan": plan,
+        "price": format_points(price), "fee": format_points(fee),
+        "supplier_share": format_points(price - fee), "status": status,
+        "buyer": buyer, "unit": unit, "idempotency_key": key,
+        "created_at": created_at.isoformat() + "Z", "log_index": log_index,
+        "entitlement": None if entitlement is None else {
+            "id": entitlement[0], "plan": entitlement[1], "status": entitlement[2],
+            "valid_from": entitlement[3].isoformat() + "Z",
+            "valid_until": entitlement[4].isoformat() + "Z" if entitlement[4] else None,
+            "uses_left": entitlement[5],
         },
     }
 

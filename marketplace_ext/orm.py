@@ -441,7 +441,7 @@ class Entitlement(Base):
 
 class ProductShare(Base):
     """A co-owner of a product and its certified share (basis points, 10 000 in all per
-    product): a federated project's model sells for its members (``points.place_order``)."""
+    product): a federated project's model sells for its members (``purchase.place_order``)."""
 
     __tablename__ = "product_shares"
     __table_args__ = (UniqueConstraint("product_id", "unit_id", name="uq_product_shares_unit"),)

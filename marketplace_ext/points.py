@@ -8,28 +8,26 @@ Rules (section 2.4 of the source paper):
   operator fee = floor(6 % of p) and the supplier p - fee, in one transaction;
 - transfers are immutable; a correction (a refund) is a new transfer reversing an old one.
 
-A purchase locks the accounts it touches (``SELECT ... FOR UPDATE`` in id order on PostgreSQL,
-``BEGIN IMMEDIATE`` on SQLite) before it checks the balance, so concurrent buyers cannot
-overdraw a unit, and it either commits whole or not at all.
+Placing an order is :mod:`.purchase`. Balances only move with guarded updates in account-id
+order (``balance >= amount`` for a debit), taken as late in the transaction as possible, so
+concurrent buyers cannot overdraw a unit or deadlock, and a transfer either commits whole or not
+at all.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import re
-from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import case, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 
 from . import certlog
-from .auth import SCOPE_SUBSCRIBE, Caller
+from .driver_sql import DriverSql
 from .errors import Conflict, Forbidden, InvalidField, MarketError, NotFound
 from .ids import parse_id
 from .orm import (
@@ -50,7 +48,6 @@ CENTS = 100
 PLAN_PERIODS = {"week": timedelta(days=7), "month": timedelta(days=30),
                 "year": timedelta(days=365)}
 PLAN_TYPES = ("per_use", *PLAN_PERIODS)
-IDEMPOTENCY_KEY_RE = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
 
 
 class InsufficientPoints(MarketError):
@@ -143,40 +140,49 @@ def _record_transfer(session: Session, kind: str, actor: str, legs: list[tuple[A
     return transfer
 
 
-def _apply_balances(session: Session, legs: list[tuple[Account, int]]) -> None:
-    """Move the balances of a recorded transfer's legs with guarded ``UPDATE``s, in account-id
-    order (no deadlock between two transfers). Each row stays locked until the commit, so callers
-    run this as late in their transaction as they can: it is the contended part (every purchase
-    credits the operator's account)."""
-    accounts = {a.id: a for a, _ in legs}
+def record_transfer_by_sql(sql: DriverSql, kind: str, actor: str, legs: list[tuple[int, int]],
+                           *, order_id: int | None, memo: str, at: datetime) -> int:
+    """:func:`_record_transfer` for a caller writing through ``sql`` (a purchase): the header
+    and its postings (``legs`` of account id and amount), balances untouched; the id."""
+    if sum(amount for _, amount in legs) != 0:
+        raise AssertionError("a transfer's legs must sum to zero")  # a bug, never user input
+    transfer_id = sql.scalar(
+        "INSERT INTO transfers (kind, order_id, memo, actor, created_at) "
+        "VALUES (?, ?, ?, ?, ?) RETURNING id", kind, order_id, memo, actor, sql.timestamp(at))
+    rows = [(transfer_id, account_id, amount) for account_id, amount in legs if amount != 0]
+    sql.execute("INSERT INTO postings (transfer_id, account_id, amount) VALUES "
+                + ", ".join(["(?, ?, ?)"] * len(rows)), *(v for row in rows for v in row))
+    return transfer_id
+
+
+def apply_balances_by_sql(session: Session, sql: DriverSql, legs: list[tuple[int, int]],
+                          overdraft_ids: frozenset[int] = frozenset()) -> None:
+    """Move the balances of a recorded transfer's legs (account id, amount) with guarded
+    ``UPDATE``s, in account-id order (no deadlock between two transfers); only the accounts in
+    ``overdraft_ids`` (the mint) may go below zero. Each row stays locked until the commit, so
+    callers run this as late in their transaction as they can: it is the contended part (every
+    purchase credits the operator's account). Account objects the session holds get the new
+    balances. :class:`InsufficientPoints` if a debited account does not hold the amount."""
     totals: dict[int, int] = {}
-    for account, amount in legs:
-        totals[account.id] = totals.get(account.id, 0) + amount
+    for account_id, amount in legs:
+        totals[account_id] = totals.get(account_id, 0) + amount
     for account_id in sorted(totals):
-        account, amount = accounts[account_id], totals[account_id]
+        amount = totals[account_id]
         if amount == 0:
             continue
-        change = update(Account).where(Account.id == account_id)
-        if amount < 0 and account.kind != "mint":
-            change = change.where(Account.balance >= -amount)
-        balance = session.execute(change.values(balance=Account.balance + amount)
-                                  .returning(Account.balance)).scalar()
+        if amount < 0 and account_id not in overdraft_ids:
+            balance = sql.scalar("UPDATE accounts SET balance = balance + ? "
+                                 "WHERE id = ? AND balance >= ? RETURNING balance",
+                                 amount, account_id, -amount)
+        else:
+            balance = sql.scalar("UPDATE accounts SET balance = balance + ? WHERE id = ? "
+                                 "RETURNING balance", amount, account_id)
         if balance is None:
-            raise InsufficientPoints(f"account of {_owner(account)} has "
-                                     f"{format_points(account.balance)} points; this needs "
-                                     f"{format_points(-amount)}", "balance")
-        set_committed_value(account, "balance", balance)
-
-
-def _order_accounts(session: Session, units: list[Unit]) -> dict[int, Account]:
-    """The points accounts of ``units`` (by unit id) in one statement; 404 naming ``unit`` for
-    a unit without one."""
-    found = {a.unit_id: a for a in session.scalars(
-        select(Account).where(Account.unit_id.in_({u.id for u in units})))}
-    for unit in units:
-        if unit.id not in found:
-            raise NotFound(f"unit {unit.slug!r} has no points account", "unit")
-    return found
+            raise InsufficientPoints(f"account {account_id} does not hold "
+                                     f"{format_points(-amount)} points", "balance")
+        held = session.identity_map.get(identity_key(Account, account_id))
+        if held is not None:
+            set_committed_value(held, "balance", balance)
 
 
 def _owner(account: Account) -> str:
@@ -220,137 +226,6 @@ def _lock(session: Session, accounts: list[Account]) -> None:
 
 
 # --- orders ------------------------------------------------------------------------------------
-
-
-def _request_digest(product: str, plan: str) -> str:
-    body = json.dumps({"product": product, "plan": plan}, sort_keys=True)
-    return hashlib.sha256(body.encode()).hexdigest()
-
-
-def validate_order_request(body: dict) -> tuple[str, str, str]:
-    product, plan, key = body.get("product"), body.get("plan"), body.get("idempotency_key")
-    if not isinstance(product, str) or not product:
-        raise InvalidField("product is required: the product's name", "product")
-    if plan not in PLAN_TYPES:
-        raise InvalidField(f"plan must be one of {', '.join(PLAN_TYPES)}", "plan")
-    if not isinstance(key, str) or not IDEMPOTENCY_KEY_RE.match(key):
-        raise InvalidField(
-            "idempotency_key must be 8-128 characters of letters, digits and ._:- "
-            "(a fresh one per purchase; repeat it to retry safely)", "idempotency_key")
-    return product, plan, key
-
-
-def _replay(session: Session, unit: Unit, key: str, digest: str) -> Order | None:
-    existing = session.scalar(select(Order).where(Order.unit_id == unit.id,
-                                                  Order.idempotency_key == key))
-    if existing is not None and existing.request_sha256 != digest:
-        raise Conflict("idempotency_key was already used for a different order",
-                       "idempotency_key")
-    return existing
-
-
-def place_order(session: Session, caller: Caller, rules: EconomyRules, product_name: str,
-                plan: str, key: str, now: datetime | None = None) -> tuple[Order, bool]:
-    """Buy ``plan`` of ``product_name`` for the caller's unit; returns (order, created).
-    ``now`` backdates the order (the demo's history, ``demo.seed_history``); default: now.
-
-    The same key with the same request returns the first order; with another request, 409.
-    The caller's session must have been started with :func:`write_transaction`.
-    """
-    caller.require(SCOPE_SUBSCRIBE, "ordering a product")
-    if caller.unit is None:
-        raise Forbidden(f"{caller.name} is not a member of any unit; ask an operator", "unit")
-    buyer_unit = session.scalar(select(Unit).where(Unit.slug == caller.unit))
-    digest = _request_digest(product_name, plan)
-    replay = _replay(session, buyer_unit, key, digest)
-    if replay is not None:
-        return replay, False
-
-    # the product with its version and owner in one statement (no lazy loads)
-    product = session.scalar(select(Product).where(Product.name == product_name).options(
-        joinedload(Product.current_version), joinedload(Product.unit)))
-    version = product.current_version if product else None
-    if product is None or version is None or version.state != "on_shelf":
-        raise NotFound(f"no product {product_name!r} on the shelf", "product")
-    prices = {p["type"]: p["price"] for p in json.loads(version.manifest).get("plans", [])}
-    if plan not in prices:
-        raise InvalidField(
-            f"{product_name!r} offers {', '.join(sorted(prices))}, not {plan}", "plan")
-    if product.unit_id == buyer_unit.id and not rules.allow_self_purchase:
-        raise Forbidden("a unit does not buy its own product (it may use it freely)", "product")
-    shares = product_shares(session, product)  # a co-owned product: several payees
-    if not rules.allow_self_purchase and any(s.unit_id == buyer_unit.id for s in shares):
-        raise Forbidden(f"unit {buyer_unit.slug!r} co-owns {product_name!r} (a federated "
-                        "project's model): it uses it freely and does not pay itself for it",
-                        "product")
-    price = int(prices[plan]) * CENTS
-    if price <= 0:  # the catalogue enforces the bounds; never move points the wrong way
-        raise InvalidField(f"{product_name!r} has an invalid price", "plan")
-
-    accounts = _order_accounts(session, [buyer_unit, product.unit, *(s.unit for s in shares)])
-    buyer, supplier = accounts[buyer_unit.id], accounts[product.unit_id]
-    operator = operator_account(session)
-    owners = {s.unit.slug: (accounts[s.unit_id], s.basis_points) for s in shares}
-    if buyer.balance < price:  # unlocked, for the clear error; the guarded update decides
-        raise InsufficientPoints(
-            f"unit {buyer_unit.slug!r} has {format_points(buyer.balance)} points; "
-            f"{plan} of {product_name!r} costs {format_points(price)}", "plan")
-    fee = rules.fee(price)
-    # Everything that does not need a lock comes first, so that concurrent purchases (and
-    # several service processes) overlap; only the balances and the log's sequence number are
-    # taken at the end and held until the commit.
-    # relationships given as the objects at hand: the order's JSON then needs no lazy loads
-    order = Order(unit=buyer_unit, product=product, version_id=version.id,
-                  plan=plan, price=price, fee=fee, idempotency_key=key,
-                  request_sha256=digest, status="paid", buyer=caller.name,
-                  created_at=now or utcnow())
-    # a savepoint for a concurrent order with the same key; SQLite's writers are serialised
-    # (BEGIN IMMEDIATE), so none can race there and the savepoint's two statements are saved
-    same_key_guard = nullcontext() if session.get_bind().dialect.name == "sqlite" \
-        else session.begin_nested()
-    try:
-        with same_key_guard:
-            session.add(order)
-            session.flush()
-    except IntegrityError as e:  # the same key raced in; the database waited for its commit
-        replay = _replay(session, buyer_unit, key, digest)
-        if replay is not None:
-            return replay, False
-        raise Conflict("a concurrent order with this idempotency_key is in progress",
-                       "idempotency_key") from e
-    split = split_amount(price - fee, {u: bp for u, (_, bp) in owners.items()}) if owners \
-        else {product.unit.slug: price - fee}
-    payees = [(owners[u][0] if owners else supplier, amount) for u, amount in split.items()]
-    legs = [(buyer, -price), *payees, (operator, fee)]
-    transfer = _record_transfer(session, "order", caller.name, legs, order=order,
-                                memo=f"{plan} of {product.name}", at=now)
-    now = now or utcnow()
-    period = PLAN_PERIODS.get(plan)
-    entitlement = Entitlement(
-        order_id=order.id, unit_id=buyer_unit.id, product_id=product.id, plan=plan,
-        valid_from=now, valid_until=now + period if period else None,
-        uses_left=None if period else 1, status="active")
-    session.add(entitlement)
-    session.flush()
-    # the new order has no other entitlement: set it without loading the (empty) old value
-    set_committed_value(order, "entitlement", entitlement)
-    try:
-        _apply_balances(session, legs)
-    except InsufficientPoints as e:  # spent by a concurrent purchase since the check above
-        raise InsufficientPoints(
-            f"unit {buyer_unit.slug!r} no longer has the {format_points(price)} points "
-            f"{plan} of {product_name!r} costs", "plan") from e
-    order.log_index = certlog.append(
-        session, "order", caller.name, buyer_unit.slug, f"order:{order.id}",
-        order=order.id, product=product.name, version=version.version,
-        bundle_sha256=version.sha256, plan=plan, price=format_points(price),
-        fee=format_points(fee), supplier=product.unit.slug, transfer=transfer.id,
-        **({"co_owners": {u: format_points(a) for u, a in split.items()}} if owners else {}),
-        idempotency_key_sha256=hashlib.sha256(key.encode()).hexdigest(),
-        party_units=list(owners),
-    )
-    session.flush()
-    return order, True
 
 
 def get_order(session: Session, order_id: str) -> Order:

@@ -226,6 +226,20 @@ def session_factory(db_url):
     engine.dispose()
 
 
+@pytest.fixture
+def postgres_session_factory(postgres_server):
+    """A session factory on a freshly migrated PostgreSQL database, for tests of
+    PostgreSQL's own behaviour (row locks, concurrent writers)."""
+    from marketplace_ext import dbutil
+    from marketplace_ext.orm import make_engine, make_session_factory
+
+    url = _new_postgres_db(postgres_server)
+    dbutil.upgrade(url)
+    engine = make_engine(url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
 # --- federated learning ----------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import func, select
 from test_points import check_ledger, make_unit
 
-from marketplace_ext import certlog, ledger_views, points
+from marketplace_ext import certlog, ledger_views, points, purchase
 from marketplace_ext.auth import SCOPE_PUBLISH, SCOPE_SUBSCRIBE, Caller
 from marketplace_ext.blobs import BlobStore
 from marketplace_ext.errors import Conflict, InvalidField, MarketError
@@ -182,7 +182,7 @@ def test_pool_split_and_co_owned_sales_end_to_end(session_factory, world, pailli
         s.commit()
         before = {u: points.unit_account(s, s.scalar(select(Unit).where(Unit.slug == u))).balance
                   for u in "abcde"}
-        order, _ = points.place_order(s, subscriber("d"), RULES, tool.name, "per_use",
+        order, _ = purchase.place_order(s, subscriber("d"), RULES, tool.name, "per_use",
                                       "fl-economy-order-1")
         s.commit()
         after = {u: points.unit_account(s, s.scalar(select(Unit).where(Unit.slug == u))).balance
@@ -256,7 +256,7 @@ def test_bad_input_is_refused_with_the_ledger_untouched(session_factory, world, 
         assert ledger_snapshot(s) == before
 
         # with a federated plan of b's product, d may join
-        points.place_order(s, subscriber("d"), RULES, world["b"], "month", "fl-econ-month-d")
+        purchase.place_order(s, subscriber("d"), RULES, world["b"], "month", "fl-econ-month-d")
         member, _ = enrolment.join(s, publisher("d"), project, None)
         enrolment.decide(s, publisher("a"), project, "d", {"decision": "approve"})
         enrolment.join(s, publisher("b"), project, None)

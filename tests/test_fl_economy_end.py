@@ -25,7 +25,7 @@ from test_fl_economy import (
 )
 from test_points import check_ledger
 
-from marketplace_ext import certlog, points
+from marketplace_ext import certlog, points, purchase
 from marketplace_ext.auth import SCOPE_APPROVE, Caller
 from marketplace_ext.blobs import BlobStore
 from marketplace_ext.errors import Conflict, Forbidden, MarketError
@@ -270,7 +270,7 @@ def test_a_co_owner_neither_buys_nor_rates_its_model(session_factory, world, pai
         before = ledger_snapshot(s)
         for buyer in "ab":  # the publishing unit, and a co-owner that did not publish it
             with pytest.raises(Forbidden) as e:
-                points.place_order(s, subscriber(buyer), RULES, tool.name, "per_use",
+                purchase.place_order(s, subscriber(buyer), RULES, tool.name, "per_use",
                                    f"co-owner-{buyer}-1")
             assert e.value.field == "product" and e.value.status == 403
             with pytest.raises(Forbidden) as e:
@@ -283,7 +283,7 @@ def test_a_co_owner_neither_buys_nor_rates_its_model(session_factory, world, pai
         s.rollback()
         assert ledger_snapshot(s) == before
         # c's certified share is 0: it is no co-owner, and buys like anyone else
-        order, created = points.place_order(s, subscriber("c"), RULES, tool.name, "per_use",
+        order, created = purchase.place_order(s, subscriber("c"), RULES, tool.name, "per_use",
                                             "co-owner-c-1")
         s.commit()
         assert created and order.price == 9_00

@@ -29,7 +29,7 @@ from test_fl_economy import (
 )
 from test_points import check_ledger, make_unit
 
-from marketplace_ext import dbutil, points
+from marketplace_ext import dbutil, points, purchase
 from marketplace_ext.auth import SCOPE_APPROVE, Caller
 from marketplace_ext.blobs import BlobStore
 from marketplace_ext.errors import MarketError
@@ -252,7 +252,7 @@ class EconomyMachine(RuleBasedStateMachine):
                                                if m["product"])))
         m = self.projects[pid]
         key = f"fl-machine-{next(_keys)}"
-        result = self._do(lambda s: points.place_order(s, subscriber(buyer), RULES,
+        result = self._do(lambda s: purchase.place_order(s, subscriber(buyer), RULES,
                                                        m["product"], "per_use", key))
         if buyer == m["unit"] or m["shares"].get(buyer):  # its own, or co-owned: refused
             assert isinstance(result, MarketError) and result.field == "product"

@@ -23,7 +23,7 @@ import yaml
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy.orm import Session
 
-from marketplace_ext import catalog, dbutil, ledger_views, points
+from marketplace_ext import catalog, dbutil, ledger_views, points, purchase
 from marketplace_ext.auth import SCOPE_SUBSCRIBE, Caller
 from marketplace_ext.errors import InvalidField
 from marketplace_ext.handlers.account_pages import balance_chart
@@ -136,7 +136,7 @@ def test_shelf_sorts_by_use_and_age_and_counts_units_using(session):
         for t in json.loads(p.current_version.tags):
             session.add(Tag(version_id=p.current_version_id, tag=t.lower()))
     for unit in (b, c):
-        points.place_order(session, Caller(name=f"s-{unit.slug}", unit=unit.slug,
+        purchase.place_order(session, Caller(name=f"s-{unit.slug}", unit=unit.slug,
                                            scopes=frozenset({SCOPE_SUBSCRIBE})),
                            RULES, "old-tool", "per_use", f"key-{unit.slug}-000")
     viewer = Caller(name="v", unit="b", scopes=frozenset({SCOPE_SUBSCRIBE}))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -15,13 +16,14 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
-from marketplace_ext import dbutil, ledger_views, points
+from marketplace_ext import certlog, dbutil, ledger_views, points, purchase
 from marketplace_ext.auth import SCOPE_APPROVE, SCOPE_SUBSCRIBE, Caller
 from marketplace_ext.errors import Conflict, Forbidden, InvalidField, NotFound
 from marketplace_ext.orm import (
     Account,
     Entitlement,
     LedgerTransfer,
+    LogEntry,
     Order,
     Posting,
     Product,
@@ -91,7 +93,7 @@ def test_worked_example_monthly_plan_of_30_points(session_factory):
         write_transaction(s)
         a, b = make_unit(s, "a"), make_unit(s, "b")
         product = make_product(s, a, {"month": 30, "per_use": 10})
-        order, created = points.place_order(s, subscriber(b), RULES, product.name, "month",
+        order, created = purchase.place_order(s, subscriber(b), RULES, product.name, "month",
                                             "key-00000001")
         s.commit()
         assert created
@@ -135,7 +137,7 @@ def test_orders_refuse_bad_requests_and_write_nothing(session_factory):
         ]
         for i, (caller, name, plan, error, field) in enumerate(cases):
             with pytest.raises(error) as e:
-                points.place_order(s, caller, RULES, name, plan, f"bad-key-{i:04d}")
+                purchase.place_order(s, caller, RULES, name, plan, f"bad-key-{i:04d}")
             assert e.value.field == field
             s.rollback()
         for body in ({"product": "x", "plan": "per_use", "idempotency_key": "short"},
@@ -143,13 +145,13 @@ def test_orders_refuse_bad_requests_and_write_nothing(session_factory):
                      {"product": "x", "plan": "daily", "idempotency_key": "good-key-1"},
                      {"product": 5, "plan": "per_use", "idempotency_key": "good-key-1"}):
             with pytest.raises(InvalidField):
-                points.validate_order_request(body)
+                purchase.validate_order_request(body)
         # ten 50-point uses drain b; the eleventh is refused
         for i in range(10):
-            points.place_order(s, subscriber(b), RULES, on.name, "per_use", f"drain-{i:04d}")
+            purchase.place_order(s, subscriber(b), RULES, on.name, "per_use", f"drain-{i:04d}")
         s.commit()
         with pytest.raises(points.InsufficientPoints) as e:
-            points.place_order(s, subscriber(b), RULES, on.name, "per_use", "drain-last")
+            purchase.place_order(s, subscriber(b), RULES, on.name, "per_use", "drain-last")
         assert e.value.field == "plan" and "0.00" in e.value.message
         s.rollback()
         assert s.scalar(select(func.count()).select_from(Order)) == 10
@@ -162,14 +164,14 @@ def test_idempotency_and_refunds(session_factory):
         write_transaction(s)
         a, b = make_unit(s, "a"), make_unit(s, "b")
         product = make_product(s, a, {"per_use": 20, "week": 10})
-        order, created = points.place_order(s, subscriber(b), RULES, product.name, "per_use",
+        order, created = purchase.place_order(s, subscriber(b), RULES, product.name, "per_use",
                                             "retry-me-1")
         s.commit()
-        again, created_again = points.place_order(s, subscriber(b), RULES, product.name,
+        again, created_again = purchase.place_order(s, subscriber(b), RULES, product.name,
                                                   "per_use", "retry-me-1")
         assert (again.id, created, created_again) == (order.id, True, False)
         with pytest.raises(Conflict) as e:
-            points.place_order(s, subscriber(b), RULES, product.name, "week", "retry-me-1")
+            purchase.place_order(s, subscriber(b), RULES, product.name, "week", "retry-me-1")
         assert e.value.field == "idempotency_key"
         s.rollback()
         # the gate: per-use consumed once, then refused; refunded once, then refused
@@ -189,8 +191,8 @@ def test_idempotency_and_refunds(session_factory):
         reversal = s.scalar(select(LedgerTransfer).where(LedgerTransfer.kind == "reversal"))
         assert reversal.reverses_id is not None and reversal.order_id == order.id
         # a subscription is preferred over a bought use
-        week, _ = points.place_order(s, subscriber(b), RULES, product.name, "week", "week-1234")
-        use, _ = points.place_order(s, subscriber(b), RULES, product.name, "per_use", "use-1234")
+        week, _ = purchase.place_order(s, subscriber(b), RULES, product.name, "week", "week-1234")
+        use, _ = purchase.place_order(s, subscriber(b), RULES, product.name, "per_use", "use-1234")
         assert points.check(s, b, product, "remote_run").id == week.entitlement.id
         assert points.check(s, b, product, "remote_run",
                             now=utcnow() + timedelta(days=8)).id == use.entitlement.id
@@ -206,11 +208,11 @@ def test_refund_never_overdraws_the_supplier(session_factory):
         a, b, c = make_unit(s, "a"), make_unit(s, "b"), make_unit(s, "c")
         sold = make_product(s, a, {"per_use": 50})
         sink = make_product(s, c, {"per_use": 50, "week": 10})
-        order, _ = points.place_order(s, subscriber(b), RULES, sold.name, "per_use", "sale-0001")
+        order, _ = purchase.place_order(s, subscriber(b), RULES, sold.name, "per_use", "sale-0001")
         for i in range(10):  # a spends what it earned from the sale
-            points.place_order(s, subscriber(a, "spender"), RULES, sink.name, "per_use",
+            purchase.place_order(s, subscriber(a, "spender"), RULES, sink.name, "per_use",
                                f"spend-{i:04d}")
-        points.place_order(s, subscriber(a, "spender"), RULES, sink.name, "week", "spend-week")
+        purchase.place_order(s, subscriber(a, "spender"), RULES, sink.name, "week", "spend-week")
         s.commit()
         assert points.unit_account(s, a).balance == 37_00  # less than the 47.00 to give back
         with pytest.raises(points.InsufficientPoints):
@@ -235,7 +237,7 @@ def test_fifty_concurrent_buyers_never_overdraw(session_factory):
             with session_factory() as s:
                 try:
                     write_transaction(s)
-                    points.place_order(s, buyer, RULES, name, "per_use", f"burst-{i:04d}")
+                    purchase.place_order(s, buyer, RULES, name, "per_use", f"burst-{i:04d}")
                     s.commit()
                     outcomes.append("ok")
                 except points.InsufficientPoints:
@@ -325,7 +327,7 @@ class LedgerMachine(RuleBasedStateMachine):
             write_transaction(s)
             unit = s.scalar(select(Unit).where(Unit.slug == buyer))
             try:
-                order, created = points.place_order(s, subscriber(unit), RULES, name, plan, key)
+                order, created = purchase.place_order(s, subscriber(unit), RULES, name, plan, key)
                 s.commit()
             except Conflict:
                 assert retry == "conflict"
@@ -397,7 +399,7 @@ def test_two_uses_of_one_per_use_order_cannot_both_succeed(session_factory):
         write_transaction(s)
         a, b = make_unit(s, "a"), make_unit(s, "b")
         product = make_product(s, a, {"per_use": 20})
-        points.place_order(s, subscriber(b), RULES, product.name, "per_use", "race-0001")
+        purchase.place_order(s, subscriber(b), RULES, product.name, "per_use", "race-0001")
         s.commit()
         product_id, b_id = product.id, b.id
     with session_factory() as first, session_factory() as second:
@@ -420,3 +422,67 @@ def test_two_uses_of_one_per_use_order_cannot_both_succeed(session_factory):
     with session_factory() as s:
         ent = s.get(Entitlement, early.id)
         assert (ent.uses_left, ent.status) == (0, "used")
+
+
+def test_an_order_entry_names_the_parties_certlog_finds(session_factory):
+    """purchase.buy writes its log entry through the driver with the parties it knows; they
+    are the ones certlog.party_units_of finds from the entry's details (who reads it)."""
+    with session_factory() as s:
+        write_transaction(s)
+        a, b, c, d = (make_unit(s, slug) for slug in ("a", "b", "c", "d"))
+        plain = make_product(s, a, {"per_use": 10})
+        shared = make_product(s, a, {"per_use": 20})
+        points.set_product_shares(s, shared, {a: 5000, c: 5000}, "test")
+        for product in (plain, shared):
+            order, _ = purchase.place_order(s, subscriber(b), RULES, product.name, "per_use",
+                                            f"parties-{product.name}")
+            entry = s.get(LogEntry, order.log_index)
+            details = json.loads(entry.details)
+            expected = certlog.party_units_of(s, "order", "b", details,
+                                              details.get("co_owners", {}))
+            assert json.loads(entry.parties) == expected
+            assert set(expected) == ({"a", "b", "c"} if product is shared else {"a", "b"})
+        assert "d" not in expected
+        s.commit()
+        check_ledger(s)
+
+
+def test_the_same_key_racing_on_postgresql_is_one_order(postgres_session_factory):
+    """Two transactions buy with the same key at once: the second's insert waits for the
+    first's commit, then answers with the first's order (no 409, no second debit)."""
+    factory = postgres_session_factory
+    engine = factory.kw["bind"]
+    with factory() as s:
+        write_transaction(s)
+        a, b = make_unit(s, "a"), make_unit(s, "b")
+        name = make_product(s, a, {"per_use": 10}).name
+        s.commit()
+    answers: list = []
+    with factory() as first:
+        write_transaction(first)
+        first_id, created = purchase.buy(first, subscriber(b), RULES, name, "per_use",
+                                         "race-key-1")
+
+        def second_buyer() -> None:
+            with factory() as second:
+                write_transaction(second)
+                answers.append(purchase.buy(second, subscriber(b), RULES, name, "per_use",
+                                            "race-key-1"))
+                second.commit()
+
+        thread = threading.Thread(target=second_buyer)
+        thread.start()
+        with engine.connect() as watch:  # until the second insert waits on the first's row
+            deadline = time.monotonic() + 30
+            while not watch.exec_driver_sql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE 'INSERT INTO orders%%'").scalar():
+                assert time.monotonic() < deadline, "the second purchase never waited"
+                watch.rollback()
+        first.commit()
+        thread.join(timeout=30)
+    assert created and answers == [(first_id, False)]
+    with factory() as s:
+        assert s.scalar(select(func.count()).select_from(Order)) == 1
+        assert points.unit_account(s, s.get(Unit, b.id)).balance == 500_00 - 10_00
+        check_ledger(s)

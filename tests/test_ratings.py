@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from marketplace_ext import dbutil, points
+from marketplace_ext import dbutil, points, purchase
 from marketplace_ext.auth import SCOPE_APPROVE, SCOPE_PUBLISH, SCOPE_SUBSCRIBE, Caller
 from marketplace_ext.errors import Conflict, Forbidden, InvalidField, NotFound
 from marketplace_ext.exchange import ratings
@@ -100,7 +100,7 @@ _keys = itertools.count()
 
 
 def buy(s, unit: Unit, product: Product, plan: str = "per_use"):
-    order, _ = points.place_order(s, sub(unit), RULES, product.name, plan,
+    order, _ = purchase.place_order(s, sub(unit), RULES, product.name, plan,
                                   f"key-{next(_keys):08d}")
     return order
 

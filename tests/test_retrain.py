@@ -20,7 +20,7 @@ import pytest
 import yaml
 from helpers import sandbox_root
 
-from marketplace_ext import certlog, dbutil, points, remote_call, retrain
+from marketplace_ext import certlog, dbutil, points, purchase, remote_call, retrain
 from marketplace_ext.auth import SCOPE_SUBSCRIBE, Caller
 from marketplace_ext.blobs import BlobStore
 from marketplace_ext.bundle import TEMPLATES_DIR, canonical_archive, load_bundle, validate_dir
@@ -94,7 +94,7 @@ def market(db_url, tmp_path):
 def order(sf, unit: str, product: str, plan: str, key: str) -> None:
     with sf() as s:
         write_transaction(s)
-        points.place_order(s, caller(unit), RULES, product, plan, key)
+        purchase.place_order(s, caller(unit), RULES, product, plan, key)
         s.commit()
 
 

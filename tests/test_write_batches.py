@@ -12,7 +12,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from test_points import RULES, check_ledger, make_product, make_unit
 
-from marketplace_ext import certlog, ledger_views, points
+from marketplace_ext import certlog, ledger_views, points, purchase
 from marketplace_ext.auth import SCOPE_SUBSCRIBE, Caller
 from marketplace_ext.executors import NamedExecutors
 from marketplace_ext.orm import (
@@ -44,7 +44,7 @@ def shop(sqlite_session_factory):
 
 def buy(session, unit: str, product: str, key: str) -> dict:
     buyer = Caller(name=f"buyer-of-{unit}", scopes=frozenset({SCOPE_SUBSCRIBE}), unit=unit)
-    order, _ = points.place_order(session, buyer, RULES, product, "per_use", key)
+    order, _ = purchase.place_order(session, buyer, RULES, product, "per_use", key)
     return ledger_views.order_json(order)
 
 

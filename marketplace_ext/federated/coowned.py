@@ -7,7 +7,7 @@ product per project is accepted. The bundle goes through the usual publishing pa
 operator review (:func:`marketplace_ext.publishing.publish_upload`); in the same transaction
 the product's co-owners are set to the settlement's certified shares
 (``points.set_product_shares``), so every sale pays the revenue after the fee to the members
-in one multi-leg transfer (``points.place_order``). Certified as ``fl_model_product``.
+in one multi-leg transfer (``purchase.place_order``). Certified as ``fl_model_product``.
 """
 
 from __future__ import annotations

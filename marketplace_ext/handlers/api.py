@@ -12,6 +12,7 @@ from .. import (
     ledger_views,
     points,
     product_envs,
+    purchase,
     remote_call,
 )
 from ..auth import SCOPE_APPROVE, SCOPE_PUBLISH
@@ -260,7 +261,7 @@ class OrdersHandler(APIHandler):
 
     @web.authenticated
     async def post(self):
-        product, plan, key = points.validate_order_request(self.json_body())
+        product, plan, key = purchase.validate_order_request(self.json_body())
         body, created = await self.market.executors.in_batched_write(
             _buy, self.caller, self.market.economy, product, plan, key)
         self.write_json(body, status=201 if created else 200)
@@ -273,8 +274,8 @@ def _orders_json(session, unit: str, limit: int, offset: int) -> tuple[list[dict
 
 def _buy(session, caller, economy, product: str, plan: str, key: str) -> tuple[dict, bool]:
     # in a write transaction (batched with other purchases on SQLite), committed by the caller
-    order, created = points.place_order(session, caller, economy, product, plan, key)
-    return ledger_views.order_json(order), created
+    order_id, created = purchase.buy(session, caller, economy, product, plan, key)
+    return ledger_views.order_document(session, order_id), created
 
 
 class OrderRefundHandler(APIHandler):

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from tornado import web
 
-from .. import catalog, interface, ledger_views, points, product_envs
+from .. import catalog, interface, ledger_views, points, product_envs, purchase
 from ..auth import Caller
 from ..errors import MarketError, NotFound
 from ..federated import coowned as fl_coowned
@@ -181,7 +181,7 @@ class BuyPage(PageHandler):
         body = {"product": product, "plan": self.get_body_argument("plan", None),
                 "idempotency_key": self.get_body_argument("idempotency_key", None)}
         try:
-            name, plan, key = points.validate_order_request(body)
+            name, plan, key = purchase.validate_order_request(body)
             order = await self.in_write(_place_order, self.caller, self.market.economy, name,
                                         plan, key)
         except MarketError as e:  # rolled back: nothing half-written
@@ -194,7 +194,7 @@ class BuyPage(PageHandler):
 
 def _place_order(session: Session, caller: Caller, economy, product: str, plan: str,
                  key: str) -> int:
-    return points.place_order(session, caller, economy, product, plan, key)[0].id
+    return purchase.buy(session, caller, economy, product, plan, key)[0]
 
 
 default_handlers = [
