@@ -192,11 +192,15 @@ def _entry_row(index: int, entry_type: str, actor: str, details: dict,
         "disclosed": entry_type == "shelf" and details.get("to_state") == "on_shelf"}
 
 
-def append_by_sql(session: Session, sql: DriverSql, entry_type: str, actor: str,
-                  unit: str | None, subject: str, *, parties: list[str], **fields) -> int:
-    """:func:`append` for a caller that writes its own rows through ``sql`` (a purchase,
-    :mod:`marketplace_ext.purchase`): one ``UPDATE ... RETURNING`` takes the index (and locks
-    the state row until the commit, as :func:`append` does), one ``INSERT`` writes the entry.
+def append_statements(session: Session, sql: DriverSql, entry_type: str, actor: str,
+                      unit: str | None, subject: str, *, parties: list[str],
+                      **fields) -> list[tuple[str, tuple]]:
+    """:func:`append` as two statements for a caller that writes its own rows through
+    :class:`DriverSql` (a purchase, :mod:`marketplace_ext.purchase`), to run in its
+    :meth:`DriverSql.batch`: the first takes the index (its row: ``(index,)``; None if the log
+    has no state row yet, see :func:`ensure_state`) and locks the state row until the commit,
+    as :func:`append` does; the second writes the entry. :data:`TAKEN_INDEX` is the index in
+    later statements of the transaction.
 
     ``parties`` are given, not looked up: the caller has just written the rows they come from.
     They must be what :func:`party_units_of` finds for these details (the tests compare).
@@ -206,20 +210,27 @@ def append_by_sql(session: Session, sql: DriverSql, entry_type: str, actor: str,
     current = session.info.pop(_SEQUENCER, None)
     if current is not None and current.rows:  # ORM appends of this transaction go first
         session.flush()
-    take = "UPDATE log_state SET next_index = next_index + 1 WHERE id = 1 " \
-           "RETURNING next_index - 1"
-    index = sql.scalar(take)
-    if index is None:  # the log's first entry: its state row is created the ORM's way
-        _state(session)
-        index = sql.scalar(take)
-    row = _entry_row(index, entry_type, actor,
+    row = _entry_row(-1, entry_type, actor,
                      {"subject": subject, "actor": actor, "unit": unit, **fields}, parties)
-    sql.execute("INSERT INTO log_entries (idx, data, kind, leaf_hash, created_at, details, "
-                "salt, actor, parties, disclosed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                row["idx"], row["data"], row["kind"], row["leaf_hash"],
-                sql.timestamp(row["created_at"]), row["details"], row["salt"], row["actor"],
-                row["parties"], row["disclosed"])
-    return index
+    return [
+        ("UPDATE log_state SET next_index = next_index + 1 WHERE id = 1 "
+         "RETURNING next_index - 1", ()),
+        ("INSERT INTO log_entries (idx, data, kind, leaf_hash, created_at, details, salt, "
+         "actor, parties, disclosed) "
+         "SELECT next_index - 1, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM log_state WHERE id = 1",
+         (row["data"], row["kind"], row["leaf_hash"], sql.timestamp(row["created_at"]),
+          row["details"], row["salt"], row["actor"], row["parties"], row["disclosed"])),
+    ]
+
+
+#: The index this transaction took last, in SQL, while it holds the log's state row (after
+#: the statements of :func:`append_statements`).
+TAKEN_INDEX = "(SELECT next_index - 1 FROM log_state WHERE id = 1)"
+
+
+def ensure_state(session: Session) -> None:
+    """Create the log's state row if this is its first entry (the ORM's way)."""
+    _state(session)
 
 
 def _disclose_submission(session: Session, product: object, version: object) -> None:

@@ -62,6 +62,18 @@ class DriverSql:
         row = self.one(sql, *params)
         return None if row is None else row[0]
 
+    def batch(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[Sequence[Any] | None]:
+        """Run ``(sql, params)`` statements in order; each one's first row (None if it has
+        none). On PostgreSQL they travel together in one round trip (psycopg's pipeline mode):
+        for the statements a transaction runs while it holds its most contended locks, where
+        each round trip is a wait for every other writer. An error aborts the rest."""
+        if self.dialect != "postgresql":
+            return [self.one(sql, *params) for sql, params in statements]
+        connection = self._cursor.connection
+        with connection.pipeline():
+            cursors = [connection.execute(self._sql(sql), params) for sql, params in statements]
+        return [cursor.fetchone() if cursor.description else None for cursor in cursors]
+
     def timestamp(self, value: datetime | None) -> object:
         """A naive UTC timestamp as a parameter: SQLite stores text, as the ORM writes it."""
         if value is None or self.dialect != "sqlite":

@@ -8,10 +8,13 @@ Rules (section 2.4 of the source paper):
   operator fee = floor(6 % of p) and the supplier p - fee, in one transaction;
 - transfers are immutable; a correction (a refund) is a new transfer reversing an old one.
 
-Placing an order is :mod:`.purchase`. Balances only move with guarded updates in account-id
-order (``balance >= amount`` for a debit), taken as late in the transaction as possible, so
-concurrent buyers cannot overdraw a unit or deadlock, and a transfer either commits whole or not
-at all.
+Placing an order is :mod:`.purchase`. Balances move with guarded updates (``balance >=
+amount`` for a debit), as late in the transaction as possible, so concurrent buyers cannot
+overdraw a unit, and a transfer either commits whole or not at all.
+
+Lock order: every transaction locks account rows by id, the operator's fee account last, so two
+cannot deadlock. Every purchase credits the operator's account; last, it is held for the fewest
+statements before the commit.
 """
 
 from __future__ import annotations
@@ -155,34 +158,43 @@ def record_transfer_by_sql(sql: DriverSql, kind: str, actor: str, legs: list[tup
     return transfer_id
 
 
-def apply_balances_by_sql(session: Session, sql: DriverSql, legs: list[tuple[int, int]],
-                          overdraft_ids: frozenset[int] = frozenset()) -> None:
-    """Move the balances of a recorded transfer's legs (account id, amount) with guarded
-    ``UPDATE``s, in account-id order (no deadlock between two transfers); only the accounts in
-    ``overdraft_ids`` (the mint) may go below zero. Each row stays locked until the commit, so
-    callers run this as late in their transaction as they can: it is the contended part (every
-    purchase credits the operator's account). Account objects the session holds get the new
-    balances. :class:`InsufficientPoints` if a debited account does not hold the amount."""
-    totals: dict[int, int] = {}
-    for account_id, amount in legs:
-        totals[account_id] = totals.get(account_id, 0) + amount
-    for account_id in sorted(totals):
-        amount = totals[account_id]
-        if amount == 0:
-            continue
-        if amount < 0 and account_id not in overdraft_ids:
-            balance = sql.scalar("UPDATE accounts SET balance = balance + ? "
-                                 "WHERE id = ? AND balance >= ? RETURNING balance",
-                                 amount, account_id, -amount)
-        else:
-            balance = sql.scalar("UPDATE accounts SET balance = balance + ? WHERE id = ? "
-                                 "RETURNING balance", amount, account_id)
-        if balance is None:
-            raise InsufficientPoints(f"account {account_id} does not hold "
-                                     f"{format_points(-amount)} points", "balance")
-        held = session.identity_map.get(identity_key(Account, account_id))
-        if held is not None:
-            set_committed_value(held, "balance", balance)
+class BalanceMoves:
+    """The balance updates of a recorded transfer's legs (account id, amount), as statements
+    for :meth:`DriverSql.batch`: guarded ``UPDATE ... RETURNING``, a debit only where the
+    account holds the amount, in the lock order (see the module docstring; ``operator_id`` is
+    the operator's fee account). Each row stays locked until the commit, so callers run them
+    as late in their transaction as they can: they are the contended part. The mint, which
+    may go below zero, is never debited this way."""
+
+    def __init__(self, legs: list[tuple[int, int]], operator_id: int):
+        totals: dict[int, int] = {}
+        for account_id, amount in legs:
+            totals[account_id] = totals.get(account_id, 0) + amount
+        self.moves = [(account_id, totals[account_id])
+                      for account_id in sorted(totals, key=lambda a: (a == operator_id, a))
+                      if totals[account_id] != 0]
+
+    def __len__(self) -> int:
+        return len(self.moves)
+
+    def statements(self) -> list[tuple[str, tuple[int, ...]]]:
+        return [("UPDATE accounts SET balance = balance + ? WHERE id = ? AND balance >= ? "
+                 "RETURNING balance", (amount, account_id, -amount)) if amount < 0 else
+                ("UPDATE accounts SET balance = balance + ? WHERE id = ? RETURNING balance",
+                 (amount, account_id)) for account_id, amount in self.moves]
+
+    def check(self, session: Session, rows: list) -> None:
+        """After the statements ran (``rows``, their results): :class:`InsufficientPoints` if
+        a debit found its account short (the caller then rolls back: the other moves were
+        made); otherwise account objects the session holds get their new balances."""
+        for (account_id, amount), row in zip(self.moves, rows, strict=True):
+            if row is None:
+                raise InsufficientPoints(f"account {account_id} does not hold "
+                                         f"{format_points(-amount)} points", "balance")
+        for (account_id, _), (balance,) in zip(self.moves, rows, strict=True):
+            held = session.identity_map.get(identity_key(Account, account_id))
+            if held is not None:
+                set_committed_value(held, "balance", balance)
 
 
 def _owner(account: Account) -> str:
@@ -217,10 +229,10 @@ def open_missing_accounts(session: Session, rules: EconomyRules) -> int:
 
 
 def _lock(session: Session, accounts: list[Account]) -> None:
-    # in id order, so two purchases between the same units cannot deadlock
+    # in the lock order (module docstring), so two transfers cannot deadlock
     ids = sorted({a.id for a in accounts})
-    session.execute(select(Account.id).where(Account.id.in_(ids)).order_by(Account.id)
-                    .with_for_update())
+    session.execute(select(Account.id).where(Account.id.in_(ids))
+                    .order_by(Account.kind == "operator", Account.id).with_for_update())
     for account in accounts:
         session.refresh(account)
 

@@ -8,10 +8,11 @@ One purchase, in the caller's write transaction:
    nor one it co-owns (unless the rules allow it); the buyer must hold the price;
 3. the order, its transfer (buyer -> supplier or co-owners, and the operator's fee) and its
    entitlement are written;
-4. only then are the balances moved, with guarded updates in account order
-   (:func:`points.apply_balances_by_sql`), and the log's index taken
-   (:func:`certlog.append_by_sql`): the rows every purchase contends for (the operator's
-   account, the log's state row) are held for the last few statements only.
+4. only then are the balances moved, with guarded updates in the lock order
+   (:class:`points.BalanceMoves`), and the log's index taken
+   (:func:`certlog.append_statements`): the rows every purchase contends for (the supplier's
+   and the operator's accounts, the log's state row) are held from these last statements,
+   which travel to PostgreSQL in one round trip (:meth:`DriverSql.batch`), to the commit.
 
 The statements go to the database driver (:mod:`marketplace_ext.driver_sql`): this is the
 service's hot write path, and the ORM's objects and flushes cost thirty times the database's
@@ -36,9 +37,9 @@ from .points import (
     CENTS,
     PLAN_PERIODS,
     PLAN_TYPES,
+    BalanceMoves,
     EconomyRules,
     InsufficientPoints,
-    apply_balances_by_sql,
     format_points,
     operator_account,
     record_transfer_by_sql,
@@ -159,14 +160,11 @@ def buy(session: Session, caller: Caller, rules: EconomyRules, product_name: str
                 "valid_until, uses_left, status) VALUES (?, ?, ?, ?, ?, ?, ?, 'active')",
                 order_id, buyer_id, product_id, plan, sql.timestamp(now),
                 sql.timestamp(now + period if period else None), None if period else 1)
-    try:
-        apply_balances_by_sql(session, sql, legs)
-    except InsufficientPoints as e:  # spent by a concurrent purchase since the check above
-        raise InsufficientPoints(
-            f"unit {caller.unit!r} no longer has the {format_points(price)} points "
-            f"{plan} of {product_name!r} costs", "plan") from e
+    # the contended part, last and in one round trip on PostgreSQL: the balances in the lock
+    # order, the log's index and entry, the order's log index
+    moves = BalanceMoves(legs, operator_id=accounts[None][0])
     co_owners = [slug for _, slug, _ in shares]
-    log_index = certlog.append_by_sql(
+    logged = certlog.append_statements(
         session, sql, "order", caller.name, caller.unit, f"order:{order_id}",
         # who may read the entry: as certlog.party_units_of finds it from these details
         parties=list(dict.fromkeys([caller.unit, owner, *co_owners])),
@@ -176,7 +174,18 @@ def buy(session: Session, caller: Caller, rules: EconomyRules, product_name: str
         **({"co_owners": {u: format_points(a) for u, a in split.items()}} if shares else {}),
         idempotency_key_sha256=hashlib.sha256(key.encode()).hexdigest(),
     )
-    sql.execute("UPDATE orders SET log_index = ? WHERE id = ?", log_index, order_id)
+    logged.append((f"UPDATE orders SET log_index = {certlog.TAKEN_INDEX} WHERE id = ?",
+                   (order_id,)))
+    rows = sql.batch([*moves.statements(), *logged])
+    try:
+        moves.check(session, rows[:len(moves)])
+    except InsufficientPoints as e:  # spent by a concurrent purchase since the check above
+        raise InsufficientPoints(
+            f"unit {caller.unit!r} no longer has the {format_points(price)} points "
+            f"{plan} of {product_name!r} costs", "plan") from e
+    if rows[len(moves)] is None:  # the log's very first entry: no state row to take from yet
+        certlog.ensure_state(session)
+        sql.batch(logged)
     return order_id, True
 
 

@@ -486,3 +486,15 @@ def test_the_same_key_racing_on_postgresql_is_one_order(postgres_session_factory
         assert s.scalar(select(func.count()).select_from(Order)) == 1
         assert points.unit_account(s, s.get(Unit, b.id)).balance == 500_00 - 10_00
         check_ledger(s)
+
+
+def test_balance_moves_follow_the_lock_order():
+    """By account id, the operator's account last (it is every purchase's hottest row); a
+    debit is guarded, legs on one account are summed, and a zero move is no statement."""
+    moves = points.BalanceMoves([(1, 60), (7, -1000), (3, 940), (5, 10), (5, -10)],
+                                operator_id=1)
+    statements = moves.statements()
+    assert [params[1] for _, params in statements] == [3, 7, 1]
+    assert [params[0] for _, params in statements] == [940, -1000, 60]
+    assert "balance >= ?" in statements[1][0] and statements[1][1][2] == 1000
+    assert all("balance >= ?" not in sql for sql, _ in (statements[0], statements[2]))
