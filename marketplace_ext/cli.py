@@ -232,7 +232,7 @@ def _witness_loop(market, state, log_key: str | None, every: float) -> int:
 
 def cmd_log_fsck(args) -> int:
     from . import dbutil
-    from .certlog import fsck
+    from .log_fsck import fsck
     from .orm import make_engine, make_session_factory
 
     url = args.db_url or f"sqlite:///{args.var_dir}/marketplace.sqlite"

@@ -25,7 +25,7 @@ from test_fl_economy import (
 )
 from test_points import check_ledger
 
-from marketplace_ext import certlog, points, purchase
+from marketplace_ext import log_fsck, points, purchase
 from marketplace_ext.auth import SCOPE_APPROVE, Caller
 from marketplace_ext.blobs import BlobStore
 from marketplace_ext.errors import Conflict, Forbidden, MarketError
@@ -178,7 +178,7 @@ def test_a_stalled_project_fails_and_its_pool_comes_back(session_factory, world,
         _, made = ending.cancel(s, publisher("a"), project)
         s.commit()
         assert not made and len(refunds(s, pid)) == 1
-        assert certlog.fsck(s)["ok"]
+        assert log_fsck.fsck(s)["ok"]
         check_ledger(s)
 
 
