@@ -198,9 +198,9 @@ def append_statements(session: Session, sql: DriverSql, entry_type: str, actor: 
                       **fields) -> list[tuple[str, tuple]]:
     """:func:`append` as two statements for a caller that writes its own rows through
     :class:`DriverSql` (a purchase, :mod:`marketplace_ext.purchase`), to run in its
-    :meth:`DriverSql.batch`: the first takes the index (its row: ``(index,)``; None if the log
-    has no state row yet, see :func:`ensure_state`) and locks the state row until the commit,
-    as :func:`append` does; the second writes the entry. :data:`TAKEN_INDEX` is the index in
+    :meth:`DriverSql.batch`: the first takes the index (its row: ``(index,)``; it creates the
+    state row for the log's first entry) and locks the state row until the commit, as
+    :func:`append` does; the second writes the entry. :data:`TAKEN_INDEX` is the index in
     later statements of the transaction.
 
     ``parties`` are given, not looked up: the caller has just written the rows they come from.
@@ -214,7 +214,8 @@ def append_statements(session: Session, sql: DriverSql, entry_type: str, actor: 
     row = _entry_row(-1, entry_type, actor,
                      {"subject": subject, "actor": actor, "unit": unit, **fields}, parties)
     return [
-        ("UPDATE log_state SET next_index = next_index + 1 WHERE id = 1 "
+        ("INSERT INTO log_state (id, next_index, tree_size) VALUES (1, 1, 0) "
+         "ON CONFLICT (id) DO UPDATE SET next_index = log_state.next_index + 1 "
          "RETURNING next_index - 1", ()),
         ("INSERT INTO log_entries (idx, data, kind, leaf_hash, created_at, details, salt, "
          "actor, parties, disclosed) "
@@ -227,11 +228,6 @@ def append_statements(session: Session, sql: DriverSql, entry_type: str, actor: 
 #: The index this transaction took last, in SQL, while it holds the log's state row (after
 #: the statements of :func:`append_statements`).
 TAKEN_INDEX = "(SELECT next_index - 1 FROM log_state WHERE id = 1)"
-
-
-def ensure_state(session: Session) -> None:
-    """Create the log's state row if this is its first entry (the ORM's way)."""
-    _state(session)
 
 
 def _disclose_submission(session: Session, product: object, version: object) -> None:

@@ -183,9 +183,6 @@ def buy(session: Session, caller: Caller, rules: EconomyRules, product_name: str
         raise InsufficientPoints(
             f"unit {caller.unit!r} no longer has the {format_points(price)} points "
             f"{plan} of {product_name!r} costs", "plan") from e
-    if rows[len(moves)] is None:  # the log's very first entry: no state row to take from yet
-        certlog.ensure_state(session)
-        sql.batch(logged)
     return order_id, True
 
 

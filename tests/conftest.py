@@ -214,47 +214,38 @@ def db_url(request, tmp_path) -> str:
     return _new_postgres_db(request.getfixturevalue("postgres_server"))
 
 
-@pytest.fixture
-def session_factory(db_url):
-    """A session factory on a freshly migrated database of each supported kind (``db_url``)."""
+def _migrated_session_factory(url: str):
+    """A session factory on database ``url``, migrated first; its engine disposed after."""
     from marketplace_ext import dbutil
     from marketplace_ext.orm import make_engine, make_session_factory
 
-    dbutil.upgrade(db_url)
-    engine = make_engine(db_url)
+    dbutil.upgrade(url)
+    engine = make_engine(url)
     yield make_session_factory(engine)
     engine.dispose()
+
+
+@pytest.fixture
+def session_factory(db_url):
+    """A session factory on a freshly migrated database of each supported kind (``db_url``)."""
+    yield from _migrated_session_factory(db_url)
 
 
 @pytest.fixture
 def postgres_session_factory(postgres_server):
     """A session factory on a freshly migrated PostgreSQL database, for tests of
     PostgreSQL's own behaviour (row locks, concurrent writers)."""
-    from marketplace_ext import dbutil
-    from marketplace_ext.orm import make_engine, make_session_factory
-
-    url = _new_postgres_db(postgres_server)
-    dbutil.upgrade(url)
-    engine = make_engine(url)
-    yield make_session_factory(engine)
-    engine.dispose()
-
-
-# --- federated learning ----------------------------------------------------------------------
+    yield from _migrated_session_factory(_new_postgres_db(postgres_server))
 
 
 @pytest.fixture
 def sqlite_session_factory(tmp_path):
     """A session factory on a freshly migrated SQLite file (``tmp_path/market.sqlite``), for
     tests of SQLite's own behaviour or of parts that need no PostgreSQL."""
-    from marketplace_ext import dbutil
-    from marketplace_ext.orm import make_engine, make_session_factory
+    yield from _migrated_session_factory(f"sqlite:///{tmp_path / 'market.sqlite'}")
 
-    url = f"sqlite:///{tmp_path / 'market.sqlite'}"
-    dbutil.upgrade(url)
-    engine = make_engine(url)
-    yield make_session_factory(engine)
-    engine.dispose()
+
+# --- federated learning ----------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")

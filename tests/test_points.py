@@ -24,6 +24,7 @@ from marketplace_ext.orm import (
     Entitlement,
     LedgerTransfer,
     LogEntry,
+    LogState,
     Order,
     Posting,
     Product,
@@ -498,3 +499,37 @@ def test_balance_moves_follow_the_lock_order():
     assert [params[0] for _, params in statements] == [940, -1000, 60]
     assert "balance >= ?" in statements[1][0] and statements[1][1][2] == 1000
     assert all("balance >= ?" not in sql for sql, _ in (statements[0], statements[2]))
+
+
+def test_the_purchase_answer_is_the_order_as_the_lists_show_it(session_factory):
+    """The API answers a purchase with ledger_views.order_document (one driver statement);
+    the order lists render the ORM object with order_json: both say the same."""
+    with session_factory() as s:
+        write_transaction(s)
+        a, b = make_unit(s, "a"), make_unit(s, "b")
+        product = make_product(s, a, {"per_use": 10, "month": 30})
+        for plan in ("per_use", "month"):
+            order_id, _ = purchase.buy(s, subscriber(b), RULES, product.name, plan,
+                                       f"answer-{plan}")
+            s.commit()
+            assert ledger_views.order_document(s, order_id) == \
+                ledger_views.order_json(s.get(Order, order_id))
+            write_transaction(s)
+
+
+def test_a_purchase_can_be_the_logs_first_entry(session_factory):
+    """Accounts opened without a logged grant (a ledger older than the log): the purchase's
+    entry creates the log's state row and lands at index 0."""
+    with session_factory() as s:
+        write_transaction(s)
+        a, b = (Unit(slug=slug, name=slug, created_by="test") for slug in ("a", "b"))
+        s.add_all([a, b])
+        s.flush()
+        s.add_all([Account(kind="unit", unit_id=u.id, balance=500_00) for u in (a, b)])
+        product = make_product(s, a, {"per_use": 10})
+        order, created = purchase.place_order(s, subscriber(b), RULES, product.name,
+                                              "per_use", "first-entry")
+        s.commit()
+        assert created and order.log_index == 0
+        assert s.get(LogState, 1).next_index == 1
+        assert json.loads(s.get(LogEntry, 0).details)["order"] == order.id
